@@ -1,0 +1,88 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Progress of long copies: percent, bytes and rate, and a readable summary.
+
+Modules cannot print while Ansible runs them, so progress events are appended as
+JSON lines to the file named by VMIGRATE_PROGRESS_FILE (the callback plugin and
+people with `tail -f` read it) and the summary goes into the module result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(n):
+    n = float(n)
+    for unit in UNITS:
+        if abs(n) < 1024 or unit == UNITS[-1]:
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024
+    return "%d B" % n  # not reached
+
+
+class Progress:
+    """Counts bytes done against a total and emits rate-limited events."""
+
+    def __init__(self, label, total_bytes, sink=None, interval=1.0, clock=time.monotonic):
+        self.label = label
+        self.total = int(total_bytes or 0)
+        self.done_bytes = 0
+        self.interval = interval
+        self._clock = clock
+        self.started = clock()
+        self._last_emit = 0.0
+        self._sink = sink if sink is not None else os.environ.get("VMIGRATE_PROGRESS_FILE")
+        self.events = 0
+
+    def advance(self, nbytes):
+        self.done_bytes += int(nbytes)
+        now = self._clock()
+        if now - self._last_emit >= self.interval:
+            self._last_emit = now
+            self._emit("progress")
+
+    def snapshot(self):
+        elapsed = max(self._clock() - self.started, 1e-9)
+        percent = 100.0 if not self.total else min(100.0, 100.0 * self.done_bytes / self.total)
+        return {
+            "label": self.label,
+            "bytes": self.done_bytes,
+            "total_bytes": self.total,
+            "percent": round(percent, 1),
+            "seconds": round(elapsed, 3),
+            "rate_bytes_per_second": int(self.done_bytes / elapsed),
+        }
+
+    def finish(self):
+        """Emit the final event and return the summary dict for the module result."""
+        summary = self.snapshot()
+        summary["summary"] = "%s: %s of %s in %.1f s (%s/s)" % (
+            self.label,
+            human_bytes(summary["bytes"]),
+            human_bytes(summary["total_bytes"]),
+            summary["seconds"],
+            human_bytes(summary["rate_bytes_per_second"]),
+        )
+        self._emit("done", summary)
+        return summary
+
+    def _emit(self, event, data=None):
+        self.events += 1
+        if not self._sink:
+            return
+        record = dict(data or self.snapshot())
+        record["event"] = event
+        try:
+            if callable(self._sink):
+                self._sink(record)
+            else:
+                with open(self._sink, "a") as fh:
+                    fh.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError:
+            pass  # progress must never break a migration
