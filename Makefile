@@ -5,14 +5,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 COLL_LINK := .collections/ansible_collections/vmigrate/v2v
-SANITY_DIR := tests/output/sanity/ansible_collections/vmigrate/v2v
+SANITY_DIR := /tmp/vmigrate-v2v-sanity/ansible_collections/vmigrate/v2v
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: deps venv lab lab-down demo test lint ruff sanity ansible-lint unit integration bench build clean
 
 deps:
-	tests/lab/lab deps
+	test -x tests/lab/lab && tests/lab/lab deps
 
 $(VENV)/.installed: requirements.txt
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
@@ -40,12 +40,15 @@ ruff: venv
 	$(VENV)/bin/ruff format --check plugins tests bench
 
 # ansible-test needs the collection under ansible_collections/<ns>/<name>: copy the
-# tracked files there (a symlink would be resolved back to this checkout's path).
+# tracked files there, outside this git checkout (a symlink would resolve back here).
+# The lab and bench are test tooling, not collection content: excluded.
 sanity: venv
-	rm -rf tests/output/sanity && mkdir -p $(SANITY_DIR)
-	git ls-files -co --exclude-standard | grep -v '^tests/output/' | rsync -a --files-from=- ./ $(SANITY_DIR)/
+	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR) ~/.ansible/test/cache
+	v=$$(grep -oP "pip='\\K[0-9.]+" $(VENV)/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1); \
+	  cp tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_$${v//./_}.py
+	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(SANITY_DIR)/
 	cd $(SANITY_DIR) && $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no \
-	  --skip-test shebang --exclude tests/lab/ --exclude bench/
+	  $(foreach d,tests/lab bench,$(if $(wildcard $(d)),--exclude $(d)/))
 
 ansible-lint: venv
 	$(VENV)/bin/ansible-lint --profile production --offline

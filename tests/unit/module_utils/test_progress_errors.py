@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _errors, _progress
 
 
@@ -47,9 +49,8 @@ def test_fail_from_exception_shape():
         def fail_json(self, **kw):
             raise SystemExit(kw)
 
-    try:
+    with pytest.raises(SystemExit) as stop:
         _errors.fail_from_exception(Module(), _errors.DiskError("bad image a.qcow2", "re-export it"), changed=False)
-    except SystemExit as stop:
-        result = stop.args[0]
+    result = stop.value.args[0]
     assert result["msg"] == "bad image a.qcow2. Fix: re-export it"
     assert result["error_kind"] == "disk" and result["changed"] is False
