@@ -1,0 +1,401 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Block digests of guest-visible bytes, in-flight hashing, hash-diff and apply_delta.
+
+A disk's digest list is the SHA-256 of each fixed block (default 1 MiB) of what the
+guest sees. A block of zeros, allocated or not, gets ZERO_DIGEST (32 zero bytes) and is
+never hashed, so the list does not depend on the image format or on how sparse it is.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import tempfile
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError
+
+DIGEST_SIZE = 32
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+DEFAULT_BLOCK_SIZE = 1024 * 1024
+# Reads of 32 MiB amortise per-call cost and stay within the NBD request limit.
+CHUNK = _disk.MAX_REQUEST
+
+_zero_blocks = {}
+
+
+def _zeros(n):
+    """A shared zero bytes object of length n (compared with bytes.startswith: memcmp speed)."""
+    z = _zero_blocks.get(n)
+    if z is None:
+        z = _zero_blocks[n] = bytes(n)
+    return z
+
+
+def block_count(size, block_size):
+    return (int(size) + block_size - 1) // block_size
+
+
+class DigestList:
+    """SHA-256 per block; ``digests`` holds 32 bytes per block, ZERO_DIGEST for zero blocks."""
+
+    def __init__(self, block_size=DEFAULT_BLOCK_SIZE, count=0, digests=None):
+        if block_size <= 0 or block_size % 512:
+            raise InputError("block size %r is not a positive multiple of 512" % block_size, "use e.g. 1048576")
+        self.block_size = int(block_size)
+        if digests is None:
+            digests = bytearray(DIGEST_SIZE * count)
+        if len(digests) % DIGEST_SIZE:
+            raise InputError("a digest list must be a multiple of 32 bytes long", "recompute the digests")
+        self.digests = bytearray(digests)
+
+    @classmethod
+    def for_size(cls, size, block_size=DEFAULT_BLOCK_SIZE):
+        return cls(block_size, block_count(size, block_size))
+
+    def __len__(self):
+        return len(self.digests) // DIGEST_SIZE
+
+    def __eq__(self, other):
+        return isinstance(other, DigestList) and self.block_size == other.block_size and self.digests == other.digests
+
+    def __getitem__(self, index):
+        return bytes(self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
+
+    def __setitem__(self, index, digest):
+        self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE] = digest
+
+    def save(self, path):
+        """Write atomically (tmp, fsync, rename) so a reader never sees half a list."""
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(self.digests)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return self.fingerprint()
+
+    @classmethod
+    def load(cls, path, block_size=DEFAULT_BLOCK_SIZE, expected_sha256=None, count=None):
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise InputError(
+                "cannot read digest file %s: %s" % (path, exc.strerror), "re-run the export that writes it"
+            ) from exc
+        if len(data) % DIGEST_SIZE:
+            raise InputError("digest file %s is truncated (%d bytes)" % (path, len(data)), "re-run the export")
+        if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+            raise InputError(
+                "digest file %s does not match digests_sha256 in the manifest" % path,
+                "re-run the export that writes it",
+            )
+        if count is not None and len(data) // DIGEST_SIZE != count:
+            raise InputError(
+                "digest file %s has %d blocks, the manifest says %d" % (path, len(data) // DIGEST_SIZE, count),
+                "re-run the export",
+            )
+        return cls(block_size, digests=data)
+
+    def fingerprint(self):
+        """SHA-256 (hex) of the digest file's bytes: the disk's fingerprint."""
+        return hashlib.sha256(self.digests).hexdigest()
+
+    def zero_blocks(self):
+        return sum(1 for i in range(len(self)) if self[i] == ZERO_DIGEST)
+
+    def changed_blocks(self, other):
+        """Indices of blocks whose digest differs (the hash-diff); extra blocks count as changed."""
+        if other.block_size != self.block_size:
+            raise InputError(
+                "digest lists have different block sizes (%d and %d)" % (self.block_size, other.block_size),
+                "compute both with the same block_size",
+            )
+        a, b = self.digests, other.digests
+        n = max(len(self), len(other))
+        return [i for i in range(n) if a[i * 32 : i * 32 + 32] != b[i * 32 : i * 32 + 32]]
+
+    def changed_extents(self, other, size):
+        """The changed blocks as merged (offset, length) runs, clipped to ``size``."""
+        runs = []
+        bs = self.block_size
+        for i in self.changed_blocks(other):
+            start = i * bs
+            if start >= size:
+                continue
+            end = min(start + bs, size)
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], end - runs[-1][0])
+            else:
+                runs.append((start, end - start))
+        return runs
+
+
+class BlockHasher:
+    """Builds a DigestList from (offset, data) fed while a copy streams.
+
+    Bytes never fed are taken as zeros: callers skip zero and unallocated extents. Feeds
+    that cover whole blocks are hashed at once; a block fed in parts is assembled and
+    hashed by ``finish()``.
+    """
+
+    def __init__(self, size, block_size=DEFAULT_BLOCK_SIZE):
+        self.size = int(size)
+        self.result = DigestList.for_size(size, block_size)
+        self.block_size = self.result.block_size
+        self._pending = {}
+        self.hashed_bytes = 0
+
+    def _block_len(self, index):
+        return min(self.block_size, self.size - index * self.block_size)
+
+    def feed(self, offset, data, length=None):
+        """Hash ``data[:length]`` which holds guest bytes from ``offset``.
+
+        ``data`` is bytes or bytearray: zero blocks are found with startswith against a
+        shared zero block (memcmp), which is ~10x faster than any() or count().
+        """
+        if isinstance(data, memoryview):
+            data = bytes(data)  # startswith needs bytes or bytearray
+        n = len(data) if length is None else length
+        if offset < 0 or offset + n > self.size:
+            raise DiskError("bytes fed at %d..%d lie outside the disk (%d bytes)" % (offset, offset + n, self.size))
+        view = memoryview(data)
+        bs = self.block_size
+        digests = self.result.digests
+        pos = 0
+        while pos < n:
+            index = (offset + pos) // bs
+            block_start = index * bs
+            blen = self._block_len(index)
+            if block_start == offset + pos and n - pos >= blen and index not in self._pending:
+                if data.startswith(_zeros(blen), pos):
+                    digests[index * 32 : index * 32 + 32] = ZERO_DIGEST
+                else:
+                    digests[index * 32 : index * 32 + 32] = hashlib.sha256(view[pos : pos + blen]).digest()
+                    self.hashed_bytes += blen
+                pos += blen
+                continue
+            # A part of a block: assemble it.
+            inner = offset + pos - block_start
+            take = min(blen - inner, n - pos)
+            buf = self._pending.get(index)
+            if buf is None:
+                buf = self._pending[index] = [bytearray(blen), 0]
+            buf[0][inner : inner + take] = view[pos : pos + take]
+            buf[1] += take
+            pos += take
+            if buf[1] >= blen:
+                self._finish_block(index)
+
+    def _finish_block(self, index):
+        buf, _filled = self._pending.pop(index)
+        if buf.startswith(_zeros(len(buf))):
+            self.result[index] = ZERO_DIGEST
+        else:
+            self.result[index] = hashlib.sha256(buf).digest()
+            self.hashed_bytes += len(buf)
+
+    def finish(self):
+        for index in sorted(self._pending):
+            self._finish_block(index)
+        return self.result
+
+
+def _data_ranges(extents, size, block_size):
+    """Block-aligned ranges that hold data; zero and unallocated extents are skipped."""
+    ranges = []
+    for e in extents:
+        if not e.data or e.zero or e.length <= 0:
+            continue
+        start = (e.start // block_size) * block_size
+        end = min(-(-(e.start + e.length) // block_size) * block_size, size)
+        if ranges and ranges[-1][1] >= start:
+            ranges[-1][1] = max(ranges[-1][1], end)
+        else:
+            ranges.append([start, end])
+    return [(s, e - s) for s, e in ranges]
+
+
+def _chunks(ranges, chunk):
+    for start, length in ranges:
+        for off in range(start, start + length, chunk):
+            yield off, min(chunk, start + length - off)
+
+
+def _read_ahead(reader, ranges, chunk):
+    """Yield (offset, data, length) with the next read running while the caller works.
+
+    Raw files are read into two alternating buffers (no allocation per read); NBD
+    reads return fresh bytes. The caller must be done with a buffer before asking for
+    the next item, which a generator guarantees.
+    """
+    items = list(_chunks(ranges, chunk))
+    if not items:
+        return
+    zero_copy = getattr(reader, "zero_copy", False)
+    buffers = [bytearray(chunk), bytearray(chunk)] if zero_copy else None
+
+    def read(i):
+        off, length = items[i]
+        if zero_copy:
+            buf = buffers[i % 2]
+            reader.readinto(memoryview(buf)[:length], off)
+            return buf
+        return reader.pread(length, off)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(read, 0)
+        for i in range(len(items)):
+            data = future.result()
+            if i + 1 < len(items):
+                future = pool.submit(read, i + 1)
+            yield items[i][0], data, items[i][1]
+
+
+def digest_disk(reader, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=None, chunk=CHUNK):
+    """The DigestList of an open guest reader; reads only the allocated data."""
+    size = reader.size
+    hasher = BlockHasher(size, block_size)
+    ranges = _data_ranges(reader.extents() if extents is None else extents, size, hasher.block_size)
+    read = 0
+    for off, data, length in _read_ahead(reader, ranges, _align(chunk, hasher.block_size)):
+        hasher.feed(off, data, length)
+        read += length
+        if progress is not None:
+            progress.advance(length)
+    if progress is not None and progress.total > read:
+        progress.advance(progress.total - read)  # zero extents, done without reading
+    result = hasher.finish()
+    result.bytes_read = read
+    return result
+
+
+def _align(chunk, block_size):
+    return max(block_size, (chunk // block_size) * block_size)
+
+
+def copy_with_digests(reader, writer, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=None, chunk=CHUNK):
+    """Copy guest bytes from ``reader`` to ``writer`` and hash them on the way.
+
+    The writer must be a new, sparse (all zero) image of the same size: zero and
+    unallocated source regions, and data blocks that turn out to be zeros, are not
+    written. Returns (DigestList, {"bytes_read", "bytes_written"}).
+    """
+    if writer.size < reader.size:
+        raise DiskError(
+            "target %s (%d bytes) is smaller than source %s (%d bytes)"
+            % (writer.path, writer.size, reader.path, reader.size),
+            "create the target with the source's capacity",
+        )
+    size = reader.size
+    hasher = BlockHasher(size, block_size)
+    bs = hasher.block_size
+    ranges = _data_ranges(reader.extents() if extents is None else extents, size, bs)
+    stats = {"bytes_read": 0, "bytes_written": 0}
+    for off, data, length in _read_ahead(reader, ranges, _align(chunk, bs)):
+        hasher.feed(off, data, length)
+        view = memoryview(data)
+        # Write runs of non-zero blocks; digests already tell which blocks are zero.
+        run_start = None
+        for pos in range(0, length + bs, bs):
+            is_data = pos < length and hasher.result[(off + pos) // bs] != ZERO_DIGEST
+            if is_data and run_start is None:
+                run_start = pos
+            elif not is_data and run_start is not None:
+                end = min(pos, length)
+                writer.pwrite(view[run_start:end], off + run_start)
+                stats["bytes_written"] += end - run_start
+                run_start = None
+        stats["bytes_read"] += length
+        if progress is not None:
+            progress.advance(length)
+    writer.flush()
+    if progress is not None and progress.total > stats["bytes_read"]:
+        progress.advance(progress.total - stats["bytes_read"])
+    return hasher.finish(), stats
+
+
+def _is_stream_optimized(path, fmt):
+    if fmt != "vmdk":
+        return False
+    data = _disk.info(path, fmt, check=False).get("format-specific", {}).get("data", {})
+    return data.get("create-type") == "streamOptimized"
+
+
+def apply_delta(target_path, fmt, pieces, digests=None, progress=None):
+    """Write (offset, bytes) pieces into an existing image of any supported format.
+
+    Goes through open_guest(writable=True) and flushes. A streamOptimized vmdk cannot
+    be rewritten in place (qemu refuses writes to allocated clusters), so it is turned
+    into a temporary qcow2, patched, and converted back atomically.
+    When ``digests`` (a DigestList of the target) is given it is updated: blocks a piece
+    covers whole are hashed from the piece, partly touched blocks are re-read.
+    Returns {"bytes_written", "pieces", "blocks"}.
+    """
+    if _is_stream_optimized(target_path, fmt):
+        workdir = tempfile.mkdtemp(prefix=".delta.", dir=os.path.dirname(os.path.abspath(target_path)))
+        try:
+            tmp = os.path.join(workdir, "work.qcow2")
+            _disk.convert(target_path, fmt, tmp, "qcow2")
+            stats = apply_delta(tmp, "qcow2", pieces, digests, progress)
+            _disk.convert(tmp, "qcow2", target_path, "vmdk", subformat="streamOptimized")
+            return stats
+        finally:
+            for name in os.listdir(workdir):
+                os.unlink(os.path.join(workdir, name))
+            os.rmdir(workdir)
+
+    stats = {"bytes_written": 0, "pieces": 0, "blocks": 0}
+    touched = set()  # blocks a piece covers only in part: re-read after the writes
+    fed = set()  # every block a piece touched
+    with _disk.open_guest(target_path, fmt, writable=True) as target:
+        hasher = None
+        if digests is not None:
+            hasher = BlockHasher(target.size, digests.block_size)
+            if len(digests) != len(hasher.result):
+                raise InputError(
+                    "digest list has %d blocks but %s needs %d" % (len(digests), target_path, len(hasher.result)),
+                    "use the digest list of this disk",
+                )
+        bs = hasher.block_size if hasher else 1
+        for offset, data in pieces:
+            n = len(data)
+            if offset < 0 or offset + n > target.size:
+                raise DiskError(
+                    "delta piece at %d..%d lies outside %s (%d bytes)" % (offset, offset + n, target_path, target.size),
+                    "check the delta belongs to this disk",
+                )
+            target.pwrite(data, offset)
+            stats["bytes_written"] += n
+            stats["pieces"] += 1
+            if progress is not None:
+                progress.advance(n)
+            if hasher is None or n == 0:
+                continue
+            view = memoryview(data)
+            for index in range(offset // bs, (offset + n - 1) // bs + 1):
+                bstart = index * bs
+                blen = min(bs, target.size - bstart)
+                fed.add(index)
+                if bstart >= offset and bstart + blen <= offset + n:
+                    hasher.feed(bstart, bytes(view[bstart - offset : bstart - offset + blen]))
+                    touched.discard(index)
+                else:
+                    touched.add(index)
+        target.flush()
+        if hasher is not None:
+            for index in sorted(touched):
+                bstart = index * bs
+                hasher.feed(bstart, target.pread(min(bs, target.size - bstart), bstart))
+            fresh = hasher.finish()
+            for index in fed:
+                digests[index] = fresh[index]
+    stats["blocks"] = len(fed)
+    return stats

@@ -1,0 +1,204 @@
+"""Block digests, in-flight hashing and apply_delta on real images in every format."""
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+
+MiB = 1024 * 1024
+SIZE = 40 * MiB + 192 * 1024  # the last 1 MiB block is short
+BS = MiB
+FORMATS = [
+    ("qcow2", None, "qcow2"),
+    ("vmdk", "monolithicSparse", "vmdk"),
+    ("vmdk", "monolithicFlat", "vmdk"),
+    ("vmdk", "streamOptimized", "vmdk"),
+    ("vhdx", None, "vhdx"),
+    ("vpc", None, "vhd"),
+]
+IDS = ["%s-%s" % (f, s) if s else f for f, s, _ in FORMATS]
+
+
+def make_raw(path):
+    pieces = {
+        0: os.urandom(MiB),
+        5 * MiB + 4096: os.urandom(3 * MiB + 512),
+        20 * MiB: bytes(2 * MiB),  # allocated zeros: must digest as ZERO_DIGEST
+        30 * MiB + 1000: os.urandom(300000),
+        SIZE - 100000: os.urandom(100000),
+    }
+    with open(path, "wb") as fh:
+        fh.truncate(SIZE)
+        for off, data in pieces.items():
+            fh.seek(off)
+            fh.write(data)
+
+
+def to_format(raw, path, fmt, sub):
+    opts = ["-o", "subformat=%s" % sub] if sub else (["-o", "force_size=on"] if fmt == "vpc" else [])
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt] + opts + [raw, path], check=True)
+
+
+def independent_digests(path, fmt, tmp_path, block_size=BS):
+    """Digests computed here without the project's readers: qemu-img writes raw, we hash it."""
+    out = str(tmp_path / ("independent-%s.raw" % os.path.basename(path)))
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", path, out], check=True)
+    digests = bytearray()
+    with open(out, "rb") as fh:
+        while True:
+            block = fh.read(block_size)
+            if not block:
+                break
+            digests += bytes(32) if block == bytes(len(block)) else hashlib.sha256(block).digest()
+    os.unlink(out)
+    return bytes(digests)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("blk")
+    raw = str(d / "base.raw")
+    make_raw(raw)
+    made = {"raw": (raw, "raw")}
+    for (fmt, sub, suffix), key in zip(FORMATS, IDS, strict=True):
+        path = str(d / ("base-%s.%s" % (key, suffix)))
+        to_format(raw, path, fmt, sub)
+        made[key] = (path, fmt)
+    return made
+
+
+def test_digests_match_an_independent_reader_and_every_format(images, tmp_path):
+    raw, _ = images["raw"]
+    expected = independent_digests(raw, "raw", tmp_path)
+    assert len(expected) == 32 * 41
+    for key, (path, fmt) in images.items():
+        with _disk.open_guest(path, fmt) as g:
+            dl = _blocks.digest_disk(g, BS)
+        assert bytes(dl.digests) == expected, key
+        if fmt not in ("vhdx", "vpc"):  # these allocate in 2-32 MiB blocks
+            assert dl.bytes_read < SIZE / 2, key  # holes are not read
+    dl = _blocks.DigestList(BS, digests=expected)
+    assert dl[20] == _blocks.ZERO_DIGEST and dl[21] == _blocks.ZERO_DIGEST  # allocated zeros
+    assert dl[0] != _blocks.ZERO_DIGEST and dl[40] != _blocks.ZERO_DIGEST  # short last block
+    assert dl[10] == _blocks.ZERO_DIGEST  # never written
+
+
+def test_other_block_sizes(images, tmp_path):
+    path, fmt = images["qcow2"]
+    for bs in (64 * 1024, 4 * MiB):
+        with _disk.open_guest(path, fmt) as g:
+            dl = _blocks.digest_disk(g, bs, chunk=3 * bs)
+        assert bytes(dl.digests) == independent_digests(path, fmt, tmp_path, bs)
+
+
+def test_block_hasher_assembles_unaligned_feeds(images):
+    raw, _ = images["raw"]
+    data = open(raw, "rb").read()
+    with _disk.open_guest(raw, "raw") as g:
+        whole = _blocks.digest_disk(g, BS)
+    h = _blocks.BlockHasher(SIZE, BS)
+    pos = 0
+    step = 777777  # feeds straddle block boundaries
+    while pos < SIZE:
+        h.feed(pos, data[pos : pos + step])
+        pos += step
+    assert h.finish() == whole
+    # only the data blocks are fed; the rest is taken as zeros
+    h = _blocks.BlockHasher(SIZE, BS)
+    h.feed(5 * MiB + 4096, data[5 * MiB + 4096 : 8 * MiB + 4608])
+    h.feed(0, memoryview(data)[: 2 * MiB])
+    h.feed(30 * MiB, data[30 * MiB : 31 * MiB])
+    h.feed(SIZE - 100000, data[SIZE - 100000 :])
+    assert h.finish() == whole
+
+
+def test_save_load_fingerprint_and_hash_diff(images, tmp_path):
+    raw, _ = images["raw"]
+    with _disk.open_guest(raw, "raw") as g:
+        dl = _blocks.digest_disk(g, BS)
+    path = str(tmp_path / "digests" / "disk0.sha256")
+    fp = dl.save(path)
+    assert fp == hashlib.sha256(open(path, "rb").read()).hexdigest() == dl.fingerprint()
+    assert os.path.getsize(path) == 32 * len(dl)
+    back = _blocks.DigestList.load(path, BS, expected_sha256=fp, count=len(dl))
+    assert back == dl
+    with pytest.raises(InputError) as err:
+        _blocks.DigestList.load(path, BS, expected_sha256="0" * 64)
+    assert path in str(err.value)
+    open(path, "ab").write(b"xx")
+    with pytest.raises(InputError) as err:
+        _blocks.DigestList.load(path, BS)
+    assert "truncated" in str(err.value)
+
+    other = _blocks.DigestList(BS, digests=dl.digests)
+    assert dl.changed_blocks(other) == []
+    other[3] = hashlib.sha256(b"x").digest()
+    other[4] = hashlib.sha256(b"y").digest()
+    other[40] = _blocks.ZERO_DIGEST
+    assert dl.changed_blocks(other) == [3, 4, 40]
+    assert dl.changed_extents(other, SIZE) == [(3 * MiB, 2 * MiB), (40 * MiB, 192 * 1024)]
+    with pytest.raises(InputError):
+        dl.changed_blocks(_blocks.DigestList(4096, len(dl)))
+
+
+WRITABLE = [f for f in FORMATS if f[1] != "streamOptimized"]  # written by qemu-img convert only
+
+
+@pytest.mark.parametrize("fmt,sub,suffix", [("raw", None, "raw")] + WRITABLE, ids=lambda v: str(v))
+def test_copy_with_digests(images, tmp_path, fmt, sub, suffix):
+    """Read the source once, write a new sparse image, digests in flight."""
+    src, src_fmt = images["raw"]  # holds allocated zeros, which must not be written
+    dst = str(tmp_path / ("copy." + suffix))
+    _disk.create(dst, fmt, SIZE, subformat=sub)
+    with _disk.open_guest(src, src_fmt) as r, _disk.open_guest(dst, fmt, writable=True) as w:
+        dl, stats = _blocks.copy_with_digests(r, w, BS)
+    assert _disk.compare(src, src_fmt, dst, fmt)
+    assert bytes(dl.digests) == independent_digests(src, src_fmt, tmp_path)
+    assert stats["bytes_read"] < SIZE / 2
+    assert stats["bytes_written"] < stats["bytes_read"]  # the 2 MiB of zeros are not written
+
+
+def changed_source(raw, path):
+    """The source after the guest wrote: returns the pieces a delta would carry."""
+    data = bytearray(open(raw, "rb").read())
+    pieces = [
+        (0, os.urandom(4096)),  # inside a data block
+        (10 * MiB, os.urandom(2 * MiB)),  # whole blocks in a hole
+        (20 * MiB + 512, os.urandom(1000)),  # into allocated zeros
+        (5 * MiB + 4096, bytes(3 * MiB + 512)),  # data becomes zeros
+        (SIZE - 4096, os.urandom(4096)),  # the short last block
+    ]
+    for off, chunk in pieces:
+        data[off : off + len(chunk)] = chunk
+    open(path, "wb").write(data)
+    return pieces
+
+
+@pytest.mark.parametrize("fmt,sub,suffix", [("raw", None, "raw")] + FORMATS, ids=["raw"] + IDS)
+def test_apply_delta_makes_target_equal(images, tmp_path, fmt, sub, suffix):
+    raw, _ = images["raw"]
+    target = str(tmp_path / ("target." + suffix))
+    if fmt == "raw":
+        open(target, "wb").write(open(raw, "rb").read())
+    else:
+        to_format(raw, target, fmt, sub)
+    with _disk.open_guest(target, fmt) as g:
+        digests = _blocks.digest_disk(g, BS)
+    source = str(tmp_path / "source.raw")
+    pieces = changed_source(raw, source)
+    assert not _disk.compare(source, "raw", target, fmt)
+
+    stats = _blocks.apply_delta(target, fmt, iter(pieces), digests=digests)
+    assert stats["pieces"] == len(pieces)
+    assert stats["bytes_written"] == sum(len(p) for _, p in pieces)
+    assert _disk.compare(source, "raw", target, fmt)
+    _disk.info(target, fmt)  # still a valid image
+    if sub:
+        info = _disk.info(target, fmt)
+        assert info["format-specific"]["data"]["create-type"] == sub
+    # the updated digests are those of the new content, read independently
+    assert bytes(digests.digests) == independent_digests(source, "raw", tmp_path)
