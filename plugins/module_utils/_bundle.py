@@ -1,0 +1,318 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Bundles: a directory with manifest.json, disk data (or references) and digest files.
+
+Every step reads one manifest and writes one. The manifest says `complete` only when
+the step that wrote it finished, and it is replaced atomically, so a crash never leaves
+a half-written manifest or one that calls half-written disks complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+import os
+import re
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+
+VERSION = 1
+KIND = "vmigrate.v2v/bundle"
+MANIFEST = "manifest.json"
+STATES = ("incomplete", "complete")
+PLATFORMS = ("kvm", "vsphere", "hyperv", "vmx", "ovf")
+TARGETS = ("kvm", "vsphere", "hyperv")
+DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc")
+# Left out of the fingerprint: they change when a step runs, not what the bundle holds.
+VOLATILE = ("state", "sync", "created", "updated")
+VOLATILE_DISK = ("allocated", "files")
+_DISK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def now():
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+
+
+def manifest_path(directory):
+    return os.path.join(directory, MANIFEST)
+
+
+def _bad(path, field, problem, fix="fix the field, or re-run the step that writes this bundle"):
+    return InputError("%s: field %s %s" % (path, field, problem), fix)
+
+
+def validate_manifest(manifest, path=MANIFEST):
+    """Raise InputError naming the manifest and the field when something is wrong."""
+    if not isinstance(manifest, dict):
+        raise _bad(path, "(top level)", "is not a JSON object")
+    if manifest.get("version") != VERSION:
+        raise _bad(
+            path,
+            "version",
+            "is %r; this collection reads version %d" % (manifest.get("version"), VERSION),
+            "write the bundle again with this collection's export",
+        )
+    if manifest.get("kind") != KIND:
+        raise _bad(path, "kind", "is %r, not %r" % (manifest.get("kind"), KIND), "point at a vmigrate bundle")
+    if manifest.get("state") not in STATES:
+        raise _bad(path, "state", "is %r, not one of %s" % (manifest.get("state"), ", ".join(STATES)))
+    source = manifest.get("source")
+    if not isinstance(source, dict):
+        raise _bad(path, "source", "is missing or not a mapping")
+    if source.get("platform") not in PLATFORMS:
+        raise _bad(path, "source.platform", "is %r, not one of %s" % (source.get("platform"), ", ".join(PLATFORMS)))
+    target = manifest.get("target_platform")
+    if target is not None and target not in TARGETS:
+        raise _bad(path, "target_platform", "is %r, not one of %s" % (target, ", ".join(TARGETS)))
+    if not isinstance(manifest.get("spec"), dict):
+        raise _bad(path, "spec", "is missing or not a mapping")
+    disks = manifest.get("disks")
+    if not isinstance(disks, list):
+        raise _bad(path, "disks", "is missing or not a list")
+    seen = set()
+    for i, disk in enumerate(disks):
+        _validate_disk(disk, "disks[%d]" % i, path, seen)
+    for field in ("sync",):
+        if not isinstance(manifest.get(field, []), list):
+            raise _bad(path, field, "is not a list")
+    if not isinstance(manifest.get("created", {}), dict):
+        raise _bad(path, "created", "is not a mapping")
+    return manifest
+
+
+def _validate_disk(disk, where, path, seen):
+    if not isinstance(disk, dict):
+        raise _bad(path, where, "is not a mapping")
+    did = disk.get("id")
+    if not isinstance(did, str) or not _DISK_ID.match(did):
+        raise _bad(path, where + ".id", "is %r; it must be a name of letters, digits, '.', '_' or '-'" % (did,))
+    if did in seen:
+        raise _bad(path, where + ".id", "repeats %r" % did)
+    seen.add(did)
+    dpath = disk.get("path")
+    if dpath is not None:
+        if not isinstance(dpath, str) or not dpath:
+            raise _bad(path, where + ".path", "is not a file path")
+        if not os.path.isabs(dpath) and ".." in dpath.split("/"):
+            raise _bad(path, where + ".path", "%r leaves the bundle directory" % dpath)
+    if disk.get("format") not in DISK_FORMATS + (None,):
+        raise _bad(path, where + ".format", "is %r, not one of %s" % (disk.get("format"), ", ".join(DISK_FORMATS)))
+    if dpath is not None and disk.get("format") is None:
+        raise _bad(path, where + ".format", "is missing for disk file %s" % dpath)
+    for field in ("capacity", "allocated", "block_size", "blocks"):
+        value = disk.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise _bad(path, "%s.%s" % (where, field), "is %r, not a whole number >= 0" % (value,))
+    if not isinstance(disk.get("capacity"), int):
+        raise _bad(path, where + ".capacity", "is missing")
+    if disk.get("digests") is not None:
+        if not isinstance(disk["digests"], str) or ".." in disk["digests"].split("/"):
+            raise _bad(path, where + ".digests", "is not a path inside the bundle")
+        if not disk.get("block_size"):
+            raise _bad(path, where + ".block_size", "is missing although digests are recorded")
+        if not isinstance(disk.get("digests_sha256"), str) or not _HEX64.match(disk["digests_sha256"]):
+            raise _bad(path, where + ".digests_sha256", "is not a SHA-256 hex digest")
+    checkpoint = disk.get("checkpoint")
+    if checkpoint is not None and (not isinstance(checkpoint, dict) or "kind" not in checkpoint):
+        raise _bad(path, where + ".checkpoint", "is neither null nor a mapping with a kind")
+
+
+def canonical(data):
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def fingerprint_of(manifest):
+    """SHA-256 over the manifest's content minus the fields a run changes (VOLATILE)."""
+    content = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    content["disks"] = [{k: v for k, v in d.items() if k not in VOLATILE_DISK} for d in manifest.get("disks", [])]
+    return hashlib.sha256(canonical(content)).hexdigest()
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path, data):
+    """tmp file, fsync, rename, fsync the directory: readers see the old or the new file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+
+
+def load_manifest(directory):
+    return Bundle.load(directory).manifest
+
+
+def save_manifest(directory, manifest):
+    """Validate and write ``manifest`` into ``directory`` atomically."""
+    bundle = Bundle(directory, manifest)
+    bundle.save()
+    return bundle
+
+
+class Bundle:
+    """A bundle directory and its manifest dict."""
+
+    def __init__(self, directory, manifest):
+        self.dir = os.path.abspath(directory)
+        self.manifest = manifest
+
+    @property
+    def path(self):
+        return manifest_path(self.dir)
+
+    @classmethod
+    def exists(cls, directory):
+        return os.path.isfile(manifest_path(directory))
+
+    @classmethod
+    def create(cls, directory, source, spec, target_platform=None, disks=None, save=True):
+        """A new bundle in state incomplete (saved at once unless ``save`` is false)."""
+        manifest = {
+            "version": VERSION,
+            "kind": KIND,
+            "state": "incomplete",
+            "source": dict(source),
+            "target_platform": target_platform,
+            "spec": spec,
+            "disks": list(disks or []),
+            "sync": [],
+            "created": {"checkpoints": [], "snapshots": []},
+        }
+        bundle = cls(directory, manifest)
+        if save:
+            os.makedirs(bundle.dir, exist_ok=True)
+            bundle.save()
+        return bundle
+
+    @classmethod
+    def load(cls, directory):
+        path = manifest_path(os.path.abspath(directory))
+        try:
+            with open(path) as fh:
+                manifest = json.load(fh)
+        except FileNotFoundError as exc:
+            raise InputError(
+                "%s does not exist: %s is not a bundle" % (path, directory),
+                "point at a directory written by export or convert",
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise InputError("cannot read %s: %s" % (path, exc), "re-run the step that writes this bundle") from exc
+        validate_manifest(manifest, path)
+        return cls(directory, manifest)
+
+    def validate(self):
+        return validate_manifest(self.manifest, self.path)
+
+    def save(self):
+        self.validate()
+        write_json_atomic(self.path, self.manifest)
+
+    # -- disks --
+
+    @property
+    def disks(self):
+        return self.manifest["disks"]
+
+    def disk(self, disk_id):
+        for disk in self.disks:
+            if disk["id"] == disk_id:
+                return disk
+        raise InputError(
+            "bundle %s has no disk %r" % (self.dir, disk_id), "use one of: %s" % ", ".join(d["id"] for d in self.disks)
+        )
+
+    def resolve(self, rel):
+        """A path recorded in the manifest: relative to the bundle, or absolute."""
+        return rel if os.path.isabs(rel) else os.path.join(self.dir, rel)
+
+    def disk_path(self, disk):
+        if isinstance(disk, str):
+            disk = self.disk(disk)
+        return self.resolve(disk["path"]) if disk.get("path") else None
+
+    def digest_path(self, disk):
+        if isinstance(disk, str):
+            disk = self.disk(disk)
+        return self.resolve(disk["digests"]) if disk.get("digests") else None
+
+    def set_disk(self, record):
+        """Add or replace the disk record with the same id."""
+        for i, disk in enumerate(self.disks):
+            if disk["id"] == record["id"]:
+                self.disks[i] = record
+                return record
+        self.disks.append(record)
+        return record
+
+    def load_digests(self, disk):
+        """The disk's DigestList, checked against digests_sha256; None when not recorded."""
+        from ansible_collections.vmigrate.v2v.plugins.module_utils._blocks import DigestList
+
+        if isinstance(disk, str):
+            disk = self.disk(disk)
+        if not disk.get("digests"):
+            return None
+        return DigestList.load(
+            self.digest_path(disk), disk["block_size"], expected_sha256=disk["digests_sha256"], count=disk.get("blocks")
+        )
+
+    def save_digests(self, disk, digest_list):
+        """Write digests/<id>.sha256 and record block_size, blocks and digests_sha256."""
+        rel = "digests/%s.sha256" % disk["id"]
+        disk["digests_sha256"] = digest_list.save(os.path.join(self.dir, rel))
+        disk["digests"] = rel
+        disk["block_size"] = digest_list.block_size
+        disk["blocks"] = len(digest_list)
+        return disk
+
+    # -- state and history --
+
+    def add_sync(self, kind, bytes_read=0, bytes_written=0, checkpoint=None, **extra):
+        entry = {
+            "kind": kind,
+            "at": now(),
+            "bytes_read": int(bytes_read),
+            "bytes_written": int(bytes_written),
+            "checkpoint": checkpoint,
+        }
+        entry.update(extra)
+        self.manifest.setdefault("sync", []).append(entry)
+        return entry
+
+    def record_created(self, what, item):
+        """Remember something made on the source (checkpoint, snapshot) so it can be cleaned up."""
+        self.manifest.setdefault("created", {}).setdefault(what, []).append(item)
+
+    @property
+    def complete(self):
+        return self.manifest.get("state") == "complete"
+
+    def mark_incomplete(self):
+        self.manifest["state"] = "incomplete"
+        self.save()
+
+    def mark_complete(self):
+        self.manifest["state"] = "complete"
+        self.save()
+
+    def fingerprint(self):
+        return fingerprint_of(self.manifest)
+
+    def copy_manifest(self):
+        return copy.deepcopy(self.manifest)
