@@ -66,7 +66,7 @@ def test_validator_names_the_field(tmp_path, change, field):
         ({"capacity": None}, "disks[0].capacity"),
         ({"capacity": -1}, "disks[0].capacity"),
         ({"id": "../x"}, "disks[0].id"),
-        ({"digests": "digests/disk0.sha256", "block_size": MiB}, "disks[0].digests_sha256"),
+        ({"digests": "digests/disk0.sha256", "block_size": MiB, "digests_sha256": "xyz"}, "disks[0].digests_sha256"),
         ({"digests": "digests/disk0.sha256", "digests_sha256": "0" * 64}, "disks[0].block_size"),
         ({"checkpoint": "c1"}, "disks[0].checkpoint"),
     ],
@@ -76,6 +76,13 @@ def test_disk_validator_names_the_field(tmp_path, disk, field):
         make(tmp_path, **disk)
     assert "field %s " % field in str(err.value)
     assert not os.path.exists(tmp_path / "b" / "manifest.json")  # an invalid manifest is never written
+
+
+def test_digests_may_be_pending_while_incomplete(tmp_path):
+    b = make(tmp_path, digests="digests/disk0.sha256", block_size=MiB, digests_sha256=None)
+    with pytest.raises(InputError) as err:
+        b.mark_complete()
+    assert "field disks[0].digests_sha256 " in str(err.value)
 
 
 def test_not_a_bundle(tmp_path):
