@@ -52,6 +52,7 @@ sanity: venv
 
 ansible-lint: venv
 	$(VENV)/bin/ansible-lint --profile production --offline
+	$(VENV)/bin/antsibull-changelog lint
 
 lint: ruff sanity ansible-lint
 
