@@ -1,0 +1,346 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The convert step: a bundle in, a bundle ready for a target platform out.
+
+Disk formats are qemu-img's job; block digests are format-independent, so they are
+carried over from the input, or computed while qemu-img converts (a second thread
+reads the same source, which the page cache serves once). The output manifest says
+`complete` only after every disk and descriptor is in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _bundle, _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+
+DEFAULT_FORMAT = {"kvm": "qcow2", "vsphere": "vmdk", "hyperv": "vhdx"}
+# vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
+DEFAULT_SUBFORMAT = {("vsphere", "vmdk"): "monolithicFlat", ("kvm", "vmdk"): "monolithicSparse"}
+SUFFIX = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx", "vpc": "vhd"}
+
+
+def _spec_module():
+    try:
+        from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
+    except ImportError:
+        return None
+    return _spec
+
+
+def _descriptors_module():
+    try:
+        from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors
+    except ImportError:
+        return None
+    return _descriptors
+
+
+def translate(spec, target, network_map, storage_map):
+    """The spec for the target and the list of changes (via _spec.apply_maps)."""
+    _spec = _spec_module()
+    if _spec is None or not hasattr(_spec, "apply_maps"):
+        return copy.deepcopy(spec), []
+    return _spec.apply_maps(spec, target, network_map or None, storage_map or None)
+
+
+def _vmdk_subformat(path):
+    data = _disk.info(path, "vmdk", check=False).get("format-specific", {}).get("data", {})
+    return data.get("create-type")
+
+
+class Converter:
+    """Plans and runs one convert; ``run(check_mode)`` returns the module result."""
+
+    def __init__(self, params):
+        self.src = os.path.abspath(params["src"])
+        self.dest = os.path.abspath(params["dest"])
+        self.target = params["target_platform"]
+        self.fmt = params.get("disk_format") or DEFAULT_FORMAT[self.target]
+        self.subformat = params.get("disk_subformat")
+        if self.fmt == "vmdk" and not self.subformat:
+            self.subformat = DEFAULT_SUBFORMAT.get((self.target, "vmdk"), "monolithicSparse")
+        if self.subformat and self.fmt != "vmdk":
+            raise InputError(
+                "disk_subformat %s is only meaningful with disk_format vmdk" % self.subformat,
+                "leave disk_subformat unset for %s" % self.fmt,
+            )
+        self.network_map = params.get("network_map") or {}
+        self.storage_map = params.get("storage_map") or {}
+        self.block_size = params.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE
+        self.force = bool(params.get("force"))
+        if self.src == self.dest:
+            raise InputError("src and dest are the same directory %s" % self.src, "write the output to a new directory")
+
+    def options(self):
+        """What the output depends on besides the input; recorded to detect up-to-date output."""
+        return json.loads(
+            json.dumps(
+                {
+                    "target_platform": self.target,
+                    "disk_format": self.fmt,
+                    "disk_subformat": self.subformat,
+                    "network_map": self.network_map,
+                    "storage_map": self.storage_map,
+                    "block_size": self.block_size,
+                },
+                sort_keys=True,
+            )
+        )
+
+    # -- planning --
+
+    def plan(self, bundle):
+        if not bundle.complete:
+            raise InputError(
+                "bundle %s is incomplete: the step that wrote it did not finish" % bundle.dir,
+                "re-run the export that writes it",
+            )
+        plan = []
+        for disk in bundle.disks:
+            path = bundle.disk_path(disk)
+            if not path:
+                raise InputError(
+                    "disk %s of bundle %s has no data file" % (disk["id"], bundle.dir),
+                    "re-run the export so that it writes or references the disk",
+                )
+            if not os.path.exists(path):
+                raise InputError(
+                    "disk %s of bundle %s is missing: %s does not exist" % (disk["id"], bundle.dir, path),
+                    "copy the disk file into place or re-run the export",
+                )
+            src_sub = _vmdk_subformat(path) if disk["format"] == "vmdk" else None
+            same = disk["format"] == self.fmt and (self.fmt != "vmdk" or src_sub == self.subformat)
+            name = "%s.%s" % (disk["id"], SUFFIX[self.fmt])
+            plan.append(
+                {
+                    "id": disk["id"],
+                    "src_path": path,
+                    "src_format": disk["format"],
+                    "src_subformat": src_sub,
+                    "action": "reference" if same else "convert",
+                    "path": path if same else os.path.join(self.dest, "disks", name),
+                    "format": self.fmt,
+                    "subformat": self.subformat,
+                    "capacity": disk["capacity"],
+                    "digests": "carry" if disk.get("digests") else "compute",
+                }
+            )
+        return plan
+
+    def up_to_date(self, input_fp):
+        """The existing output bundle when it was made from this input with these options."""
+        if self.force or not _bundle.Bundle.exists(self.dest):
+            return None
+        try:
+            out = _bundle.Bundle.load(self.dest)
+        except InputError:
+            return None
+        made = out.manifest.get("convert") or {}
+        if not out.complete or made.get("input_fingerprint") != input_fp or made.get("options") != self.options():
+            return None
+        for disk in out.disks:
+            for f in disk.get("files") or []:
+                path = out.resolve(f["path"])
+                if not os.path.exists(path) or os.path.getsize(path) != f["bytes"]:
+                    return None
+            if disk.get("digests"):
+                try:
+                    out.load_digests(disk)
+                except InputError:
+                    return None
+        return out
+
+    # -- running --
+
+    def run(self, check_mode=False):
+        src = _bundle.Bundle.load(self.src)
+        spec_before = src.manifest["spec"]
+        spec_after, changes = translate(spec_before, self.target, self.network_map, self.storage_map)
+        input_fp = src.fingerprint()
+        result = {
+            "changed": False,
+            "dest": self.dest,
+            "spec": spec_after,
+            "changes": changes,
+            "diff": {"before": spec_before, "after": spec_after},
+        }
+        current = self.up_to_date(input_fp)
+        if current is not None:
+            result["disks"] = [self._disk_result(current, d) for d in current.disks]
+            result["descriptors"] = current.manifest.get("descriptors") or {}
+            result["progress"] = []
+            return result
+        plan = self.plan(src)
+        result["changed"] = True
+        result["plan"] = plan
+        if check_mode:
+            result["disks"] = [
+                {k: p[k] for k in ("id", "path", "format", "subformat", "capacity", "action")} for p in plan
+            ]
+            result["progress"] = []
+            return result
+
+        out = self._start_output(src, spec_after)
+        summaries = []
+        for step in plan:
+            record, summary = self._disk(src, out, src.disk(step["id"]), step)
+            out.set_disk(record)
+            summaries.extend(summary)
+            out.save()  # still incomplete: records what is done so far
+        out.manifest["descriptors"] = self._descriptors(out, spec_after)
+        out.manifest["convert"] = {
+            "input": self.src,
+            "input_fingerprint": input_fp,
+            "options": self.options(),
+            "changes": changes,
+            "at": _bundle.now(),
+        }
+        remove_stale(out.dir, {f["path"] for d in out.disks for f in d.get("files") or []})
+        out.mark_complete()
+        result["disks"] = [self._disk_result(out, d) for d in out.disks]
+        result["descriptors"] = out.manifest["descriptors"]
+        result["progress"] = summaries
+        result["fingerprint"] = out.fingerprint()
+        return result
+
+    def _start_output(self, src, spec_after):
+        """Create the output directory with a manifest that says incomplete before any disk is touched."""
+        if os.path.exists(self.dest) and not os.path.isdir(self.dest):
+            raise InputError("dest %s exists and is not a directory" % self.dest, "choose a directory path")
+        if os.path.isdir(self.dest) and os.listdir(self.dest) and not _bundle.Bundle.exists(self.dest):
+            raise InputError(
+                "dest %s is a non-empty directory that is not a bundle" % self.dest,
+                "choose an empty or new directory, or a bundle written by convert",
+            )
+        os.makedirs(os.path.join(self.dest, "disks"), exist_ok=True)
+        source = copy.deepcopy(src.manifest["source"])
+        out = _bundle.Bundle.create(self.dest, source, spec_after, target_platform=self.target, save=False)
+        for key in ("sync", "created"):
+            out.manifest[key] = copy.deepcopy(src.manifest.get(key, out.manifest[key]))
+        out.save()
+        return out
+
+    def _disk(self, src, out, disk, step):
+        """Convert (or reference) one disk and return its output record and progress summaries."""
+        summaries = []
+        digests = src.load_digests(disk)
+        computed = {}
+        worker = None
+        if digests is None:
+            # No digests in the input: hash the source's guest bytes while qemu-img works.
+            def compute():
+                try:
+                    with _disk.open_guest(step["src_path"], step["src_format"]) as reader:
+                        computed["digests"] = _blocks.digest_disk(reader, self.block_size)
+                except Exception as exc:  # noqa: BLE001 - re-raised in the main thread
+                    computed["error"] = exc
+
+            worker = threading.Thread(target=compute, name="digest-%s" % disk["id"], daemon=True)
+            worker.start()
+        try:
+            if step["action"] == "convert":
+                progress = Progress("convert %s" % disk["id"], disk["capacity"])
+                _disk.convert(
+                    step["src_path"], step["src_format"], step["path"], self.fmt, self.subformat, progress=progress
+                )
+                summaries.append(progress.finish())
+        finally:
+            if worker is not None:
+                worker.join()
+        if worker is not None:
+            if "error" in computed:
+                raise computed["error"]
+            digests = computed["digests"]
+
+        info = _disk.info(step["path"], self.fmt)
+        if info["virtual-size"] != disk["capacity"]:
+            raise InputError(
+                "disk %s: %s holds %d bytes, the manifest says %d"
+                % (disk["id"], step["path"], info["virtual-size"], disk["capacity"]),
+                "re-run the export; the bundle does not match its disk",
+            )
+        files = (
+            _disk.image_files(step["path"], self.fmt, self.subformat) if step["action"] == "convert" else [step["path"]]
+        )
+        record = {
+            "id": disk["id"],
+            "path": os.path.relpath(step["path"], self.dest) if step["action"] == "convert" else step["path"],
+            "format": self.fmt,
+            "subformat": self.subformat,
+            "capacity": disk["capacity"],
+            "allocated": info.get("actual-size"),
+            "checkpoint": copy.deepcopy(disk.get("checkpoint")),
+            "source_path": step["src_path"],
+            "action": step["action"],
+            "files": [{"path": self._rel(f), "bytes": os.path.getsize(f)} for f in files],
+        }
+        for key in ("target", "deltas", "bus"):
+            if disk.get(key) is not None:
+                record[key] = copy.deepcopy(disk[key])
+        for delta in record.get("deltas") or []:
+            if delta.get("path"):  # deltas stay in the input bundle; name them absolutely
+                delta["path"] = src.resolve(delta["path"])
+        out.save_digests(record, digests)
+        return record, summaries
+
+    def _rel(self, path):
+        rel = os.path.relpath(path, self.dest)
+        return path if rel.startswith("..") else rel
+
+    def _disk_result(self, out, disk):
+        return {
+            "id": disk["id"],
+            "path": out.disk_path(disk),
+            "format": disk["format"],
+            "subformat": disk.get("subformat"),
+            "capacity": disk["capacity"],
+            "bytes": disk.get("allocated"),
+            "action": disk.get("action"),
+            "digests_sha256": disk.get("digests_sha256"),
+        }
+
+    def _descriptors(self, out, spec):
+        """Write the target's descriptor beside the disks when _descriptors can."""
+        mod = _descriptors_module()
+        written = {}
+        if mod is None:
+            return written
+        disks = {d["id"]: {"path": out.disk_path(d), "format": d["format"]} for d in out.disks}
+        if self.target == "kvm" and hasattr(mod, "libvirt_xml_from_spec"):
+            text = mod.libvirt_xml_from_spec(spec, disks)
+            written["libvirt_xml"] = self._write_text(out, "domain.xml", text)
+        elif self.target == "vsphere" and hasattr(mod, "vmx_from_spec"):
+            files = {d["id"]: os.path.relpath(out.disk_path(d), out.dir) for d in out.disks}
+            text = mod.vmx_from_spec(spec, files)
+            written["vmx"] = self._write_text(out, "%s.vmx" % (spec.get("name") or "vm"), text)
+        return written
+
+    @staticmethod
+    def _write_text(out, name, text):
+        path = os.path.join(out.dir, name)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(path + ".tmp", path)
+        return name
+
+
+def remove_stale(out_dir, keep):
+    """Delete files under disks/ that no record names (left by an earlier convert)."""
+    disks_dir = os.path.join(out_dir, "disks")
+    for name in os.listdir(disks_dir) if os.path.isdir(disks_dir) else []:
+        if os.path.join("disks", name) not in keep:
+            path = os.path.join(disks_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)

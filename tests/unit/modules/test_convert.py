@@ -1,0 +1,203 @@
+"""vmigrate.v2v.convert run through ansible (the real module wrapper), on real images."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _bundle, _disk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+MiB = 1024 * 1024
+SIZE = 24 * MiB
+
+
+def run_module(args, check=False, diff=False, tmp=None):
+    """Run vmigrate.v2v.convert in a one-task playbook; return the registered result.
+
+    A playbook (not `ansible -m`) because ansible-core's own callbacks have no JSON
+    output for ad-hoc runs; the result is written by a second task that ignores check mode.
+    """
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections"),
+    )
+    workdir = tempfile.mkdtemp(prefix="convert-test-")
+    out = os.path.join(workdir, "result.json")
+    play = [
+        {
+            "hosts": "localhost",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "vmigrate.v2v.convert": args,
+                    "register": "r",
+                    "ignore_errors": True,
+                    "diff": diff,
+                },
+                {"ansible.builtin.copy": {"content": "{{ r | to_json }}", "dest": out}, "check_mode": False},
+            ],
+        }
+    ]
+    playbook = os.path.join(workdir, "play.yml")
+    with open(playbook, "w") as fh:
+        json.dump(play, fh)  # JSON is YAML
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        "ansible_python_interpreter=%s" % sys.executable,
+        playbook,
+    ]
+    cmd += ["--check"] if check else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert os.path.exists(out), proc.stdout + proc.stderr
+    with open(out) as fh:
+        result = json.load(fh)
+    shutil.rmtree(workdir)
+    return result
+
+
+def digests_of(raw_path, block_size=MiB):
+    out = bytearray()
+    with open(raw_path, "rb") as fh:
+        while block := fh.read(block_size):
+            out += bytes(32) if block == bytes(len(block)) else hashlib.sha256(block).digest()
+    return bytes(out)
+
+
+def spec():
+    from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
+
+    s = _spec.new_spec(
+        name="web01",
+        uuid="6f1e0c2a-1111-4222-8333-444455556666",
+        disks=[{"id": "disk0", "bus": "scsi", "controller": "pvscsi", "capacity": SIZE, "format": "raw"}],
+        nics=[{"mac": "00:50:56:12:34:56", "network": "VM Network", "model": "vmxnet3"}],
+        origin={"platform": "vsphere", "ref": "vm-42"},
+    )
+    _spec.validate(s)
+    return s
+
+
+@pytest.fixture
+def src_bundle(tmp_path):
+    """An exported bundle: a sparse raw disk with data at known offsets, no digests."""
+    b = _bundle.Bundle.create(
+        str(tmp_path / "export"),
+        {"platform": "vsphere", "id": "vm-42", "name": "web01"},
+        spec(),
+        disks=[{"id": "disk0", "path": "disks/disk0.raw", "format": "raw", "capacity": SIZE}],
+    )
+    raw = b.disk_path("disk0")
+    os.makedirs(os.path.dirname(raw))
+    with open(raw, "wb") as fh:
+        fh.truncate(SIZE)
+        for off in (0, 7 * MiB + 12345, SIZE - 5000):
+            fh.seek(off)
+            fh.write(os.urandom(5000 if off == SIZE - 5000 else 300000))
+    b.mark_complete()
+    return b
+
+
+def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
+    dest = str(tmp_path / "kvm")
+    raw = src_bundle.disk_path("disk0")
+    args = {"src": src_bundle.dir, "dest": dest, "target_platform": "kvm", "network_map": {"VM Network": "default"}}
+    res = run_module(args, diff=True)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["changed"] is True
+    disk = res["disks"][0]
+    assert disk["format"] == "qcow2" and disk["action"] == "convert"
+    assert disk["path"] == os.path.join(dest, "disks", "disk0.qcow2")
+    assert _disk.compare(raw, "raw", disk["path"], "qcow2")
+    changes = {c["field"]: c for c in res["changes"]}
+    assert changes["nics[0].model"]["from"] == "vmxnet3" and changes["nics[0].model"]["to"] == "virtio"
+    assert changes["nics[0].network"]["to"] == "default"
+    assert res["diff"]["before"]["nics"][0]["model"] == "vmxnet3"
+    assert res["diff"]["after"]["nics"][0]["model"] == "virtio"
+
+    out = _bundle.Bundle.load(dest)
+    assert out.complete and out.manifest["target_platform"] == "kvm"
+    assert out.manifest["spec"]["nics"][0]["model"] == "virtio"
+    # digests computed in flight equal digests of the raw bytes read here
+    assert bytes(out.load_digests("disk0").digests) == digests_of(raw)
+    for name in out.manifest.get("descriptors", {}).values():
+        assert os.path.getsize(os.path.join(dest, name)) > 0
+
+    again = run_module(args)
+    assert again["changed"] is False
+    assert again["disks"][0]["digests_sha256"] == disk["digests_sha256"]
+
+    forced = run_module(dict(args, force=True))
+    assert forced["changed"] is True
+    assert _disk.compare(raw, "raw", disk["path"], "qcow2")
+
+    # a changed option makes the output stale
+    other = run_module(dict(args, network_map={"VM Network": "br0"}))
+    assert other["changed"] is True
+    assert _bundle.Bundle.load(dest).manifest["spec"]["nics"][0]["network"] == "br0"
+
+
+def test_check_mode_writes_nothing(src_bundle, tmp_path):
+    dest = str(tmp_path / "planned")
+    res = run_module({"src": src_bundle.dir, "dest": dest, "target_platform": "vsphere"}, check=True, diff=True)
+    assert res["changed"] is True
+    assert not os.path.exists(dest)
+    assert res["disks"][0]["format"] == "vmdk" and res["disks"][0]["subformat"] == "monolithicFlat"
+    assert res["plan"][0]["digests"] == "compute"
+    assert res["diff"]["after"]["nics"][0]["model"] == "vmxnet3"
+
+
+def test_vsphere_monolithic_flat_then_hyperv_carries_digests(src_bundle, tmp_path):
+    raw = src_bundle.disk_path("disk0")
+    vs = str(tmp_path / "vsphere")
+    res = run_module({"src": src_bundle.dir, "dest": vs, "target_platform": "vsphere"})
+    assert res["changed"] is True, res.get("msg")
+    path = res["disks"][0]["path"]
+    assert sorted(os.listdir(os.path.join(vs, "disks"))) == ["disk0-flat.vmdk", "disk0.vmdk"]
+    assert _disk.info(path, "vmdk")["format-specific"]["data"]["create-type"] == "monolithicFlat"
+    assert _disk.compare(raw, "raw", path, "vmdk")
+
+    # the vSphere bundle as input: its digests are carried, not recomputed
+    hv = str(tmp_path / "hyperv")
+    res2 = run_module({"src": vs, "dest": hv, "target_platform": "hyperv"})
+    assert res2["changed"] is True, res2.get("msg")
+    assert res2["plan"][0]["digests"] == "carry"
+    assert res2["disks"][0]["format"] == "vhdx"
+    assert res2["disks"][0]["digests_sha256"] == res["disks"][0]["digests_sha256"]
+    assert _disk.compare(raw, "raw", res2["disks"][0]["path"], "vhdx")
+    assert res2["spec"]["nics"][0]["model"] == "hyperv"
+
+
+def test_same_format_is_referenced_not_copied(src_bundle, tmp_path):
+    dest = str(tmp_path / "rawkvm")
+    res = run_module({"src": src_bundle.dir, "dest": dest, "target_platform": "kvm", "disk_format": "raw"})
+    assert res["changed"] is True, res.get("msg")
+    assert res["disks"][0]["action"] == "reference"
+    assert res["disks"][0]["path"] == src_bundle.disk_path("disk0")
+    assert os.listdir(os.path.join(dest, "disks")) == []
+
+
+def test_missing_disk_is_refused(src_bundle, tmp_path):
+    os.unlink(src_bundle.disk_path("disk0"))
+    dest = str(tmp_path / "out")
+    res = run_module({"src": src_bundle.dir, "dest": dest, "target_platform": "kvm"})
+    assert res["failed"] is True
+    assert "disk disk0" in res["msg"] and src_bundle.disk_path("disk0") in res["msg"] and "missing" in res["msg"]
+    assert not os.path.exists(dest)
+
+
+def test_incomplete_input_is_refused(src_bundle, tmp_path):
+    src_bundle.mark_incomplete()
+    res = run_module({"src": src_bundle.dir, "dest": str(tmp_path / "o"), "target_platform": "kvm"})
+    assert res["failed"] is True and "incomplete" in res["msg"]
