@@ -577,6 +577,32 @@ def parse_vmx(text, what="VMX file"):
     return values
 
 
+# VMX files name the guest OS by a key of their own ("debian11-64"), not by the API's
+# guestId ("debian11_64Guest"); the rule below covers the regular names.
+VMX_GUEST_EXCEPTIONS = {"windows9Server64Guest": "windows9srv-64", "otherGuest64": "other-64", "otherGuest": "other"}
+
+
+def vmx_guest_key(guest_id):
+    """VMX guestOS value for a vSphere guestId."""
+    if guest_id in VMX_GUEST_EXCEPTIONS:
+        return VMX_GUEST_EXCEPTIONS[guest_id]
+    if not guest_id.endswith("Guest"):
+        return guest_id
+    key = guest_id[: -len("Guest")]
+    key = re.sub(r"_?64$", "-64", key)
+    return key.lower()
+
+
+def guest_id_from_vmx(key):
+    """vSphere guestId for a VMX guestOS value (known ids by table; others kept as written)."""
+    if not key:
+        return None
+    for guest_id in list(GUEST_OS) + list(VMX_GUEST_EXCEPTIONS):
+        if vmx_guest_key(guest_id) == key.lower():
+            return guest_id
+    return key
+
+
 def _true(value):
     return str(value).strip().lower() in ("true", "1", "yes")
 
@@ -667,7 +693,7 @@ def _spec_from_vmx(text, base_dir, what):
             )
         )
 
-    guest_id = vmx.get("guestos")
+    guest_id = guest_id_from_vmx(vmx.get("guestos"))
     secure = uefi and _true(vmx.get("uefi.secureboot.enabled"))
     guest = {"family": guest_family(guest_id), "id": guest_id, "osinfo": osinfo_for(guest_id), "description": None}
     spec = new_spec(
@@ -749,7 +775,7 @@ def vmx_from_spec(spec, disk_files):
     put("virtualHW.version", "19")
     put("displayName", spec["name"])
     if spec["guest_os"].get("id"):
-        put("guestOS", spec["guest_os"]["id"])
+        put("guestOS", vmx_guest_key(spec["guest_os"]["id"]))
     if spec["uuid"]:
         put("uuid.bios", _vmx_uuid(spec["uuid"]))
     put("memSize", spec["memory_mib"])
@@ -1370,7 +1396,7 @@ def detect_format(path):
         return "ova"
     text = head.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
     if text.startswith("<"):
-        body = re.sub(r"<\?.*?\?>|<!--.*?-->", "", text, flags=re.S).lstrip()
+        body = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(\[.*?\])?\s*>", "", text, flags=re.S).lstrip()
         if re.match(r"<([A-Za-z_][\w.-]*:)?Envelope\b", body):
             return "ovf"
         if re.match(r"<domain\b", body):
