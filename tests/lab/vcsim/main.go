@@ -32,12 +32,13 @@ type info struct {
 	Datastores map[string]string `json:"datastores"`
 }
 
-// addLabMethods is where methods that vcsim 0.24 lacks are added to simulator objects
-// (the simulator dispatches SOAP calls by reflection on the Go object registered for a
-// managed object reference, so a wrapper type put back with simulator.Map.Put adds a
-// method). QueryChangedDiskAreas belongs here: computed from what really changed in the
-// disk file since the snapshot. Not implemented yet: the simulator answers MethodNotFound.
+// addLabMethods is where methods that vcsim 0.24 lacks are added to simulator objects.
+// QueryChangedDiskAreas lives in cbt.go: computed from what really changed in the disk
+// file since the snapshot. A VirtualMachine wrapper put back with simulator.Map.Put would
+// break the simulator's own Map.Get(ref).(*VirtualMachine) assertions (snapshot removal),
+// so cbt.go registers a snapshot hook here and its calls are routed by cbtHandler below.
 func addLabMethods(model *simulator.Model) error {
+	addChangeTracking()
 	return nil
 }
 
@@ -113,6 +114,8 @@ func main() {
 	// (with the default user it accepts any non-empty pair).
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, password)}
 	server := model.Service.NewServer()
+	// Set before any client can know the address (the -info file is written below).
+	server.Config.Handler = cbtHandler(server.Config.Handler)
 
 	facts := info{URL: strings.Replace(server.URL.String(), server.URL.User.String()+"@", "", 1), PID: os.Getpid(), Datastores: map[string]string{}}
 	for _, e := range simulator.Map.All("Datastore") {
