@@ -137,8 +137,9 @@ def _parse_xml(text, what):
         return ET.fromstring(text)
     except ET.ParseError as exc:
         line, col = exc.position
+        reason = str(exc).split(":", maxsplit=1)[0]  # "mismatched tag: line 3, column 2"
         raise InputError(
-            "%s is not well-formed XML: %s" % (what, str(exc).split(":")[0] + " at line %d, column %d" % (line, col)),
+            "%s is not well-formed XML: %s at line %d, column %d" % (what, reason, line, col),
             "repair or re-export the file",
             line=line,
         ) from None
@@ -1126,26 +1127,29 @@ def ovf_from_spec(spec, disk_files):
     _sub(system, "vssd:VirtualSystemType", "vmx-19")
     instance = [0]
 
-    def item(fields, extra=None):
+    def item(fields, cores_per_socket=None):
+        """Add one hardware Item; return its InstanceID."""
         instance[0] += 1
-        el = _sub(hw, "Item", **({"ovf__required": "false"} if extra == "optional" else {}))
+        el = _sub(hw, "Item")
         fields = dict(fields, InstanceID=instance[0])
         for key in sorted(fields):  # rasd elements in alphabetical order, as the schema's sequence wants
             if fields[key] is not None:
                 _sub(el, "rasd:" + key, fields[key])
-        return el, instance[0]
+        if cores_per_socket:
+            _sub(el, "vmw:CoresPerSocket", cores_per_socket, ovf__required="false")
+        return instance[0]
 
     cpu = spec["cpu"]
-    el, _ = item(
+    item(
         {
             "AllocationUnits": "hertz * 10^6",
             "Description": "Number of Virtual CPUs",
             "ElementName": "%d virtual CPU(s)" % cpu_count(spec),
             "ResourceType": 3,
             "VirtualQuantity": cpu_count(spec),
-        }
+        },
+        cores_per_socket=cpu["cores"] * cpu["threads"],
     )
-    _sub(el, "vmw:CoresPerSocket", cpu["cores"] * cpu["threads"], ovf__required="false")
     item(
         {
             "AllocationUnits": "byte * 2^20",
@@ -1158,7 +1162,7 @@ def ovf_from_spec(spec, disk_files):
     scsi_ctrls, disk_slots, rem_slots = _slots(spec)
     ctrl_ids = {}
     for model, n in scsi_ctrls.items():
-        _, ctrl_ids["scsi%d" % n] = item(
+        ctrl_ids["scsi%d" % n] = item(
             {
                 "Address": n,
                 "Description": "SCSI Controller",
@@ -1170,7 +1174,7 @@ def ovf_from_spec(spec, disk_files):
     used_prefixes = {s[0] for s in disk_slots} | {r[0] for r in rem_slots if r}
     for prefix, sub, label in (("sata0", "vmware.sata.ahci", "SATA"), ("nvme0", "vmware.nvme.controller", "NVME")):
         if prefix in used_prefixes:
-            _, ctrl_ids[prefix] = item(
+            ctrl_ids[prefix] = item(
                 {
                     "Address": 0,
                     "Description": "%s Controller" % label,
@@ -1181,7 +1185,7 @@ def ovf_from_spec(spec, disk_files):
             )
     for n in (0, 1):
         if "ide%d" % n in used_prefixes:
-            _, ctrl_ids["ide%d" % n] = item(
+            ctrl_ids["ide%d" % n] = item(
                 {"Address": n, "Description": "IDE Controller", "ElementName": "IDE %d" % n, "ResourceType": 5}
             )
     for n, (_d, (prefix, unit)) in enumerate(zip(spec["disks"], disk_slots, strict=True), 1):

@@ -22,7 +22,7 @@ description:
     manifest (C(.mf)) are checked unless O(verify_manifest=false).
   - Changes nothing.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 requirements:
   - qemu-img (Debian package qemu-utils) on the host that runs the module, for disk capacities
 attributes:

@@ -366,7 +366,7 @@ def test_vmx_flat_extent_missing_is_reported(esxi_dir):
 
 
 def test_vmx_round_trip(esxi_dir):
-    spec, _ = D.read_descriptor(str(esxi_dir / "web01.vmx"))
+    spec = D.read_descriptor(str(esxi_dir / "web01.vmx"))[0]
     spec["disks"] = spec["disks"][:2]
     spec["disks"][0]["boot_order"] = 1
     spec["disks"][1].update(bus="sata", controller=None)
@@ -385,7 +385,7 @@ def test_vmx_from_spec_needs_vsphere_devices():
     spec = _spec.new_spec(name="k", disks=[{"id": "disk0", "bus": "virtio", "capacity": MiB}])
     with pytest.raises(InputError, match=r"disks\[0\]\.bus 'virtio' cannot be written for vsphere.*apply_maps"):
         D.vmx_from_spec(spec, {"disk0": "k.vmdk"})
-    mapped, _ = _spec.apply_maps(spec, "vsphere")
+    mapped = _spec.apply_maps(spec, "vsphere")[0]
     assert 'scsi0.virtualDev = "pvscsi"' in D.vmx_from_spec(mapped, {"disk0": "k.vmdk"})
 
 
@@ -459,7 +459,7 @@ def test_ovf_missing_disk_is_reported(ovf_dir):
 
 
 def test_ovf_round_trip(ovf_dir):
-    spec, _ = D.read_descriptor(str(ovf_dir / "app01.ovf"))
+    spec = D.read_descriptor(str(ovf_dir / "app01.ovf"))[0]
     spec["uuid"] = "6f1e2d3c-4b5a-4968-8776-655443322110"
     spec["firmware"]["secure_boot"] = True
     spec["disks"][1].update(bus="nvme", controller=None)
@@ -535,7 +535,7 @@ def test_malformed_ovf_names_file_and_line(ovf_dir):
 
 
 def make_ova(ovf_dir):
-    spec, _ = D.read_descriptor(str(ovf_dir / "app01.ovf"))
+    spec = D.read_descriptor(str(ovf_dir / "app01.ovf"))[0]
     files = [str(ovf_dir / "app01-disk1.vmdk"), str(ovf_dir / "app01-disk2.vmdk")]
     text = D.ovf_from_spec(spec, {"disk0": files[0], "disk1": files[1]})
     ova = ovf_dir / "out" / "app01.ova"
@@ -587,7 +587,7 @@ def rewrite_tar(src, dst, edit):
 
 
 def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path):
-    _, ova = make_ova(ovf_dir)
+    ova = make_ova(ovf_dir)[1]
     bad = tmp_path / "bad.ova"
 
     def corrupt(name, data):
@@ -605,7 +605,7 @@ def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path):
     with pytest.raises(InputError, match="app01-disk2.vmdk does not match"):
         D.read_descriptor(str(bad))
     # without verification the descriptor can still be described
-    spec, _ = D.read_descriptor(str(bad), verify_manifest=False)
+    spec = D.read_descriptor(str(bad), verify_manifest=False)[0]
     assert spec["name"] == "app01"
 
     def sha1_wrong(name, data):
@@ -672,7 +672,7 @@ def test_libvirt_q35_ovmf_domain(libvirt_dir):
 
 
 def test_libvirt_round_trip_and_provenance(libvirt_dir):
-    spec, _ = D.read_descriptor(str(libvirt_dir / "db01.xml"))
+    spec = D.read_descriptor(str(libvirt_dir / "db01.xml"))[0]
     disks = {
         "disk0": {"path": str(libvirt_dir / "db01.qcow2"), "format": "qcow2"},
         "disk1": {"pool": "fast", "volume": "db01-data", "format": "raw"},
@@ -700,7 +700,7 @@ def test_libvirt_xml_refuses_what_kvm_lacks():
     )
     with pytest.raises(InputError, match=r"disks\[0\]\.controller 'pvscsi' cannot be written for kvm"):
         D.libvirt_xml_from_spec(spec, {"disk0": {"path": "/x"}})
-    mapped, _ = _spec.apply_maps(spec, "kvm")
+    mapped = _spec.apply_maps(spec, "kvm")[0]
     with pytest.raises(InputError, match=r"no storage given for disks\[0\] \(disk0\)"):
         D.libvirt_xml_from_spec(mapped, {})
     uefi_ide = _spec.new_spec(name="v", firmware={"type": "uefi"}, removable=[{"type": "cdrom", "bus": "ide"}])

@@ -169,7 +169,7 @@ def test_hyperv_generation_rules():
     assert by_field(changes)["disks[0].bus"]["reason"].startswith("Hyper-V generation 1")
 
     uefi = vmware_spec()
-    new, _ = _spec.apply_maps(uefi, "hyperv")
+    new = _spec.apply_maps(uefi, "hyperv")[0]
     assert [d["bus"] for d in new["disks"]] == ["scsi", "scsi"]
     assert new["removable"][0]["bus"] == "scsi"
     assert {n["model"] for n in new["nics"]} == {"hyperv"}
