@@ -242,7 +242,7 @@ class Connection:
         self.user = params["username"]
         self.timeout = int(params.get("timeout") or 3600)
         self.thumbprint = params.get("thumbprint")
-        self.ssl = ssl_context(params.get("validate_certs", True), params.get("ca_path"))
+        self.ssl = ssl_context(params.get("validate_certs", True), params.get("ca_path") or None)
         self.si = None
         if self.thumbprint:
             self._check_pin()
@@ -1342,9 +1342,10 @@ class VspherePlatform(Platform):
                 pass
 
     def _destroy(self, vm):
+        name = vm.name  # read before the VM is gone
         if vm.runtime.powerState == vim.VirtualMachinePowerState.poweredOn:
-            wait_task(vm.PowerOffVM_Task(), "power off %s" % vm.name, self.conn.timeout)
-        wait_task(vm.Destroy_Task(), "delete VM %s" % vm.name, self.conn.timeout)
+            wait_task(vm.PowerOffVM_Task(), "power off %s" % name, self.conn.timeout)
+        wait_task(vm.Destroy_Task(), "delete VM %s" % name, self.conn.timeout)
 
     def _resource_pool(self, name=None):
         pools = []

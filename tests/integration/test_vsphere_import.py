@@ -1,0 +1,272 @@
+"""vsphere_import / vsphere_verify / vsphere_vm_info against the lab's vcsim over verified TLS.
+
+The bundle is built here from the lab guest image with the engine (Bundle, digest_disk);
+the KVM -> vSphere path through kvm_export lives in test_vsphere_kvm.py.
+Independent readers: the flat file in vcsim's datastore directory (qemu-img compare),
+and pyvmomi for the VM's configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk, _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
+
+MAC = "52:54:00:aa:bb:01"
+
+
+def make_bundle(directory, image, name, source_id=None, network="lab-net", firmware="bios", fmt="raw"):
+    """A complete bundle whose disk is ``image`` referenced in place, digests computed here."""
+    size = _disk.info(image, fmt)["virtual-size"]
+    spec = _spec.new_spec(
+        name=name,
+        uuid=source_id or str(uuid.uuid4()),
+        firmware={"type": firmware, "secure_boot": False},
+        cpu={"sockets": 1, "cores": 2, "threads": 1},
+        memory_mib=256,
+        disks=[{"id": "disk0", "bus": "virtio", "capacity": size, "format": fmt, "source": {"path": image}}],
+        nics=[{"mac": MAC, "network": network, "model": "virtio"}],
+        guest_os={"family": "linux", "osinfo": "http://debian.org/debian/12"},
+    )
+    bundle = Bundle.create(directory, {"platform": "kvm", "id": spec["uuid"], "name": name}, spec)
+    record = {"id": "disk0", "path": image, "format": fmt, "capacity": size}
+    with _disk.open_guest(image, fmt) as reader:
+        bundle.save_digests(record, _blocks.digest_disk(reader))
+    bundle.set_disk(record)
+    bundle.add_sync("full", checkpoint=None)
+    bundle.mark_complete()
+    return bundle
+
+
+def conn_vars(lab, **extra):
+    vc = lab["vcsim"]
+    out = {
+        "hostname": vc["hostname"],
+        "port": vc["port"],
+        "username": vc["username"],
+        "password": vc["password"],
+        "ca_path": vc["ca_path"],
+        "datacenter": vc["datacenter"],
+    }
+    out.update(extra)
+    return out
+
+
+def play(module, args):
+    """A one-task playbook; the task result is written to a JSON file next to it."""
+    return (
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
+        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '{{ out }}'}\n      check_mode: false\n"
+        % (module, json.dumps(args))
+    )
+
+
+@pytest.fixture
+def run_module(run_playbook, tmp_path):
+    """Run one module through ansible-playbook; return (task result dict, process)."""
+
+    def run(module, args, check=False, env=None):
+        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
+        # No VMWARE_*/VMIGRATE_* from the caller's shell: the test's arguments decide.
+        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
+        clean.update(env or {})
+        proc = run_playbook(play(module, args), {"out": str(out)}, check=check, env=clean)
+        assert out.exists(), proc.stdout + proc.stderr
+        return json.loads(out.read_text()), proc
+
+    return run
+
+
+def find_vm(si, name):
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        return next((vm for vm in view.view if vm.name == name), None)
+    finally:
+        view.Destroy()
+
+
+def destroy(si, name):
+    vm = find_vm(si, name)
+    if vm is not None:
+        if vm.runtime.powerState == "poweredOn":
+            WaitForTask(vm.PowerOffVM_Task())
+        WaitForTask(vm.Destroy_Task())
+
+
+@pytest.fixture
+def guest_copy(lab, tmp_path):
+    path = tmp_path / "guest.raw"
+    shutil.copyfile(lab["guest_image"], path)
+    return str(path)
+
+
+@pytest.fixture
+def vm_name(vsphere_si):
+    name = "v2v-imp-%s" % uuid.uuid4().hex[:8]
+    yield name
+    destroy(vsphere_si, name)
+
+
+def flat_path(lab, name):
+    return os.path.join(lab["vcsim"]["datastore_dir"], name, name + "-flat.vmdk")
+
+
+def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+    bundle = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, firmware="uefi")
+    args = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
+
+    res, _ = run_module("vsphere_import", args, check=True)
+    assert res["changed"] and res["action"] == "create", res
+    assert find_vm(vsphere_si, vm_name) is None  # check mode made nothing
+
+    res, _ = run_module("vsphere_import", args)
+    assert not res.get("failed"), res
+    assert res["changed"] and res["action"] == "create"
+
+    # Bytes: the flat extent vcsim stored equals the source image.
+    cmp = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "raw", flat_path(lab, vm_name), guest_copy],
+        capture_output=True,
+        text=True,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    # The descriptor (written by qemu-img) names that extent and opens as a vmdk.
+    descriptor = os.path.join(lab["vcsim"]["datastore_dir"], vm_name, vm_name + ".vmdk")
+    assert _disk.info(descriptor, "vmdk")["virtual-size"] == os.path.getsize(guest_copy)
+    assert not os.path.exists(os.path.join(lab["vcsim"]["datastore_dir"], vm_name, "vmigrate.partial"))
+
+    # Spec fields, read by pyvmomi.
+    vm = find_vm(vsphere_si, vm_name)
+    assert vm.config.hardware.numCPU == 2 and vm.config.hardware.numCoresPerSocket == 2
+    assert vm.config.hardware.memoryMB == 256
+    assert vm.config.firmware == "efi"
+    nics = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    assert [n.macAddress for n in nics] == [MAC]
+    assert isinstance(nics[0], vim.vm.device.VirtualVmxnet3)
+    assert nics[0].backing.deviceName == "VM Network"
+    disks = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+    assert len(disks) == 1 and disks[0].capacityInBytes == os.path.getsize(guest_copy)
+    controllers = {d.key: d for d in vm.config.hardware.device}
+    assert isinstance(controllers[disks[0].controllerKey], vim.vm.device.ParaVirtualSCSIController)
+    prov = json.loads(next(o.value for o in vm.config.extraConfig if o.key == "vmigrate.provenance"))
+    assert prov["source_id"] == bundle.manifest["source"]["id"]
+    assert prov["bundle_fingerprint"] == bundle.fingerprint()
+
+    # A re-run with the same bundle changes nothing.
+    res, _ = run_module("vsphere_import", args)
+    assert res["changed"] is False and res["action"] == "none", res
+
+    # vm_info describes it (and changes nothing).
+    res, _ = run_module("vsphere_vm_info", conn_vars(lab, vms=[vm_name]))
+    info = res["vms"][0]
+    assert res["changed"] is False
+    assert info["firmware"] == "efi" and info["provenance"]["source_id"] == prov["source_id"]
+    assert info["nics"][0]["mac"] == MAC and info["nics"][0]["network"] == "VM Network"
+    assert info["disks"][0]["file"] == "[%s] %s/%s.vmdk" % (lab["vcsim"]["datastore"], vm_name, vm_name)
+    assert info["spec"]["cpu"] == {"sockets": 1, "cores": 2, "threads": 1}
+
+    # verify reads the disk back and agrees, and powers the VM on.
+    res, _ = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, power_on=True))
+    assert not res.get("failed"), res
+    assert res["disks"][0]["mismatched"] == 0 and res["bytes_read"] == os.path.getsize(guest_copy)
+    assert res["power_state"] == "poweredOn"
+    WaitForTask(vm.PowerOffVM_Task())
+
+    # A changed byte on the datastore is found.
+    with open(flat_path(lab, vm_name), "r+b") as fh:
+        fh.seek(5 * 1024 * 1024 + 3)
+        old = fh.read(1)
+        fh.seek(5 * 1024 * 1024 + 3)
+        fh.write(bytes([old[0] ^ 0xFF]))
+    res, _ = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir))
+    assert res.get("failed") and "differs from the bundle in 1 of" in res["msg"], res
+    assert "first at byte %d" % (5 * 1024 * 1024) in res["msg"]
+
+
+def test_same_name_other_origin_is_refused_unless_replace(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+    first = make_bundle(str(tmp_path / "a"), guest_copy, vm_name)
+    other = make_bundle(str(tmp_path / "b"), guest_copy, vm_name)  # another source id
+    base = conn_vars(lab, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
+    res, _ = run_module("vsphere_import", dict(base, bundle=first.dir))
+    assert res["changed"], res
+    moid = res["moid"]
+
+    res, _ = run_module("vsphere_import", dict(base, bundle=other.dir))
+    assert res.get("failed") and "already exists" in res["msg"] and "replace=true" in res["msg"], res
+    assert find_vm(vsphere_si, vm_name)._moId == moid
+
+    res, _ = run_module("vsphere_import", dict(base, bundle=other.dir, replace=True))
+    assert res["changed"] and res["replaced"] == moid, res
+    vm = find_vm(vsphere_si, vm_name)
+    prov = json.loads(next(o.value for o in vm.config.extraConfig if o.key == "vmigrate.provenance"))
+    assert prov["source_id"] == other.manifest["source"]["id"]
+
+
+def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+    src_id = str(uuid.uuid4())
+    bundle = make_bundle(str(tmp_path / "a"), guest_copy, vm_name, source_id=src_id)
+    args = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
+    assert run_module("vsphere_import", args)[0]["changed"]
+    # The source changes; a newer bundle of the same source arrives.
+    with open(guest_copy, "r+b") as fh:
+        fh.seek(7 * 1024 * 1024)
+        fh.write(os.urandom(4096))
+    newer = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, source_id=src_id)
+    res, _ = run_module("vsphere_import", dict(args, bundle=newer.dir))
+    assert res["changed"] and res["action"] == "update" and res["updated_disks"] == ["disk0"], res
+    cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", flat_path(lab, vm_name), guest_copy])
+    assert cmp.returncode == 0
+    vm = find_vm(vsphere_si, vm_name)
+    values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
+    assert not values.get("vmigrate.incomplete")
+    assert json.loads(values["vmigrate.provenance"])["bundle_fingerprint"] == newer.fingerprint()
+    assert run_module("vsphere_import", dict(args, bundle=newer.dir))[0]["changed"] is False
+
+
+def test_bad_input_is_reported_and_leaves_nothing(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+    bundle = make_bundle(str(tmp_path / "b"), guest_copy, vm_name)
+    base = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"])
+    vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
+
+    res, _ = run_module("vsphere_import", dict(base, network_map={"other-net": "VM Network"}))
+    assert res.get("failed") and "network 'lab-net'" in res["msg"] and "not in network_map" in res["msg"], res
+
+    res, _ = run_module("vsphere_import", dict(base, network_map={"lab-net": "no-such-portgroup"}))
+    assert res.get("failed") and "network 'no-such-portgroup' not found" in res["msg"], res
+    assert "VM Network" in res["msg"]  # lists what exists
+
+    res, _ = run_module("vsphere_import", dict(base, datastore="NoSuchDS", network_map={"lab-net": "VM Network"}))
+    assert res.get("failed") and "datastore 'NoSuchDS' not found" in res["msg"] and "LocalDS_0" in res["msg"], res
+
+    res, _ = run_module("vsphere_import", dict(base, password="wrong", network_map={"lab-net": "VM Network"}))
+    assert res.get("failed") and "vSphere login failed for user %s" % lab["vcsim"]["username"] in res["msg"], res
+    assert "wrong" not in json.dumps(res.get("invocation", {}))  # no_log
+
+    assert find_vm(vsphere_si, vm_name) is None
+    assert not os.path.exists(vm_dir) or not os.listdir(vm_dir)
+
+
+def test_tls_needs_the_lab_ca(lab, run_module):
+    args = conn_vars(lab, vms=["DC0_H0_VM0"])
+    res, _ = run_module("vsphere_vm_info", args)
+    assert not res.get("failed") and res["vms"][0]["name"] == "DC0_H0_VM0", res
+
+    del args["ca_path"]  # the system trust store does not hold the lab CA
+    res, _ = run_module("vsphere_vm_info", args)
+    assert res.get("failed"), res
+    assert "TLS verification of %s" % lab["vcsim"]["hostname"] in res["msg"]
+    assert "ca_path" in res["msg"] and "validate_certs" in res["msg"]
+
+    res, _ = run_module("vsphere_vm_info", conn_vars(lab, vms=["no-such-vm"]))
+    assert res.get("failed") and "VM 'no-such-vm' not found" in res["msg"], res
