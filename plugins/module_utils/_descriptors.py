@@ -626,8 +626,8 @@ def _spec_from_vmx(text, base_dir, what):
     uefi = vmx.get("firmware", "bios").lower() == "efi"
 
     def resolve(file_name):
-        if not file_name:
-            return None
+        if not file_name or base_dir is None:  # no base_dir: names as written, nothing probed
+            return file_name or None
         return os.path.normpath(file_name if os.path.isabs(file_name) else os.path.join(base_dir, file_name))
 
     slots = []
@@ -720,12 +720,20 @@ def _vmx_uuid(uuid):
     return " ".join(pairs[:8]) + "-" + " ".join(pairs[8:])
 
 
-def _slots(spec, removable_too=True):
+def _ide_prefix(used):
+    """ide0 or ide1: VMware has two IDE channels with two devices each."""
+    n = used.get("ide0", 0) + used.get("ide1", 0)
+    if n >= 4:
+        raise InputError("more than 4 IDE devices", "put disks on scsi or sata (apply_maps(spec, 'vsphere'))")
+    return "ide%d" % (n // 2)
+
+
+def _slots(spec):
     """Assign VMware controller slots (scsi0:0, sata0:1, ...) in spec order."""
     scsi_ctrls = {}  # controller model -> scsi bus number
     used = {}
     out_disks, out_rem = [], []
-    limits = {"scsi": 15, "sata": 30, "nvme": 15, "ide": 2}
+    limits = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}  # units per controller (SCSI skips 7)
 
     def next_slot(prefix):
         unit = used.get(prefix, 0)
@@ -740,24 +748,19 @@ def _slots(spec, removable_too=True):
             ctrl = scsi_ctrls.setdefault(disk["controller"], len(scsi_ctrls))
             prefix = "scsi%d" % ctrl
         elif bus == "ide":
-            n = sum(used.get("ide%d" % k, 0) for k in range(2))
-            prefix = "ide%d" % (n // 2)
+            prefix = _ide_prefix(used)
         else:
             prefix = bus + "0"
         unit = next_slot(prefix)
         if unit >= limits[bus]:
             raise InputError("too many %s disks for one VMware controller" % bus, "spread the disks over other buses")
         out_disks.append((prefix, unit))
-    for item in spec["removable"] if removable_too else []:
+    for item in spec["removable"]:
         if item["type"] != "cdrom":
             out_rem.append(None)
             continue
         bus = item["bus"] if item["bus"] in ("sata", "ide") else "sata"
-        if bus == "ide":
-            n = sum(used.get("ide%d" % k, 0) for k in range(2))
-            prefix = "ide%d" % (n // 2)
-        else:
-            prefix = "sata0"
+        prefix = _ide_prefix(used) if bus == "ide" else "sata0"
         out_rem.append((prefix, next_slot(prefix)))
     return scsi_ctrls, out_disks, out_rem
 
@@ -960,6 +963,8 @@ def _spec_from_ovf(text, base_dir, what, present=None):
                 source = {"member": d["href"]}
                 if d["href"] not in present:
                     missing.append(d["href"])
+            elif base_dir is None:
+                source = {"path": d["href"]}  # no base_dir: names as written, nothing checked
             else:
                 source = {"path": os.path.normpath(os.path.join(base_dir, d["href"]))}
                 if not os.path.exists(source["path"]):

@@ -389,6 +389,27 @@ def test_vmx_from_spec_needs_vsphere_devices():
     assert 'scsi0.virtualDev = "pvscsi"' in D.vmx_from_spec(mapped, {"disk0": "k.vmdk"})
 
 
+def test_vmx_ide_channels():
+    spec = _spec.new_spec(
+        name="old",
+        disks=[{"id": "disk%d" % i, "bus": "ide", "capacity": MiB} for i in range(3)],
+        removable=[{"type": "cdrom", "bus": "ide", "path": "/iso/x.iso"}],
+    )
+    text = D.vmx_from_spec(spec, {"disk%d" % i: "d%d.vmdk" % i for i in range(3)})
+    assert [ln.split(".")[0] for ln in text.splitlines() if ln.endswith('.present = "TRUE"') and ":" in ln] == [
+        "ide0:0",
+        "ide0:1",
+        "ide1:0",
+        "ide1:1",
+    ]
+    back = D.spec_from_vmx(text, None)
+    assert [d["bus"] for d in back["disks"]] == ["ide"] * 3 and back["removable"][0]["path"] == "/iso/x.iso"
+    spec["disks"].append({"id": "disk3", "bus": "ide", "capacity": MiB})
+    spec = _spec.new_spec(**{k: v for k, v in spec.items() if k != "schema"})
+    with pytest.raises(InputError, match="more than 4 IDE devices"):
+        D.vmx_from_spec(spec, {"disk%d" % i: "d%d.vmdk" % i for i in range(4)})
+
+
 def test_malformed_vmx_names_file_and_line(tmp_path):
     path = tmp_path / "bad.vmx"
     path.write_text('.encoding = "UTF-8"\ndisplayName = "x"\nthis line is broken\n')
@@ -484,6 +505,7 @@ def test_ovf_round_trip(ovf_dir):
     assert "<rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>" in text
     assert '<Disk ovf:capacity="64" ovf:capacityAllocationUnits="byte * 2^20"' in text
     assert 'ovf:size="%d"' % os.path.getsize(files["disk0"]) in text
+    assert D.spec_from_ovf(text, None)["disks"][0]["source"] == {"path": "app01-disk1.vmdk"}
 
 
 def test_ovf2_storage_and_ethernet_items(tmp_path):
