@@ -1223,7 +1223,8 @@ def ovf_from_spec(spec, disk_files):
                 "AddressOnParent": 6 + n,
                 "AutomaticAllocation": "true",
                 "Connection": nic["network"],
-                "Description": "%s ethernet adapter on %s" % (OVF_NIC_NAMES[nic["model"]], nic["network"]),
+                "Description": "%s ethernet adapter%s"
+                % (OVF_NIC_NAMES[nic["model"]], ' on "%s"' % nic["network"] if nic["network"] else ""),
                 "ElementName": "Network adapter %d" % n,
                 "ResourceSubType": OVF_NIC_NAMES[nic["model"]],
                 "ResourceType": 10,
