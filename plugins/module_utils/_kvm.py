@@ -63,6 +63,17 @@ CONNECT_ATTEMPTS = 3
 CONNECT_DELAY = 0.5
 
 
+def argument_spec(**extra):
+    """The connection options (doc fragment vmigrate.v2v.kvm) plus the module's own."""
+    spec = dict(
+        uri=dict(type="str"),
+        username=dict(type="str"),
+        password=dict(type="str", no_log=True),
+    )
+    spec.update(extra)
+    return spec
+
+
 def require_libvirt():
     if not HAS_LIBVIRT:
         raise MissingLibraryError(

@@ -1,0 +1,99 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kvm_vm_info
+short_description: Describe libvirt domains as neutral specs
+version_added: 0.1.0
+description:
+  - Lists the domains of a libvirt host, or describes one by O(name) or O(uuid).
+  - Each domain comes back with its neutral spec (firmware, CPUs, memory, disks, NICs), its power
+    state, its disks with capacity and allocation (C(virDomainGetBlockInfo)), its checkpoints and
+    the provenance a vmigrate import recorded in its metadata.
+  - Changes nothing.
+author:
+  - vmigrate.v2v contributors
+extends_documentation_fragment:
+  - vmigrate.v2v.kvm
+options:
+  name:
+    description: Name of the domain to describe. All domains when neither O(name) nor O(uuid) is given.
+    type: str
+  uuid:
+    description: UUID of the domain to describe.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Reads only.
+"""
+
+EXAMPLES = r"""
+- name: Describe every domain of the local libvirt
+  vmigrate.v2v.kvm_vm_info:
+  register: kvm
+
+- name: Describe one domain
+  vmigrate.v2v.kvm_vm_info:
+    uri: qemu:///system
+    name: web01
+  register: web01
+
+- name: Show its disks
+  ansible.builtin.debug:
+    var: web01.vms[0].disks
+"""
+
+RETURN = r"""
+vms:
+  description: One entry per domain.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Domain name., type: str}
+    uuid: {description: Domain UUID., type: str}
+    state: {description: Power state (running, shutoff, paused, ...)., type: str}
+    persistent: {description: Whether the domain is defined (not transient)., type: bool}
+    spec: {description: The neutral spec (see docs/spec.md)., type: dict}
+    disks:
+      description: Disks with target, path, format, capacity, allocation and physical size in bytes.
+      type: list
+      elements: dict
+    checkpoints: {description: Names of the domain's libvirt checkpoints., type: list, elements: str}
+    provenance: {description: Provenance recorded by kvm_import, or null., type: dict}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _kvm  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_kvm.argument_spec(name=dict(type="str"), uuid=dict(type="str")),
+        mutually_exclusive=[("name", "uuid")],
+        supports_check_mode=True,
+    )
+    if not _kvm.HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=str(_kvm.LIBVIRT_IMPORT_ERROR))
+    p = module.params
+    try:
+        with _kvm.KvmPlatform(p) as platform:
+            if p["name"] or p["uuid"]:
+                doms = [platform.find_vm(p["name"], uuid=p["uuid"])]
+            else:
+                doms = platform._domains()
+            vms = [platform.info(d) for d in doms]
+    except Exception as exc:  # noqa: BLE001 - one failure shape for every error
+        fail_from_exception(module, exc)
+    module.exit_json(changed=False, vms=vms)
+
+
+if __name__ == "__main__":
+    main()
