@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+import uuid
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     InputError,
@@ -939,8 +940,17 @@ class VspherePlatform(Platform):
                 self._remove_snapshot(vm, snapshot, bundle)
         changed = first or any(s["bytes_written"] for s in stats)
         checkpoint = {d["id"]: d.get("checkpoint") for d in bundle.disks}
+        syncs = bundle.manifest.get("sync") or []
+        if first:
+            # A full sync starts a new chain; deltas of an older chain no longer apply.
+            for record in bundle.disks:
+                for old_delta in record.pop("deltas", None) or []:
+                    _remove_quietly(os.path.join(bundle.dir, old_delta["path"]))
+            bundle.manifest["sync"] = syncs = []
         bundle.add_sync(
             result["kind"],
+            index=len(syncs) + 1,
+            chain=syncs[0].get("chain") if syncs else uuid.uuid4().hex,
             bytes_read=sum(s["bytes_read"] for s in stats),
             bytes_written=sum(s["bytes_written"] for s in stats),
             checkpoint=checkpoint,
@@ -1018,6 +1028,7 @@ class VspherePlatform(Platform):
         from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 
         block_size = int(options.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
+        sync_index = len(bundle.manifest.get("sync") or []) + 1
         disks = vm_disks(vm, config)
         stats = []
         for sdisk, vdisk in zip(spec["disks"], disks, strict=True):
@@ -1059,14 +1070,19 @@ class VspherePlatform(Platform):
                     changed_extents = None
                 else:
                     old = bundle.load_digests(record)
-                    if areas is not None:
-                        pieces = self._read_pieces(reader, areas, progress)
-                        st = _blocks.apply_delta(path, "raw", pieces, digests=old)
-                        st = {"bytes_read": reader.bytes_read, "bytes_written": st["bytes_written"]}
-                        digests = old
-                        changed_extents = [list(a) for a in areas]
-                    else:
-                        digests, st, changed_extents = self._hash_diff(reader, path, old, progress)
+                    delta = _DeltaFile(bundle.dir, disk_id, sync_index, capacity)
+                    try:
+                        if areas is not None:
+                            pieces = delta.tee(self._read_pieces(reader, areas, progress))
+                            st = _blocks.apply_delta(path, "raw", pieces, digests=old)
+                            st = {"bytes_read": reader.bytes_read, "bytes_written": st["bytes_written"]}
+                            digests = old
+                            changed_extents = [list(a) for a in areas]
+                        else:
+                            digests, st, changed_extents = self._hash_diff(reader, path, old, progress, delta)
+                        delta.finish(record, changed_extents)
+                    finally:
+                        delta.discard()
                 record = dict(record or {})
                 record.update(id=disk_id, path=rel, format="raw", capacity=capacity)
                 record["checkpoint"] = (
@@ -1122,13 +1138,13 @@ class VspherePlatform(Platform):
                 yield off, data
 
     @staticmethod
-    def _hash_diff(reader, path, old, progress):
+    def _hash_diff(reader, path, old, progress, delta):
         """No CBT: read everything, write only the blocks whose digest changed."""
         from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks
 
         new = _blocks.digest_disk(reader, old.block_size, progress=progress)
         runs = new.changed_extents(old, reader.size)
-        pieces = ((start, reader.pread(length, start)) for start, length in runs)
+        pieces = delta.tee((start, reader.pread(length, start)) for start, length in runs)
         st = _blocks.apply_delta(path, "raw", pieces)
         return new, {"bytes_written": st["bytes_written"]}, [list(r) for r in runs]
 
@@ -1690,3 +1706,58 @@ class _ExtentSource:
             self.bytes_read += hi - lo
             self.hasher.feed(lo, data)
         return bytes(out)
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _DeltaFile:
+    """The bytes of one incremental sync, kept in the bundle as a sparse raw file.
+
+    Same layout as the KVM export's deltas (disks/<id>.delta-<index>.raw, as large as the
+    disk, data only in ``extents``), so kvm_import can bring an earlier target up to date
+    with only these bytes; the bundle's base image is updated in place too.
+    """
+
+    def __init__(self, bundle_dir, disk_id, index, size):
+        self.rel = "disks/%s.delta-%d.raw" % (disk_id, index)
+        self.path = os.path.join(bundle_dir, self.rel)
+        self.index = index
+        self.tmp = self.path + ".part"
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fh = open(self.tmp, "wb")
+        self.fh.truncate(size)
+        self.written = 0
+
+    def tee(self, pieces):
+        for offset, data in pieces:
+            os.pwrite(self.fh.fileno(), data, offset)
+            self.written += len(data)
+            yield offset, data
+
+    def finish(self, record, extents):
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        if not extents:
+            return
+        os.replace(self.tmp, self.path)
+        record.setdefault("deltas", []).append(
+            {
+                "index": self.index,
+                "path": self.rel,
+                "format": "raw",
+                "extents": [list(e) for e in extents],
+                "bytes": sum(e[1] for e in extents),
+                "bytes_written": self.written,
+            }
+        )
+
+    def discard(self):
+        if not self.fh.closed:
+            self.fh.close()
+        _remove_quietly(self.tmp)
