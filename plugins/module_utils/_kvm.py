@@ -965,8 +965,9 @@ class KvmPlatform(Platform):
         reason = None
         targets = []
         for rec in ctx["live"]:
-            self._check_source_disk(rec, dom)
-            targets.append(rec["target"])
+            if not rec["path"]:
+                self._check_source_disk(rec, dom)  # raises: nothing to back up
+            targets.append(rec["target"])  # QEMU holds the image lock: it reads, not qemu-img
         non_qcow2 = [r["target"] for r in ctx["live"] if r["format"] != "qcow2"]
         if non_qcow2:
             reason = (
