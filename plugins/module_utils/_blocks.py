@@ -229,17 +229,18 @@ def _chunks(ranges, chunk):
             yield off, min(chunk, start + length - off)
 
 
-def _read_ahead(reader, ranges, chunk):
+def _read_ahead(reader, ranges, chunk, block_size):
     """Yield (offset, data, length) with the next read running while the caller works.
 
     Raw files are read into two alternating buffers (no allocation per read); NBD
     reads return fresh bytes. The caller must be done with a buffer before asking for
     the next item, which a generator guarantees.
     """
+    zero_copy = getattr(reader, "zero_copy", False)
+    chunk = max(block_size, min(chunk, getattr(reader, "preferred_chunk", chunk)) // block_size * block_size)
     items = list(_chunks(ranges, chunk))
     if not items:
         return
-    zero_copy = getattr(reader, "zero_copy", False)
     buffers = [bytearray(chunk), bytearray(chunk)] if zero_copy else None
 
     def read(i):
@@ -265,7 +266,7 @@ def digest_disk(reader, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=No
     hasher = BlockHasher(size, block_size)
     ranges = _data_ranges(reader.extents() if extents is None else extents, size, hasher.block_size)
     read = 0
-    for off, data, length in _read_ahead(reader, ranges, _align(chunk, hasher.block_size)):
+    for off, data, length in _read_ahead(reader, ranges, chunk, hasher.block_size):
         hasher.feed(off, data, length)
         read += length
         if progress is not None:
@@ -275,10 +276,6 @@ def digest_disk(reader, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=No
     result = hasher.finish()
     result.bytes_read = read
     return result
-
-
-def _align(chunk, block_size):
-    return max(block_size, (chunk // block_size) * block_size)
 
 
 def copy_with_digests(reader, writer, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=None, chunk=CHUNK):
@@ -299,7 +296,7 @@ def copy_with_digests(reader, writer, block_size=DEFAULT_BLOCK_SIZE, progress=No
     bs = hasher.block_size
     ranges = _data_ranges(reader.extents() if extents is None else extents, size, bs)
     stats = {"bytes_read": 0, "bytes_written": 0}
-    for off, data, length in _read_ahead(reader, ranges, _align(chunk, bs)):
+    for off, data, length in _read_ahead(reader, ranges, chunk, bs):
         hasher.feed(off, data, length)
         view = memoryview(data)
         # Write runs of non-zero blocks; digests already tell which blocks are zero.

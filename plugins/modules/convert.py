@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: convert
 short_description: Turn a bundle into one ready for a target platform
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Reads the bundle in O(src) (written by an export module) and writes a bundle in O(dest) whose
     disks are in the target platform's format and whose spec is translated for that platform.

@@ -131,8 +131,16 @@ def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
     assert out.manifest["spec"]["nics"][0]["model"] == "virtio"
     # digests computed in flight equal digests of the raw bytes read here
     assert bytes(out.load_digests("disk0").digests) == digests_of(raw)
-    for name in out.manifest.get("descriptors", {}).values():
-        assert os.path.getsize(os.path.join(dest, name)) > 0
+    # the libvirt XML written beside the disk names it and carries the translated spec
+    xml_name = out.manifest["descriptors"]["libvirt_xml"]
+    with open(os.path.join(dest, xml_name)) as fh:
+        xml_text = fh.read()
+    assert disk["path"] in xml_text
+    from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors
+
+    described = _descriptors.spec_from_libvirt_xml(xml_text)
+    assert described["nics"][0]["model"] == "virtio" and described["nics"][0]["mac"] == "00:50:56:12:34:56"
+    assert described["disks"][0]["capacity"] in (None, SIZE)
 
     again = run_module(args)
     assert again["changed"] is False
@@ -167,6 +175,10 @@ def test_vsphere_monolithic_flat_then_hyperv_carries_digests(src_bundle, tmp_pat
     assert sorted(os.listdir(os.path.join(vs, "disks"))) == ["disk0-flat.vmdk", "disk0.vmdk"]
     assert _disk.info(path, "vmdk")["format-specific"]["data"]["create-type"] == "monolithicFlat"
     assert _disk.compare(raw, "raw", path, "vmdk")
+    vmx = os.path.join(vs, res["descriptors"]["vmx"])
+    with open(vmx) as fh:
+        vmx_text = fh.read()
+    assert "disks/disk0.vmdk" in vmx_text and 'ethernet0.virtualDev = "vmxnet3"' in vmx_text
 
     # the vSphere bundle as input: its digests are carried, not recomputed
     hv = str(tmp_path / "hyperv")
