@@ -1,0 +1,115 @@
+"""Unit tests of the libvirt-independent parts of _kvm (XML, provenance, deltas)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _kvm
+
+DOMAIN = """<domain type='kvm'><name>web01</name><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+<source file='/var/lib/libvirt/images/web01.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><target dev='sda' bus='sata'/></disk>
+<disk type='block' device='disk'><driver name='qemu' type='raw'/>
+<source dev='/dev/vg/data'/><target dev='vdb' bus='virtio'/></disk>
+</devices></domain>"""
+
+
+def test_domain_disks_skips_removable_and_keeps_order():
+    disks = _kvm.domain_disks(DOMAIN)
+    assert [(d["id"], d["target"], d["path"], d["format"]) for d in disks] == [
+        ("disk0", "vda", "/var/lib/libvirt/images/web01.qcow2", "qcow2"),
+        ("disk1", "vdb", "/dev/vg/data", "raw"),
+    ]
+
+
+def test_backup_xml_pull_mode_incremental():
+    root = ET.fromstring(_kvm.backup_xml("/run/s.sock", ["vda", "vdb"], "/tmp/x", incremental="vmigrate-1"))
+    assert root.get("mode") == "pull"
+    assert root.findtext("incremental") == "vmigrate-1"
+    assert root.find("server").attrib == {"transport": "unix", "socket": "/run/s.sock"}
+    assert [d.find("scratch").get("file") for d in root.findall("disks/disk")] == [
+        "/tmp/x/vda.scratch",
+        "/tmp/x/vdb.scratch",
+    ]
+    full = ET.fromstring(_kvm.backup_xml("/run/s.sock", ["vda"], "/tmp/x"))
+    assert full.find("incremental") is None
+
+
+def test_checkpoint_xml_bitmaps():
+    root = ET.fromstring(_kvm.checkpoint_xml("vmigrate-2", ["vda"]))
+    assert root.findtext("name") == "vmigrate-2"
+    assert root.find("disks/disk").attrib == {"name": "vda", "checkpoint": "bitmap"}
+
+
+def test_provenance_round_trip_attributes_and_children():
+    prov = {"source_id": "abc", "sync_index": 3, "state": "complete", "checkpoint": None}
+    parsed = _kvm.parse_provenance(_kvm.provenance_xml(prov))
+    assert parsed == {"source_id": "abc", "sync_index": "3", "state": "complete"}
+    # The form _descriptors writes (non-strings as JSON children) reads too.
+    text = '<v2v:provenance xmlns:v2v="%s" source_id="abc"><v2v:sync_index>3</v2v:sync_index></v2v:provenance>'
+    assert _kvm.parse_provenance(text % _kvm.NS) == {"source_id": "abc", "sync_index": "3"}
+    assert _kvm.parse_provenance("") is None
+
+
+def test_with_cpu_mode():
+    xml = "<domain><cpu mode='host-passthrough' check='none'><topology sockets='1'/></cpu></domain>"
+    cpu = ET.fromstring(_kvm.with_cpu_mode(xml, "default")).find("cpu")
+    assert "mode" not in cpu.attrib and cpu.find("topology") is not None
+    assert ET.fromstring(_kvm.with_cpu_mode(xml, "host-model")).find("cpu").get("mode") == "host-model"
+    assert _kvm.with_cpu_mode(xml, None) == xml
+
+
+@pytest.mark.parametrize(
+    "uri,local",
+    [
+        ("qemu:///system", True),
+        ("qemu+tcp://127.0.0.1:1/system", True),
+        ("qemu+ssh://root@kvm1/system", False),
+        ("qemu+tls://kvm2.example/system", False),
+    ],
+)
+def test_is_local_uri(uri, local):
+    assert _kvm.is_local_uri(uri) is local
+
+
+def test_merge_runs_clips_to_size():
+    assert _kvm._merge_runs({0, 1, 3, 4}, 1024, 4 * 1024 + 100) == [[0, 2048], [3072, 1124]]
+
+
+class BytesReader:
+    def __init__(self, data):
+        self.data = data
+        self.size = len(data)
+
+    def pread(self, length, offset):
+        return self.data[offset : offset + length]
+
+
+def test_write_delta_holds_changed_blocks_and_updates_digests(tmp_path):
+    bs = 4096
+    data = bytearray(8 * bs)
+    data[bs : 2 * bs] = b"a" * bs
+    data[5 * bs : 5 * bs + 10] = b"b" * 10
+    digests = _blocks.DigestList.for_size(len(data), bs)
+    runs = _kvm._merge_runs({1, 2, 5}, bs, len(data))
+    path = str(tmp_path / "d.raw")
+    stats = _kvm._write_delta(BytesReader(bytes(data)), runs, path, len(data), digests)
+    assert stats == {"bytes_read": 3 * bs, "bytes_written": 2 * bs}  # block 2 is zeros: a hole
+    assert os.path.getsize(path) == len(data)
+    assert digests[1] == hashlib.sha256(bytes(data[bs : 2 * bs])).digest()
+    assert digests[2] == _blocks.ZERO_DIGEST
+    assert digests[5] == hashlib.sha256(bytes(data[5 * bs : 6 * bs])).digest()
+    pieces = list(_kvm._read_pieces(path, runs))
+    assert b"".join(p for _o, p in pieces) == bytes(data[bs : 3 * bs]) + bytes(data[5 * bs : 6 * bs])
+
+
+def test_bundle_fingerprint_follows_disk_digests():
+    a = {"disks": [{"id": "disk0", "digests_sha256": "1" * 64}]}
+    b = {"disks": [{"id": "disk0", "digests_sha256": "2" * 64}], "sync": [1]}
+    assert _kvm.bundle_fingerprint(a) != _kvm.bundle_fingerprint(b)
+    assert _kvm.bundle_fingerprint(a) == _kvm.bundle_fingerprint(dict(a, sync=[1, 2]))
