@@ -122,27 +122,31 @@ def boot_check(image: str, accel: str = "kvm", timeout: float = 30.0, fmt: str |
         cmd = ["qemu-system-x86_64", "-accel", accel, "-m", "256", "-display", "none", "-no-reboot"]
         cmd += ["-serial", "file:" + serial, "-drive", "file=%s,format=qcow2,if=virtio" % overlay]
         start = time.monotonic()
-        qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            while time.monotonic() - start < timeout:
-                if os.path.exists(serial):
-                    with open(serial, errors="replace") as f:
-                        if READY_MARKER in f.read():
-                            return time.monotonic() - start
-                if qemu.poll() is not None:
-                    break
-                time.sleep(0.2)
-        finally:
-            qemu.kill()
-            _, err = qemu.communicate()
-        tail = ""
-        if os.path.exists(serial):
-            with open(serial, errors="replace") as f:
-                tail = f.read()[-500:]
-        raise GuestLogError(
-            "the guest did not print %s within %ss under accel=%s (qemu: %s; serial tail: %r)"
-            % (READY_MARKER, timeout, accel, err.decode().strip()[-300:], tail)
-        )
+        with open(os.path.join(tmp, "qemu.err"), "w+") as err:
+            qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                while time.monotonic() - start < timeout and qemu.poll() is None:
+                    if READY_MARKER in _read(serial):
+                        return time.monotonic() - start
+                    # A vCPU KVM cannot emulate pauses qemu for good: no use waiting on.
+                    if "internal error" in _read(err.name):
+                        break
+                    time.sleep(0.2)
+            finally:
+                qemu.kill()
+                qemu.wait()
+            raise GuestLogError(
+                "the guest did not print %s within %ss under accel=%s (qemu: %r; serial tail: %r)"
+                % (READY_MARKER, timeout, accel, _read(err.name)[:300], _read(serial)[-300:])
+            )
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
