@@ -8,9 +8,11 @@ and pyvmomi for the VM's configuration.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import uuid
 
@@ -267,6 +269,14 @@ def test_tls_needs_the_lab_ca(lab, run_module):
     assert res.get("failed"), res
     assert "TLS verification of %s" % lab["vcsim"]["hostname"] in res["msg"]
     assert "ca_path" in res["msg"] and "validate_certs" in res["msg"]
+
+    # A pinned certificate: without CA verification, only the exact certificate is accepted.
+    pem = ssl.get_server_certificate((lab["vcsim"]["hostname"], lab["vcsim"]["port"]))
+    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    res, _ = run_module("vsphere_vm_info", dict(args, validate_certs=False, thumbprint=pin))
+    assert not res.get("failed") and res["vms"][0]["name"] == "DC0_H0_VM0", res
+    res, _ = run_module("vsphere_vm_info", dict(args, validate_certs=False, thumbprint="ab" * 32))
+    assert res.get("failed") and "not the pinned thumbprint" in res["msg"], res
 
     res, _ = run_module("vsphere_vm_info", conn_vars(lab, vms=["no-such-vm"]))
     assert res.get("failed") and "VM 'no-such-vm' not found" in res["msg"], res
