@@ -41,14 +41,15 @@ ruff: venv
 
 # ansible-test needs the collection under ansible_collections/<ns>/<name>: copy the
 # tracked files there, outside this git checkout (a symlink would resolve back here).
-# The lab and bench are test tooling, not collection content: excluded.
+# The lab, bench and the lab-driven pytest suite in tests/integration (not ansible-test
+# integration targets) are test tooling, not collection content: excluded; ruff checks them.
 sanity: venv
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR) ~/.ansible/test/cache
 	v=$$(grep -oP "pip='\\K[0-9.]+" $(VENV)/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1); \
 	  cp tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_$${v//./_}.py
 	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(SANITY_DIR)/
 	cd $(SANITY_DIR) && $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no \
-	  $(foreach d,tests/lab bench,$(if $(wildcard $(d)),--exclude $(d)/))
+	  $(foreach d,tests/lab tests/integration bench,$(if $(wildcard $(d)),--exclude $(d)/))
 
 ansible-lint: venv
 	$(VENV)/bin/ansible-lint --profile production --offline
