@@ -31,7 +31,7 @@ description:
     NBD through nbdkit's VDDK plugin would be faster but needs VMware's proprietary
     VDDK; it is not used.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
   - ansible.builtin.action_common_attributes

@@ -30,7 +30,7 @@ description:
     sync; writing only the changed blocks needs NBD through VMware's VDDK (nbdkit vddk
     plugin), which is not used here. The target must be powered off."
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
   - ansible.builtin.action_common_attributes

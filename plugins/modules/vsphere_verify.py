@@ -17,7 +17,7 @@ description:
     guest has VMware Tools, it also waits for a green Tools heartbeat; without Tools
     (as in the lab's simulator) only the power state is checked, and the result says so.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
   - ansible.builtin.action_common_attributes

@@ -16,7 +16,7 @@ description:
     snapshots, vmigrate provenance).
   - Changes nothing.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
   - ansible.builtin.action_common_attributes
