@@ -345,11 +345,28 @@ def backup_xml(socket_path, disks, scratch_dir, incremental=None):
 
 
 def delete_checkpoints(dom, names):
-    """Delete the given checkpoints (ours); missing ones are skipped. Returns the deleted names."""
+    """Delete the given checkpoints (ours); missing ones are skipped. Returns the deleted names.
+
+    libvirt 9 refuses to delete a checkpoint of a shut-off domain, so there its metadata
+    is deleted and qemu-img removes the bitmap (named like the checkpoint) from each
+    qcow2 disk, which is what libvirt does itself for a running domain.
+    """
     deleted = []
+    active = dom.isActive()
     for name in names:
         try:
-            dom.checkpointLookupByName(name, 0).delete(0)
+            chk = dom.checkpointLookupByName(name, 0)
+            if active:
+                chk.delete(0)
+            else:
+                chk.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+                for rec in domain_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+                    if rec["format"] == "qcow2" and rec["path"] and os.path.exists(rec["path"]):
+                        _disk._qemu_img(
+                            ["bitmap", "--remove", "-f", "qcow2", rec["path"], name],
+                            "cannot remove bitmap %s from %s" % (name, rec["path"]),
+                            ok_codes=(0, 1),  # a disk that had no bitmap of that name
+                        )
             deleted.append(name)
         except libvirt.libvirtError as exc:
             if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
@@ -741,6 +758,7 @@ class KvmPlatform(Platform):
                 "run a warm (or auto) export of the running domain first",
             )
         fallback = None
+        new_chain = False
         if mode == "cold" or (mode == "auto" and not running and not warm_chain):
             kind = "cold"
         elif mode == "warm" or not warm_chain:
@@ -750,12 +768,12 @@ class KvmPlatform(Platform):
             fallback = self._chain_broken(dom, prev, live)
             if fallback and running:
                 kind = "full"
+            elif fallback and "checkpoint" in fallback:
+                # A shut-off domain compares digests instead of reading a bitmap: the
+                # missing checkpoint does not matter.
+                fallback = None
             elif fallback:
-                # A shut-off domain compares digests instead of reading a bitmap; that
-                # needs only the previous digests, not the checkpoint.
-                fallback = None if "checkpoint" in fallback else fallback
-                if fallback:
-                    kind = "cold"
+                kind, new_chain = "cold", True
         os.makedirs(bundle, exist_ok=True) if not check_mode else None
         ctx = {
             "dom": dom,
@@ -769,8 +787,10 @@ class KvmPlatform(Platform):
             "transfer": transfer,
             "freeze": freeze,
             "block_size": block_size,
+            "new_chain": new_chain,
         }
-        if kind == "cold":
+        if kind == "cold" or not running:
+            # Shut off: cold, or the final incremental of a warm chain (see _export_cold).
             result = self._export_cold(ctx)
         elif kind == "full":
             result = self._export_full(ctx)
@@ -877,7 +897,7 @@ class KvmPlatform(Platform):
                 "transfer=path needs the disks on this host, but %s is remote" % self.uri,
                 "use transfer=stream (or auto) for remote libvirt",
             )
-        warm_chain = bool(prev and prev["sync"][0].get("mode") == "warm")
+        warm_chain = bool(prev and prev["sync"][0].get("mode") == "warm") and not ctx["new_chain"]
         if not stream:
             stats = {r["id"]: _stat_key(r["path"]) for r in ctx["live"] if r["path"]}
             old_stats = [d.get("source", {}).get("stat") for d in (prev or {}).get("disks", [])]
