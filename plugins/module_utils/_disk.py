@@ -358,14 +358,15 @@ class NbdReader:
             )
         out = []
         offset = 0
+        found = []
+
+        def callback(metacontext, off, entries, err):
+            if metacontext == ctx:
+                found.append(list(entries))
+            return 0
+
         while offset < self.size:
-            found = []
-
-            def callback(metacontext, off, entries, err, found=found):
-                if metacontext == ctx:
-                    found.append(list(entries))
-                return 0
-
+            del found[:]
             self.h.block_status(min(self.size - offset, 1 << 30), offset, callback)
             if not found or not found[0]:
                 raise DiskError("NBD export %s returned no %s status at %d" % (self.name, ctx, offset), None)

@@ -23,7 +23,7 @@ description:
   - The output manifest says C(complete) only when everything is in place. A re-run on an output made
     from the same input with the same options changes nothing and reports C(changed=false).
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 requirements:
   - qemu-img and qemu-nbd (Debian package qemu-utils) on the conversion host
   - the Python binding of libnbd (Debian package python3-libnbd) when digests must be computed from
@@ -125,10 +125,10 @@ disks:
   elements: dict
   contains:
     id: {description: Disk id., type: str}
-    path: {description: Absolute path of the disk image (the descriptor, for a monolithicFlat vmdk)., type: str}
+    path: {description: "Absolute path of the disk image (for a monolithicFlat vmdk, the descriptor).", type: str}
     format: {description: Image format., type: str}
     subformat: {description: vmdk variant or null., type: str}
-    capacity: {description: Size the guest sees, in bytes., type: int}
+    capacity: {description: "Size the guest sees, in bytes.", type: int}
     bytes: {description: Bytes the image occupies on disk., type: int}
     action: {description: C(convert) or C(reference) (already in the target format; not copied)., type: str}
     digests_sha256: {description: SHA-256 of the disk's digest list (its fingerprint)., type: str}
