@@ -248,6 +248,7 @@ def main():
         % (time.strftime("%Y-%m-%d %H:%M"), platform.machine(), os.cpu_count(), qver, platform.python_version())
     )
     say("command: python bench/run.py %s" % " ".join(sys.argv[1:]))
+    say("load average at start: %.2f %.2f %.2f (other work on the machine skews every figure)" % os.getloadavg())
     size = args.size_mib * MiB
     raw = os.path.join(workdir, "data.raw")
     try:
@@ -261,6 +262,7 @@ def main():
             bench_digest(workdir, raw, size)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    say("load average at end: %.2f %.2f %.2f" % os.getloadavg())
     results = os.path.join(ROOT, "bench", "results")
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, "latest.txt"), "w") as fh:
