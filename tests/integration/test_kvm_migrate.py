@@ -146,7 +146,8 @@ def module_play(module, args, out):
     return (
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
         "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n      check_mode: false\n"
+        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n"
+        "      check_mode: false\n      changed_when: false\n"
     ) % (module, json.dumps(args), out)
 
 
