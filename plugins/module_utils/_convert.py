@@ -12,6 +12,7 @@ reads the same source, which the page cache serves once). The output manifest sa
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -49,6 +50,24 @@ def translate(spec, target, network_map, storage_map):
     if _spec is None or not hasattr(_spec, "apply_maps"):
         return copy.deepcopy(spec), []
     return _spec.apply_maps(spec, target, network_map or None, storage_map or None)
+
+
+# Per-disk fields an incremental sync changes; the rest (and the spec) must stay equal
+# for a refresh that carries new deltas without converting the disks again.
+SYNC_FIELDS = ("digests_sha256", "blocks", "deltas", "checkpoint", "allocated", "files", "progress")
+
+
+def base_key(manifest):
+    """Fingerprint of what an incremental sync leaves alone, with the sync chain's id."""
+    content = {k: v for k, v in manifest.items() if k not in _bundle.VOLATILE}
+    content["disks"] = [{k: v for k, v in d.items() if k not in SYNC_FIELDS} for d in manifest.get("disks", [])]
+    syncs = manifest.get("sync") or []
+    content["chain"] = (syncs[0].get("chain") or syncs[0].get("at")) if syncs else None
+    return hashlib.sha256(_bundle.canonical(content)).hexdigest()
+
+
+def _delta_ids(disk):
+    return [d.get("index") for d in disk.get("deltas") or []]
 
 
 def _vmdk_subformat(path):
@@ -158,6 +177,65 @@ class Converter:
                     return None
         return out
 
+    def refreshable(self, src):
+        """The existing output when the input only gained deltas (an incremental sync).
+
+        Then the converted disks still hold the base the deltas apply to, and only the
+        records (deltas, digests, checkpoints, sync history) need to follow the input.
+        """
+        if self.force or not _bundle.Bundle.exists(self.dest):
+            return None
+        try:
+            out = _bundle.Bundle.load(self.dest)
+        except InputError:
+            return None
+        made = out.manifest.get("convert") or {}
+        if not out.complete or made.get("options") != self.options() or made.get("base_key") != base_key(src.manifest):
+            return None
+        if [d["id"] for d in out.disks] != [d["id"] for d in src.disks]:
+            return None
+        for disk, old in zip(src.disks, out.disks, strict=True):
+            new_ids, old_ids = _delta_ids(disk), _delta_ids(old)
+            if new_ids[: len(old_ids)] != old_ids:
+                return None  # a different chain of deltas
+            if len(new_ids) == len(old_ids) and disk.get("digests_sha256") != old.get("digests_sha256"):
+                return None  # the disk changed without a delta saying how
+            for f in old.get("files") or []:
+                path = out.resolve(f["path"])
+                if not os.path.exists(path) or os.path.getsize(path) != f["bytes"]:
+                    return None
+        return out
+
+    def refresh(self, src, out, input_fp, changes, check_mode):
+        """Carry new deltas, digests and sync history into the output; no disk is converted."""
+        new_deltas = []
+        for disk, old in zip(src.disks, out.disks, strict=True):
+            for delta in (disk.get("deltas") or [])[len(old.get("deltas") or []) :]:
+                new_deltas.append({"disk": disk["id"], "index": delta.get("index"), "bytes": delta.get("bytes")})
+        if check_mode:
+            return new_deltas
+        out.mark_incomplete()
+        for disk, old in zip(src.disks, out.disks, strict=True):
+            old["checkpoint"] = copy.deepcopy(disk.get("checkpoint"))
+            old["deltas"] = self._absolute_deltas(src, disk)
+            old["action"] = "refresh"
+            digests = src.load_digests(disk)
+            if digests is not None:
+                out.save_digests(old, digests)
+        for key in ("sync", "created"):
+            out.manifest[key] = copy.deepcopy(src.manifest.get(key, out.manifest.get(key)))
+        out.manifest["convert"].update(input_fingerprint=input_fp, at=_bundle.now(), changes=changes)
+        out.mark_complete()
+        return new_deltas
+
+    @staticmethod
+    def _absolute_deltas(src, disk):
+        deltas = copy.deepcopy(disk.get("deltas") or [])
+        for delta in deltas:
+            if delta.get("path"):  # deltas stay in the input bundle; name them absolutely
+                delta["path"] = src.resolve(delta["path"])
+        return deltas
+
     # -- running --
 
     def run(self, check_mode=False):
@@ -177,6 +255,16 @@ class Converter:
             result["disks"] = [self._disk_result(current, d) for d in current.disks]
             result["descriptors"] = current.manifest.get("descriptors") or {}
             result["progress"] = []
+            return result
+        previous = self.refreshable(src)
+        if previous is not None:
+            result["changed"] = True
+            result["deltas"] = self.refresh(src, previous, input_fp, changes, check_mode)
+            result["disks"] = [dict(self._disk_result(previous, d), action="refresh") for d in previous.disks]
+            result["descriptors"] = previous.manifest.get("descriptors") or {}
+            result["progress"] = []
+            if not check_mode:
+                result["fingerprint"] = previous.fingerprint()
             return result
         plan = self.plan(src)
         result["changed"] = True
@@ -199,6 +287,7 @@ class Converter:
         out.manifest["convert"] = {
             "input": self.src,
             "input_fingerprint": input_fp,
+            "base_key": base_key(src.manifest),
             "options": self.options(),
             "changes": changes,
             "at": _bundle.now(),
@@ -282,12 +371,11 @@ class Converter:
             "action": step["action"],
             "files": [{"path": self._rel(f), "bytes": os.path.getsize(f)} for f in files],
         }
-        for key in ("target", "deltas", "bus"):
+        for key in ("target", "bus"):
             if disk.get(key) is not None:
                 record[key] = copy.deepcopy(disk[key])
-        for delta in record.get("deltas") or []:
-            if delta.get("path"):  # deltas stay in the input bundle; name them absolutely
-                delta["path"] = src.resolve(delta["path"])
+        if disk.get("deltas"):
+            record["deltas"] = self._absolute_deltas(src, disk)
         out.save_digests(record, digests)
         return record, summaries
 

@@ -22,6 +22,9 @@ description:
     (O(target_platform=vsphere)) is written into O(dest) too.
   - The output manifest says C(complete) only when everything is in place. A re-run on an output made
     from the same input with the same options changes nothing and reports C(changed=false).
+  - After an incremental export (the input gained deltas in the same sync chain, nothing else changed)
+    the disks are not converted again; the output takes the new deltas (by absolute path, they stay in
+    the input bundle), digests, checkpoints and sync history, for the import to apply.
 author:
   - vmigrate.v2v contributors (@vmigrate)
 requirements:
@@ -130,7 +133,9 @@ disks:
     subformat: {description: vmdk variant or null., type: str}
     capacity: {description: "Size the guest sees, in bytes.", type: int}
     bytes: {description: Bytes the image occupies on disk., type: int}
-    action: {description: C(convert) or C(reference) (already in the target format; not copied)., type: str}
+    action:
+      description: C(convert), C(reference) (already in the target format; not copied) or C(refresh) (deltas carried).
+      type: str
     digests_sha256: {description: SHA-256 of the disk's digest list (its fingerprint)., type: str}
 spec:
   description: The translated spec, as stored in the output manifest.
@@ -139,6 +144,11 @@ spec:
 changes:
   description: Every change made to the spec, each C({field, from, to, reason}).
   returned: always
+  type: list
+  elements: dict
+deltas:
+  description: Deltas the output gained from an incremental sync, each C({disk, index, bytes}).
+  returned: when only deltas were carried over
   type: list
   elements: dict
 plan:

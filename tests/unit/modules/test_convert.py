@@ -213,3 +213,61 @@ def test_incomplete_input_is_refused(src_bundle, tmp_path):
     src_bundle.mark_incomplete()
     res = run_module({"src": src_bundle.dir, "dest": str(tmp_path / "o"), "target_platform": "kvm"})
     assert res["failed"] is True and "incomplete" in res["msg"]
+
+
+def test_incremental_sync_refreshes_without_converting_again(src_bundle, tmp_path):
+    """After an incremental export the output gains the new delta, digests and history only."""
+    from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks
+
+    raw = src_bundle.disk_path("disk0")
+    base_copy = str(tmp_path / "base.raw")
+    shutil.copyfile(raw, base_copy)
+    with _disk.open_guest(raw, "raw") as g:
+        src_bundle.save_digests(src_bundle.disks[0], _blocks.digest_disk(g))
+    src_bundle.add_sync("full", chain="c1", index=1)
+    src_bundle.save()
+    dest = str(tmp_path / "kvm")
+    args = {"src": src_bundle.dir, "dest": dest, "target_platform": "kvm"}
+    first = run_module(args)
+    assert first["changed"] is True, first.get("msg")
+    out_disk = first["disks"][0]["path"]
+    stamp = os.stat(out_disk).st_mtime_ns
+
+    # the guest wrote 2 MiB at 3 MiB: the export records that as delta 2 (a sparse raw file)
+    new = os.urandom(2 * MiB)
+    with open(raw, "r+b") as fh:
+        fh.seek(3 * MiB)
+        fh.write(new)
+    rel = "disks/disk0.delta-2.raw"
+    with open(os.path.join(src_bundle.dir, rel), "wb") as fh:
+        fh.truncate(SIZE)
+        fh.seek(3 * MiB)
+        fh.write(new)
+    disk = src_bundle.disks[0]
+    disk["deltas"] = [{"index": 2, "path": rel, "format": "raw", "extents": [[3 * MiB, 2 * MiB]], "bytes": 2 * MiB}]
+    with _disk.open_guest(raw, "raw") as g:
+        src_bundle.save_digests(disk, _blocks.digest_disk(g))
+    src_bundle.add_sync("incremental", chain="c1", index=2)
+    src_bundle.save()
+
+    planned = run_module(args, check=True)
+    assert planned["changed"] is True and planned["deltas"] == [{"disk": "disk0", "index": 2, "bytes": 2 * MiB}]
+    second = run_module(args)
+    assert second["changed"] is True, second.get("msg")
+    assert second["disks"][0]["action"] == "refresh"
+    assert os.stat(out_disk).st_mtime_ns == stamp  # not converted again
+    out = _bundle.Bundle.load(dest)
+    assert out.manifest["sync"][-1]["index"] == 2
+    assert out.disks[0]["digests_sha256"] == disk["digests_sha256"]
+    delta = out.disks[0]["deltas"][0]
+    assert delta["path"] == os.path.join(src_bundle.dir, rel)
+    assert run_module(args)["changed"] is False
+
+    # the converted base plus the delta is the source now (applied to a copy, as an import would)
+    assert _disk.compare(base_copy, "raw", out_disk, "qcow2")
+    target = str(tmp_path / "target.qcow2")
+    shutil.copyfile(out_disk, target)
+    with open(delta["path"], "rb") as fh:
+        pieces = [(s, os.pread(fh.fileno(), n, s)) for s, n in delta["extents"]]
+    _blocks.apply_delta(target, "qcow2", pieces)
+    assert _disk.compare(raw, "raw", target, "qcow2")
