@@ -367,7 +367,10 @@ class NbdReader:
 
         while offset < self.size:
             del found[:]
-            self.h.block_status(min(self.size - offset, 1 << 30), offset, callback)
+            try:
+                self.h.block_status(min(self.size - offset, 1 << 30), offset, callback)
+            except nbd.Error as exc:
+                self._fail("block status of", offset, exc)
             if not found or not found[0]:
                 raise DiskError("NBD export %s returned no %s status at %d" % (self.name, ctx, offset), None)
             entries = found[0]
@@ -390,7 +393,20 @@ class NbdReader:
             return self._pread(end - start, start)[offset - start : offset - start + length]
         return self._pread(length, offset)
 
+    def _fail(self, what, offset, exc):
+        raise DiskError(
+            "%s %s at offset %d failed: %s" % (what, self.name, offset, exc),
+            "check the image is complete and, for writes, that its format can be written in place "
+            "(a streamOptimized vmdk cannot)",
+        ) from exc
+
     def _pread(self, length, offset):
+        try:
+            return self._pread_nbd(length, offset)
+        except nbd.Error as exc:
+            self._fail("reading", offset, exc)
+
+    def _pread_nbd(self, length, offset):
         if length <= MAX_REQUEST:
             return self.h.pread(length, offset)
         return b"".join(
@@ -422,11 +438,17 @@ class NbdReader:
             buf = bytearray(self.pread(end - start, start))
             buf[offset - start : offset - start + len(view)] = view
             view, offset = memoryview(buf), start
-        for done in range(0, len(view), MAX_REQUEST):
-            self.h.pwrite(view[done : done + MAX_REQUEST], offset + done)
+        try:
+            for done in range(0, len(view), MAX_REQUEST):
+                self.h.pwrite(view[done : done + MAX_REQUEST], offset + done)
+        except nbd.Error as exc:
+            self._fail("writing", offset, exc)
 
     def flush(self):
-        self.h.flush()
+        try:
+            self.h.flush()
+        except nbd.Error as exc:
+            self._fail("flushing", 0, exc)
 
     def close(self):
         if self.h is not None:

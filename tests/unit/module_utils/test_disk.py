@@ -212,3 +212,14 @@ def test_open_nbd_reads_a_dirty_bitmap(tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_write_refused_by_the_format_is_a_disk_error(images, tmp_path):
+    """qemu cannot rewrite allocated clusters of a streamOptimized vmdk: a clear error, not nbd.Error."""
+    path = str(tmp_path / "so.vmdk")
+    _disk.convert(images["raw"][0], "raw", path, "vmdk", subformat="streamOptimized")
+    with pytest.raises(DiskError) as err:
+        with _disk.open_guest(path, "vmdk", writable=True) as g:
+            g.pwrite(b"\x01" * 65536, 0)  # offset 0 holds data
+            g.flush()
+    assert path in str(err.value) and "streamOptimized" in str(err.value)
