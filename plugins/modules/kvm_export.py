@@ -28,7 +28,7 @@ description:
   - A re-run with nothing new (a shut-off domain whose disk files did not change; a running domain
     whose dirty bitmap is empty) changes nothing.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
 options:

@@ -22,7 +22,7 @@ description:
   - A domain with the same name that did not come from this source is refused unless O(replace=true),
     which removes it (and its volumes in O(pool)) first.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
 options:

@@ -19,7 +19,7 @@ description:
     destroys the twin and removes the overlays.
   - Fails when anything differs, listing every mismatch.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
 options:

@@ -16,7 +16,7 @@ description:
     the provenance a vmigrate import recorded in its metadata.
   - Changes nothing.
 author:
-  - vmigrate.v2v contributors
+  - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
 options:
