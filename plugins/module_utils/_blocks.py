@@ -308,6 +308,10 @@ def digest_disk(reader, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=No
     return result
 
 
+def _name(io):
+    return getattr(io, "path", None) or getattr(io, "name", None) or type(io).__name__
+
+
 def copy_with_digests(
     reader, writer, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=None, chunk=CHUNK, workers=None
 ):
@@ -320,7 +324,7 @@ def copy_with_digests(
     if writer.size < reader.size:
         raise DiskError(
             "target %s (%d bytes) is smaller than source %s (%d bytes)"
-            % (writer.path, writer.size, reader.path, reader.size),
+            % (_name(writer), writer.size, _name(reader), reader.size),
             "create the target with the source's capacity",
         )
     size = reader.size
