@@ -68,5 +68,5 @@ def fail_from_exception(module, exc, **result):
         msg="Unexpected %s: %s" % (type(exc).__name__, exc),
         error_kind="unexpected",
         exception=traceback.format_exc(),
-        **result
+        **result,
     )

@@ -58,7 +58,9 @@ options:
     choices: [auto, cold, warm]
     default: auto
   enable_cbt:
-    description: Enable changed block tracking on the source when it is off (a configuration change, plus a stun cycle when it runs).
+    description:
+      - Enable changed block tracking on the source when it is off
+        (a configuration change, plus a stun cycle when it runs).
     type: bool
     default: false
   use_cbt:
@@ -137,6 +139,7 @@ sync_index:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _vsphere  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
 
