@@ -665,8 +665,9 @@ class KvmPlatform(Platform):
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
         return dom.XMLDesc(flags)
 
-    def describe(self, dom):
+    def describe(self, handle):
         """The neutral spec, with disk capacities and formats from qemu/libvirt."""
+        dom = handle
         spec = _spec_from_xml(self.config_xml(dom))
         spec["origin"] = {"platform": "kvm", "ref": dom.UUIDString()}
         by_id = {r["id"]: r for r in domain_disks(self.config_xml(dom), self.conn)}
@@ -711,7 +712,7 @@ class KvmPlatform(Platform):
 
     def export(
         self,
-        dom,
+        handle,
         bundle,
         mode="auto",
         check_mode=False,
@@ -726,6 +727,7 @@ class KvmPlatform(Platform):
         Returns a result dict: changed, kind (cold|full|incremental), bytes_read,
         bytes_written, per-disk records, checkpoint, frozen, fallback_reason.
         """
+        dom = handle
         started = time.monotonic()
         running = self._is_running(dom)
         live = domain_disks(dom.XMLDesc(0), self.conn)
@@ -797,7 +799,7 @@ class KvmPlatform(Platform):
         else:
             result = self._export_incremental(ctx)
         if cleanup_checkpoints and not check_mode:
-            ours = [c for c in ((prev or {}).get("created") or {}).get("checkpoints", [])]
+            ours = list(((prev or {}).get("created") or {}).get("checkpoints", []))
             manifest = result.pop("_manifest", None) or _load_manifest(bundle)
             keep = [] if not running else [c for c in ours if c == result.get("checkpoint")]
             deleted = delete_checkpoints(dom, [c for c in ours if c not in keep])

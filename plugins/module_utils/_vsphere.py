@@ -861,7 +861,7 @@ class VspherePlatform(Platform):
 
     # ------------------------------------------------------------ export
 
-    def export(self, handle, bundle_dir, mode="auto", check_mode=False, progress=None, options=None):
+    def export(self, handle, bundle, mode="auto", check_mode=False, progress=None, options=None):
         """Write or refresh a bundle from a VM (see vsphere_export's documentation).
 
         cold: the VM is off; each disk is read from the datastore (first run: all of it).
@@ -871,6 +871,7 @@ class VspherePlatform(Platform):
         Snapshots this run makes are removed before it returns, also on failure; their
         changeIds stay valid for the next sync (that is how CBT works).
         """
+        bundle_dir = bundle  # a path here; `bundle` becomes the Bundle object below
         from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
 
         options = options or {}

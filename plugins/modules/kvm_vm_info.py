@@ -57,7 +57,7 @@ vms:
   contains:
     name: {description: Domain name., type: str}
     uuid: {description: Domain UUID., type: str}
-    state: {description: Power state (running, shutoff, paused, ...)., type: str}
+    state: {description: 'Power state: running, shutoff, paused, ...', type: str}
     persistent: {description: Whether the domain is defined (not transient)., type: bool}
     spec: {description: The neutral spec (see docs/spec.md)., type: dict}
     disks:
@@ -65,7 +65,7 @@ vms:
       type: list
       elements: dict
     checkpoints: {description: Names of the domain's libvirt checkpoints., type: list, elements: str}
-    provenance: {description: Provenance recorded by kvm_import, or null., type: dict}
+    provenance: {description: 'Provenance recorded by kvm_import, or null.', type: dict}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402

@@ -20,7 +20,7 @@ FORMATS = [
     ("vhdx", None, "vhdx"),
     ("vpc", None, "vhd"),
 ]
-IDS = ["%s-%s" % (f, s) if s else f for f, s, _ in FORMATS]
+IDS = ["%s-%s" % (f[0], f[1]) if f[1] else f[0] for f in FORMATS]
 
 
 def make_raw(path):
@@ -72,7 +72,7 @@ def images(tmp_path_factory):
 
 
 def test_digests_match_an_independent_reader_and_every_format(images, tmp_path):
-    raw, _ = images["raw"]
+    raw = images["raw"][0]
     expected = independent_digests(raw, "raw", tmp_path)
     assert len(expected) == 32 * 41
     for key, (path, fmt) in images.items():
@@ -96,7 +96,7 @@ def test_other_block_sizes(images, tmp_path):
 
 
 def test_block_hasher_assembles_unaligned_feeds(images):
-    raw, _ = images["raw"]
+    raw = images["raw"][0]
     data = open(raw, "rb").read()
     with _disk.open_guest(raw, "raw") as g:
         whole = _blocks.digest_disk(g, BS)
@@ -117,7 +117,7 @@ def test_block_hasher_assembles_unaligned_feeds(images):
 
 
 def test_save_load_fingerprint_and_hash_diff(images, tmp_path):
-    raw, _ = images["raw"]
+    raw = images["raw"][0]
     with _disk.open_guest(raw, "raw") as g:
         dl = _blocks.digest_disk(g, BS)
     path = str(tmp_path / "digests" / "disk0.sha256")
@@ -148,7 +148,7 @@ def test_save_load_fingerprint_and_hash_diff(images, tmp_path):
 WRITABLE = [f for f in FORMATS if f[1] != "streamOptimized"]  # written by qemu-img convert only
 
 
-@pytest.mark.parametrize("fmt,sub,suffix", [("raw", None, "raw")] + WRITABLE, ids=lambda v: str(v))
+@pytest.mark.parametrize("fmt,sub,suffix", [("raw", None, "raw")] + WRITABLE, ids=str)
 def test_copy_with_digests(images, tmp_path, fmt, sub, suffix):
     """Read the source once, write a new sparse image, digests in flight."""
     src, src_fmt = images["raw"]  # holds allocated zeros, which must not be written
@@ -180,7 +180,7 @@ def changed_source(raw, path):
 
 @pytest.mark.parametrize("fmt,sub,suffix", [("raw", None, "raw")] + FORMATS, ids=["raw"] + IDS)
 def test_apply_delta_makes_target_equal(images, tmp_path, fmt, sub, suffix):
-    raw, _ = images["raw"]
+    raw = images["raw"][0]
     target = str(tmp_path / ("target." + suffix))
     if fmt == "raw":
         open(target, "wb").write(open(raw, "rb").read())
@@ -194,7 +194,7 @@ def test_apply_delta_makes_target_equal(images, tmp_path, fmt, sub, suffix):
 
     stats = _blocks.apply_delta(target, fmt, iter(pieces), digests=digests)
     assert stats["pieces"] == len(pieces)
-    assert stats["bytes_written"] == sum(len(p) for _, p in pieces)
+    assert stats["bytes_written"] == sum(len(piece[1]) for piece in pieces)
     assert _disk.compare(source, "raw", target, fmt)
     _disk.info(target, fmt)  # still a valid image
     if sub:

@@ -21,7 +21,7 @@ FORMATS = [
     ("vhdx", None, "vhdx"),
     ("vpc", None, "vhd"),
 ]
-IDS = ["%s-%s" % (f, s) if s else f for f, s, _ in FORMATS]
+IDS = ["%s-%s" % (f[0], f[1]) if f[1] else f[0] for f in FORMATS]
 
 
 def write_content(path):
@@ -196,7 +196,7 @@ def test_open_nbd_reads_a_dirty_bitmap(tmp_path):
     sock = str(tmp_path / "s")
     proc = subprocess.Popen(["qemu-nbd", "-k", sock, "-f", "qcow2", "--read-only", "-B", "b0", img])
     try:
-        for _ in range(500):
+        for _attempt in range(500):
             if os.path.exists(sock):
                 break
             proc.wait(timeout=0.01) if proc.poll() is not None else __import__("time").sleep(0.01)
