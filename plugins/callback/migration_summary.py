@@ -47,16 +47,21 @@ def _human(n):
     return "%d B" % n
 
 
-def _transfers(result):
-    """Progress summaries anywhere one level deep in a module result."""
+def _transfers(value, depth=3):
+    """Progress summaries (dicts with a rate) anywhere a few levels deep in a result."""
+    if depth < 0:
+        return []
+    if isinstance(value, dict):
+        if "rate_bytes_per_second" in value:
+            return [value]
+        children = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return []
     found = []
-    for value in result.values():
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if isinstance(item, dict) and "rate_bytes_per_second" in item:
-                found.append(item)
-    if "rate_bytes_per_second" in result:
-        found.append(result)
+    for child in children:
+        found.extend(_transfers(child, depth - 1))
     return found
 
 
