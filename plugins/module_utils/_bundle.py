@@ -17,6 +17,7 @@ import json
 import os
 import re
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._disk import fsync_path
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 
 VERSION = 1
@@ -134,14 +135,6 @@ def fingerprint_of(manifest):
     return hashlib.sha256(canonical(content)).hexdigest()
 
 
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path, data):
     """tmp file, fsync, rename, fsync the directory: readers see the old or the new file."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -153,7 +146,7 @@ def write_json_atomic(path, data):
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(directory)
+    fsync_path(directory)
 
 
 def load_manifest(directory):

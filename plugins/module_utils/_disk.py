@@ -45,6 +45,15 @@ Extent = collections.namedtuple("Extent", "start length data zero")
 _PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
+def _brief(text, keep=3):
+    """qemu-img's error text shortened for a message: `qemu-img check` of a corrupt image
+    prints one line per bad cluster (thousands), the first and last lines say what matters."""
+    lines = [line for line in text.replace("qemu-img: ", "").splitlines() if line.strip()]
+    if len(lines) > 2 * keep:
+        lines = lines[:keep] + ["(%d more lines)" % (len(lines) - 2 * keep)] + lines[-keep:]
+    return "; ".join(lines)
+
+
 def _qemu_img(args, what, fix=None, ok_codes=(0,)):
     """Run qemu-img; a failure becomes a DiskError naming ``what`` and qemu-img's words."""
     qemu_img = shutil.which("qemu-img")
@@ -54,7 +63,7 @@ def _qemu_img(args, what, fix=None, ok_codes=(0,)):
     if proc.returncode not in ok_codes:
         err = proc.stderr.decode("utf-8", "replace").strip() or proc.stdout.decode("utf-8", "replace").strip()
         raise DiskError(
-            "%s: %s" % (what, err.replace("qemu-img: ", "")),
+            "%s: %s" % (what, _brief(err)),
             fix or "check that the file is a complete image in the stated format",
         )
     return proc
@@ -191,12 +200,12 @@ def convert(src, src_fmt, dst, dst_fmt, subformat=None, progress=None):
         _run_with_progress(args, progress, "cannot convert %s (%s) to %s (%s)" % (src, src_fmt, dst, dst_fmt))
         if cache == "unsafe":
             for produced in image_files(tmp, dst_fmt, subformat):
-                _fsync_file(produced)
+                fsync_path(produced)
         for produced, final in reversed(
             list(zip(image_files(tmp, dst_fmt, subformat), image_files(dst, dst_fmt, subformat), strict=True))
         ):
             os.replace(produced, final)
-        _fsync_dir(parent)
+        fsync_path(parent)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return dst
@@ -244,21 +253,14 @@ def _run_with_progress(args, progress, what):
     rc = proc.wait()
     err_reader.join()
     if rc != 0:
-        err = b"".join(errbuf).decode("utf-8", "replace").strip().replace("qemu-img: ", "")
+        err = _brief(b"".join(errbuf).decode("utf-8", "replace"))
         raise DiskError("%s: %s" % (what, err), "check the source image and free space at the destination")
     if progress is not None and total > reported:
         progress.advance(total - reported)
 
 
-def _fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path):
+def fsync_path(path):
+    """fsync a file, or a directory so that a rename in it is durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
