@@ -30,6 +30,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     InputError,
     MissingLibraryError,
     PlatformError,
+    V2VError,
     VerifyError,
 )
 from ansible_collections.vmigrate.v2v.plugins.module_utils._platform import Platform
@@ -96,7 +97,10 @@ def require_pyvmomi():
 
 def _transient(exc):
     """Faults worth another try: the network blinked or vSphere was busy."""
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected)):
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ConnectionRefusedError)):
+        return True
+    # A connection that ended without TLS close_notify or mid-body: the peer went away.
+    if isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead, ssl.SSLEOFError)):
         return True
     if isinstance(exc, socket.timeout):
         return True
@@ -106,7 +110,11 @@ def _transient(exc):
 
 
 def retry(what, attempts=RETRY_ATTEMPTS, delay=RETRY_DELAY, sleep=time.sleep):
-    """Decorator: retry transient faults with doubling delay, then raise PlatformError."""
+    """Decorator: retry transient faults with doubling delay, then raise PlatformError.
+
+    ``what`` names the call in that error: a string, or a callable given the call's
+    arguments (so a method can name its file and host).
+    """
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -118,8 +126,9 @@ def retry(what, attempts=RETRY_ATTEMPTS, delay=RETRY_DELAY, sleep=time.sleep):
                     if not _transient(exc):
                         raise
                     if attempt == attempts:
+                        name = what(*args, **kwargs) if callable(what) else what
                         raise PlatformError(
-                            "%s failed %d times, last with %s: %s" % (what, attempts, type(exc).__name__, exc),
+                            "%s failed %d times, last with %s: %s" % (name, attempts, type(exc).__name__, exc),
                             "check that vSphere is reachable and not overloaded, then re-run",
                         ) from exc
                     sleep(delay * 2 ** (attempt - 1))
@@ -383,7 +392,11 @@ class DatastoreFile:
             self.close()  # a broken keep-alive connection is not reused
             raise
 
-    @retry("reading a datastore file")
+    def where(self):
+        """The file and the host it is read from, for error messages."""
+        return "%s from %s:%s" % (self.path, self.conn.host, self.conn.port)
+
+    @retry(lambda self, *a: "reading the size of " + self.where())
     def _head(self):
         resp = self._request("HEAD", {})
         resp.read()
@@ -406,12 +419,18 @@ class DatastoreFile:
         return out
 
     def pread(self, length, offset):
-        if self.data_end is not None and offset + length > self.data_end:
-            inside = max(0, self.data_end - offset)
-            return (self._get(inside, offset) if inside else b"") + bytes(length - inside)
-        return self._get(length, offset)
+        try:
+            if self.data_end is not None and offset + length > self.data_end:
+                inside = max(0, self.data_end - offset)
+                return (self._get(inside, offset) if inside else b"") + bytes(length - inside)
+            return self._get(length, offset)
+        except (http.client.HTTPException, OSError) as exc:  # not transient, so not retried
+            raise PlatformError(
+                "reading %s at byte %d failed: %s: %s" % (self.where(), offset, type(exc).__name__, exc),
+                "check that vSphere is up and reachable, then re-run",
+            ) from exc
 
-    @retry("reading a datastore file")
+    @retry(lambda self, length, offset: "reading %s at byte %d" % (self.where(), offset))
     def _get(self, length, offset):
         if length <= 0:
             return b""
@@ -470,15 +489,16 @@ def put_file(conn, ds_name, path, source, size, progress=None):
                 return fh.read(n)
 
     url = conn.folder_url(ds_name, path)
-    client = conn.http()
+    client = None
+    sent = 0
     try:
+        client = conn.http()
         client.putrequest("PUT", url)
         for key, value in conn._headers(
             {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         ).items():
             client.putheader(key, value)
         client.endheaders()
-        sent = 0
         while sent < size:
             n = min(HTTP_CHUNK, size - sent)
             chunk = source(sent, n)
@@ -491,12 +511,16 @@ def put_file(conn, ds_name, path, source, size, progress=None):
         resp = client.getresponse()
         body = resp.read()
     except (http.client.HTTPException, OSError) as exc:
+        # The file service cannot resume a PUT, so this is not retried here: the caller
+        # cleans up and a re-run sends the file again.
         raise PlatformError(
-            "upload of [%s] %s failed after sending part of it: %s" % (ds_name, path, exc),
+            "upload of [%s] %s to %s:%s failed after %d of %d bytes: %s: %s"
+            % (ds_name, path, conn.host, conn.port, sent, size, type(exc).__name__, exc),
             "check vSphere is up and the datastore has space, then re-run (the upload starts again)",
         ) from exc
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if resp.status not in (200, 201, 204):
         raise PlatformError(
             "upload of [%s] %s answered HTTP %d: %s"
@@ -936,9 +960,12 @@ class VspherePlatform(Platform):
             else:
                 config = vm.config
             stats = self._export_disks(vm, bundle, spec, config, snapshot, first, use_cbt, options, progress)
-        finally:
+        except Exception as exc:
             if snapshot is not None:
-                self._remove_snapshot(vm, snapshot, bundle)
+                self._remove_snapshot(vm, snapshot, bundle, failure=exc)
+            raise
+        if snapshot is not None:
+            self._remove_snapshot(vm, snapshot, bundle)
         changed = first or any(s["bytes_written"] for s in stats)
         checkpoint = {d["id"]: d.get("checkpoint") for d in bundle.disks}
         syncs = bundle.manifest.get("sync") or []
@@ -998,14 +1025,42 @@ class VspherePlatform(Platform):
         bundle.save()
         return snap
 
-    def _remove_snapshot(self, vm, snap, bundle):
-        try:
-            wait_task(
-                snap.RemoveSnapshot_Task(removeChildren=False), "remove snapshot of %s" % vm.name, self.conn.timeout
-            )
-        except vmodl.fault.ManagedObjectNotFound:
-            pass
+    def _remove_snapshot(self, vm, snap, bundle, failure=None):
+        """Remove a snapshot this run took and drop it from the bundle's record.
+
+        When removal fails the snapshot stays recorded in the bundle (the next run removes
+        it) and the error names it. ``failure`` is the error the export already had: it is
+        reported first, never replaced. Names come from the bundle, not from vSphere,
+        which may be the thing that is down.
+        """
         created = bundle.manifest.setdefault("created", {}).setdefault("snapshots", [])
+        name = next((s.get("name") for s in created if s.get("moid") == snap._moId), snap._moId)
+        vm_name = bundle.manifest["source"].get("name") or vm._moId
+        try:
+            try:
+                wait_task(
+                    snap.RemoveSnapshot_Task(removeChildren=False),
+                    "remove snapshot %s of %s" % (name, vm_name),
+                    self.conn.timeout,
+                )
+            except vmodl.fault.ManagedObjectNotFound:
+                pass
+        except Exception as exc:
+            why = exc.problem if isinstance(exc, PlatformError) else "%s: %s" % (type(exc).__name__, exc)
+            left = (
+                "snapshot %s (%s) of VM %s could not be removed (%s); it is recorded in bundle %s and the "
+                "next run removes it" % (name, snap._moId, vm_name, why, bundle.dir)
+            )
+            if failure is None:
+                raise PlatformError(
+                    left, "re-run the export once vSphere can remove it, or delete the snapshot in vCenter"
+                ) from exc
+            if isinstance(failure, V2VError):
+                raise type(failure)("%s; also, %s" % (failure.problem.rstrip("."), left), failure.fix) from failure
+            raise PlatformError(
+                "export of VM %s failed: %s: %s; also, %s" % (vm_name, type(failure).__name__, failure, left),
+                "fix the first error, then re-run",
+            ) from failure
         created[:] = [s for s in created if s.get("moid") != snap._moId]
         bundle.save()
 

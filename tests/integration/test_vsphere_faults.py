@@ -1,0 +1,335 @@
+"""vSphere faults against the lab's vcsim: the connection dies mid-transfer, the datastore
+is too small, snapshot removal fails.
+
+Wrong password, unknown VM, missing datastore and missing port group are covered in
+test_vsphere_import.py and test_vsphere_export.py.
+
+The mid-transfer faults put a small TCP forwarder between the module and vcsim
+(`CuttingProxy`). TLS stays end to end (the proxy sees only ciphertext), so the module
+still verifies vcsim's certificate against the lab CA; only the port differs. The proxy
+tells a disk transfer from SOAP by size: it cuts a connection when one side sends more
+than `cut_after` bytes without the other side saying anything (a PUT body or a Range
+GET answer; SOAP messages of these tests are far smaller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import uuid
+
+import pytest
+from pyVim.task import WaitForTask
+from pyVmomi import vim, vmodl
+from test_vsphere_export import same_bytes
+from test_vsphere_import import conn_vars, destroy, find_vm, flat_path, make_bundle
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+DISK_SIZE = 40 * MIB
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1:<port> to vcsim and cuts a connection mid-transfer.
+
+    stop_on_cut=True models vcsim going away: at the first cut every connection is reset
+    and the port closed, so nothing (not even SOAP) gets through any more.
+    stop_on_cut=False models a network that breaks every large transfer but lets SOAP
+    through. The proxy stops by itself after `lifetime` seconds.
+    """
+
+    def __init__(self, upstream, cut_after, stop_on_cut, lifetime=300):
+        self.upstream = upstream
+        self.cut_after = cut_after
+        self.stop_on_cut = stop_on_cut
+        self.deadline = time.monotonic() + lifetime
+        self.cuts = 0
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets = set()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopped.is_set() and time.monotonic() < self.deadline:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # timeout, or closed by stop()
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets.update((client, server))
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+        self.stop()
+
+    def _pump(self, client, server):
+        burst = {client: 0, server: 0}  # bytes one side sent since the other last spoke
+        peer = {client: server, server: client}
+        try:
+            while not self.stopped.is_set() and time.monotonic() < self.deadline:
+                ready, _, _ = select.select([client, server], [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(256 * 1024)
+                    if not data:
+                        return
+                    burst[sock] += len(data)
+                    burst[peer[sock]] = 0
+                    if burst[sock] > self.cut_after:
+                        with self.lock:
+                            self.cuts += 1
+                        if self.stop_on_cut:
+                            self.stop()
+                        return
+                    peer[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            self._reset(client)
+            self._reset(server)
+
+    def _reset(self, sock):
+        """Close with RST, as a dead peer's kernel would for unread data."""
+        with self.lock:
+            self.sockets.discard(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        sock.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.listener.close()
+        with self.lock:
+            open_sockets = list(self.sockets)
+        for sock in open_sockets:
+            self._reset(sock)
+
+
+@pytest.fixture
+def proxy(lab):
+    made = []
+
+    def start(cut_after, stop_on_cut):
+        p = CuttingProxy((lab["vcsim"]["hostname"], lab["vcsim"]["port"]), cut_after, stop_on_cut)
+        made.append(p)
+        return p
+
+    yield start
+    for p in made:
+        p.stop()
+        p.thread.join(timeout=5)
+
+
+def play(module, args):
+    return (
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
+        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '{{ out }}'}\n"
+        "      check_mode: false\n" % (module, json.dumps(args))
+    )
+
+
+@pytest.fixture
+def run_module(run_playbook, tmp_path):
+    def run(module, args):
+        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
+        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
+        proc = run_playbook(play(module, args), {"out": str(out)}, env=clean, timeout=600)
+        assert out.exists(), proc.stdout + proc.stderr
+        return json.loads(out.read_text())
+
+    return run
+
+
+def snapshot_names(vm):
+    """Names of the VM's snapshots as vcsim reports them (PropertyCollector: an unset
+    `snapshot` property cannot be read as an attribute from the simulator)."""
+    pc = vim.PropertyCollector("propertyCollector", vm._stub)
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["snapshot"])],
+    )
+    names = []
+
+    def walk(trees):
+        for tree in trees or []:
+            names.append(tree.name)
+            walk(tree.childSnapshotList)
+
+    for item in pc.RetrieveContents([spec]) or []:
+        for prop in item.propSet:
+            walk(prop.val.rootSnapshotList)
+    return names
+
+
+def random_disk(path, size=DISK_SIZE):
+    with open(path, "wb") as fh:
+        for _ in range(size // MIB):
+            fh.write(os.urandom(MIB))
+    return str(path)
+
+
+def import_args(lab, bundle, **extra):
+    return conn_vars(
+        lab, bundle=bundle, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"}, **extra
+    )
+
+
+@pytest.fixture
+def vm_name(vsphere_si):
+    name = "v2v-fault-%s" % uuid.uuid4().hex[:8]
+    yield name
+    destroy(vsphere_si, name)
+
+
+@pytest.fixture
+def random_vm(lab, run_module, tmp_path, vm_name):
+    """A vcsim VM whose 40 MiB disk holds random bytes (imported directly, no proxy)."""
+    image = random_disk(tmp_path / "random.raw")
+    bundle = make_bundle(str(tmp_path / "seed"), image, vm_name)
+    res = run_module("vsphere_import", import_args(lab, bundle.dir))
+    assert res.get("changed") and not res.get("failed"), res
+    return vm_name
+
+
+def test_import_vcsim_stops_mid_upload(lab, vsphere_si, run_module, proxy, tmp_path, vm_name):
+    image = random_disk(tmp_path / "disk.raw")
+    bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
+    vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
+    p = proxy(cut_after=8 * MIB, stop_on_cut=True)
+
+    res = run_module("vsphere_import", import_args(lab, bundle.dir, port=p.port))
+    assert p.cuts == 1
+    assert res.get("failed"), res
+    msg = res["msg"]
+    assert "upload of [%s] %s/%s-flat.vmdk" % (lab["vcsim"]["datastore"], vm_name, vm_name) in msg, msg
+    assert "127.0.0.1:%d" % p.port in msg and "re-run" in msg, msg
+    # No VM; what reached the datastore sits beside the vmigrate.partial marker (vcsim
+    # was gone, so the module could not delete it): short, and without a descriptor.
+    assert find_vm(vsphere_si, vm_name) is None
+    left = sorted(os.listdir(vm_dir))
+    assert "vmigrate.partial" in left and vm_name + ".vmdk" not in left, left
+    assert os.path.getsize(os.path.join(vm_dir, vm_name + "-flat.vmdk")) < DISK_SIZE
+
+    # The re-run, straight to vcsim, starts over and completes.
+    res = run_module("vsphere_import", import_args(lab, bundle.dir))
+    assert res.get("changed") and res["action"] == "create" and not res.get("failed"), res
+    assert same_bytes(flat_path(lab, vm_name), image)
+    assert not os.path.exists(os.path.join(vm_dir, "vmigrate.partial"))
+    assert find_vm(vsphere_si, vm_name) is not None
+
+
+def test_update_cut_mid_upload_leaves_vm_marked_incomplete(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):
+    # A newer bundle of the same source: the disk's content changed.
+    seed = Bundle.load(str(tmp_path / "seed"))
+    image = seed.disk_path("disk0")
+    with open(image, "r+b") as fh:
+        fh.seek(21 * MIB)
+        fh.write(os.urandom(MIB))
+    newer = make_bundle(str(tmp_path / "newer"), image, random_vm, source_id=seed.manifest["source"]["id"])
+    p = proxy(cut_after=8 * MIB, stop_on_cut=False)
+
+    res = run_module("vsphere_import", import_args(lab, newer.dir, port=p.port))
+    assert res.get("failed") and p.cuts == 1, res
+    assert "upload of [%s] %s/%s-flat.vmdk" % (lab["vcsim"]["datastore"], random_vm, random_vm) in res["msg"]
+    # The VM exists and says it is incomplete; vm_info reports it.
+    vm = find_vm(vsphere_si, random_vm)
+    values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
+    assert values.get("vmigrate.incomplete") == newer.fingerprint(), values
+    info = run_module("vsphere_vm_info", conn_vars(lab, vms=[random_vm]))
+    assert info["vms"][0]["incomplete"] is True, info
+
+    res = run_module("vsphere_import", import_args(lab, newer.dir))
+    assert res.get("changed") and res["action"] == "update" and not res.get("failed"), res
+    assert same_bytes(flat_path(lab, random_vm), image)
+    vm = find_vm(vsphere_si, random_vm)
+    values = {o.key: o.value for o in vm.config.extraConfig}
+    assert not values.get("vmigrate.incomplete")
+    assert json.loads(values["vmigrate.provenance"])["bundle_fingerprint"] == newer.fingerprint()
+
+
+def test_warm_export_transfer_cut_removes_snapshot(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):
+    vm = find_vm(vsphere_si, random_vm)
+    WaitForTask(vm.PowerOnVM_Task())
+    bdir = str(tmp_path / "bundle")
+    # Every disk read is cut after 4 MiB; SOAP still gets through.
+    p = proxy(cut_after=4 * MIB, stop_on_cut=False)
+
+    res = run_module("vsphere_export", conn_vars(lab, vm=random_vm, bundle=bdir, port=p.port))
+    assert res.get("failed"), res
+    msg = res["msg"]
+    assert "[%s] %s/%s-flat.vmdk" % (lab["vcsim"]["datastore"], random_vm, random_vm) in msg, msg
+    assert "127.0.0.1:%d" % p.port in msg and "re-run" in msg, msg
+    assert p.cuts >= 2  # the read was retried on a new connection
+    assert snapshot_names(vm) == []  # the snapshot it took was removed
+    bundle = Bundle.load(bdir)
+    assert not bundle.complete and not bundle.manifest["created"]["snapshots"]
+
+    res = run_module("vsphere_export", conn_vars(lab, vm=random_vm, bundle=bdir))
+    assert not res.get("failed") and res["mode"] == "warm" and res["kind"] == "full", res
+    assert Bundle.load(bdir).complete
+    assert same_bytes(flat_path(lab, random_vm), Bundle.load(bdir).disk_path("disk0"))
+    assert snapshot_names(vm) == []
+
+
+def test_warm_export_vcsim_stops_snapshot_left_then_cleaned(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):
+    vm = find_vm(vsphere_si, random_vm)
+    WaitForTask(vm.PowerOnVM_Task())
+    bdir = str(tmp_path / "bundle")
+    p = proxy(cut_after=4 * MIB, stop_on_cut=True)
+
+    res = run_module("vsphere_export", conn_vars(lab, vm=random_vm, bundle=bdir, port=p.port))
+    assert res.get("failed") and p.cuts == 1, res
+    msg = res["msg"]
+    # The transfer error comes first; the snapshot that could not be removed is named.
+    assert "[%s] %s/%s-flat.vmdk" % (lab["vcsim"]["datastore"], random_vm, random_vm) in msg, msg
+    assert "snapshot vmigrate-1" in msg and "next run removes it" in msg, msg
+    assert msg.index("flat.vmdk") < msg.index("snapshot vmigrate-1")
+    assert snapshot_names(vm) == ["vmigrate-1"]
+    bundle = Bundle.load(bdir)
+    assert not bundle.complete
+    assert [s["name"] for s in bundle.manifest["created"]["snapshots"]] == ["vmigrate-1"]
+
+    res = run_module("vsphere_export", conn_vars(lab, vm=random_vm, bundle=bdir))
+    assert not res.get("failed") and res["removed_leftover_snapshots"] == ["vmigrate-1"], res
+    assert snapshot_names(vm) == []
+    bundle = Bundle.load(bdir)
+    assert bundle.complete and not bundle.manifest["created"]["snapshots"]
+    assert same_bytes(flat_path(lab, random_vm), bundle.disk_path("disk0"))
+
+
+def test_import_datastore_too_small(lab, vsphere_si, run_module, tmp_path, vm_name):
+    ds_name = lab["vcsim"]["datastore"]
+    ds = next(d for d in vsphere_si.RetrieveContent().rootFolder.childEntity[0].datastore if d.name == ds_name)
+    free = ds.summary.freeSpace
+    capacity = (free // GIB + 8) * GIB  # sparse: a few MiB of data, more than the datastore holds
+    image = str(tmp_path / "huge.raw")
+    with open(image, "wb") as fh:
+        fh.truncate(capacity)
+        fh.seek(MIB)
+        fh.write(os.urandom(2 * MIB))
+    bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
+
+    res = run_module("vsphere_import", import_args(lab, bundle.dir))
+    assert res.get("failed"), res
+    msg = res["msg"]
+    assert "datastore %s has" % ds_name in msg and "bytes free, the disks need %d" % capacity in msg, msg
+    assert find_vm(vsphere_si, vm_name) is None
+    assert not os.path.exists(os.path.join(lab["vcsim"]["datastore_dir"], vm_name))
