@@ -1072,7 +1072,16 @@ class VspherePlatform(Platform):
         for item in list(recorded):
             if item.get("moid") in existing:
                 snap = vim.vm.Snapshot(item["moid"], vm._stub)
-                wait_task(snap.RemoveSnapshot_Task(removeChildren=False), "remove leftover snapshot", self.conn.timeout)
+                what = "snapshot %s (%s) of VM %s" % (item.get("name"), item["moid"], vm.name)
+                try:
+                    wait_task(snap.RemoveSnapshot_Task(removeChildren=False), "remove " + what, self.conn.timeout)
+                except PlatformError as exc:
+                    bundle.save()  # what was removed so far is no longer recorded
+                    raise PlatformError(
+                        "%s, left by an earlier run, could not be removed: %s" % (what, exc.problem),
+                        "fix what prevents its removal (or delete it in vCenter), then re-run; "
+                        "it stays recorded in bundle %s" % bundle.dir,
+                    ) from exc
                 removed.append(item["name"])
             recorded.remove(item)
         if removed:

@@ -34,6 +34,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 DISK_SIZE = 40 * MIB
+FAIL_REMOVAL = "vmigrate.lab.fail-snapshot-removal"  # fault switch in tests/lab/vcsim/faults.go
 
 
 class CuttingProxy:
@@ -333,3 +334,65 @@ def test_import_datastore_too_small(lab, vsphere_si, run_module, tmp_path, vm_na
     assert "datastore %s has" % ds_name in msg and "bytes free, the disks need %d" % capacity in msg, msg
     assert find_vm(vsphere_si, vm_name) is None
     assert not os.path.exists(os.path.join(lab["vcsim"]["datastore_dir"], vm_name))
+
+
+def set_extra_config(vm, key, value):
+    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)])
+    WaitForTask(vm.ReconfigVM_Task(spec=spec))
+
+
+def test_snapshot_removal_failing(lab, vsphere_si, run_module, tmp_path, random_vm):
+    """The lab's vcsim refuses snapshot removal for a VM flagged in extraConfig
+    (tests/lab/vcsim/faults.go); the export must say so, keep the record, clean up later."""
+    vm = find_vm(vsphere_si, random_vm)
+    WaitForTask(vm.PowerOnVM_Task())
+    set_extra_config(vm, FAIL_REMOVAL, "true")
+    flat = flat_path(lab, random_vm)
+    bdir = str(tmp_path / "bundle")
+    args = conn_vars(lab, vm=random_vm, bundle=bdir)
+
+    # 1. The disk read fails and so does the removal: both are told, the read first.
+    os.rename(flat, flat + ".away")
+    res = run_module("vsphere_export", args)
+    os.rename(flat + ".away", flat)
+    assert res.get("failed"), res
+    msg = res["msg"]
+    assert "has no flat extent" in msg and "snapshot vmigrate-1" in msg, msg
+    assert msg.index("has no flat extent") < msg.index("snapshot vmigrate-1")
+    assert "lab fault injection" in msg and "next run removes it" in msg, msg
+    assert snapshot_names(vm) == ["vmigrate-1"]
+    bundle = Bundle.load(bdir)
+    assert not bundle.complete
+    assert [s["name"] for s in bundle.manifest["created"]["snapshots"]] == ["vmigrate-1"]
+
+    # 2. Still refused: the next run stops before reading, naming the leftover snapshot.
+    res = run_module("vsphere_export", args)
+    assert res.get("failed"), res
+    assert "snapshot vmigrate-1" in res["msg"] and "left by an earlier run" in res["msg"], res
+    assert "lab fault injection" in res["msg"], res
+    assert snapshot_names(vm) == ["vmigrate-1"]
+    assert [s["name"] for s in Bundle.load(bdir).manifest["created"]["snapshots"]] == ["vmigrate-1"]
+
+    # 3. Only the removal of this run's own snapshot fails, after a good read.
+    set_extra_config(vm, FAIL_REMOVAL, "")
+    res = run_module("vsphere_export", args)
+    assert not res.get("failed") and res["removed_leftover_snapshots"] == ["vmigrate-1"], res
+    assert snapshot_names(vm) == []
+    set_extra_config(vm, FAIL_REMOVAL, "true")
+    with open(flat, "r+b") as fh:
+        fh.seek(3 * MIB)
+        fh.write(os.urandom(4096))
+    res = run_module("vsphere_export", args)
+    assert res.get("failed"), res
+    assert res["msg"].startswith("snapshot vmigrate-2 ("), res  # no other error to report
+    assert "could not be removed" in res["msg"] and "lab fault injection" in res["msg"], res
+    assert snapshot_names(vm) == ["vmigrate-2"]
+
+    # 4. Fault removed: the next run removes it and finishes; the bundle equals the disk.
+    set_extra_config(vm, FAIL_REMOVAL, "")
+    res = run_module("vsphere_export", args)
+    assert not res.get("failed") and res["removed_leftover_snapshots"] == ["vmigrate-2"], res
+    assert snapshot_names(vm) == []
+    bundle = Bundle.load(bdir)
+    assert bundle.complete and not bundle.manifest["created"]["snapshots"]
+    assert same_bytes(flat, bundle.disk_path("disk0"))

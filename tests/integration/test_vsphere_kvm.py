@@ -69,6 +69,7 @@ def target_disk(conn, name):
 def test_kvm_to_vsphere_cold_playbook(lab, vsphere_si, libvirt_conn, run_playbook, tmp_path):
     tag = uuid.uuid4().hex[:6]
     names = {"demo_src": "v2v-ks-" + tag, "demo_dst": "v2v-kd-" + tag, "demo_work": str(tmp_path / "work")}
+    names["demo_src_uuid"] = str(uuid.uuid4())  # the playbook's fixed UUID belongs to the demo's domain
     src_disk = os.path.join(lab["pool_paths"][lab["pools"]["source"]], names["demo_src"] + ".qcow2")
     try:
         proc = run_playbook(os.path.join(ROOT, "playbooks", "kvm_to_vsphere.yml"), names)
