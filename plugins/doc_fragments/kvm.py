@@ -25,7 +25,8 @@ options:
     type: str
 notes:
   - Connecting is retried a few times with backoff (libvirtd may be restarting); refused
-    credentials and bad URIs fail at once with libvirt's error text.
+    credentials, permission denials (socket rights, polkit) and bad URIs fail at once with
+    libvirt's error text and what to change.
   - Disks are read and written on the host that runs the module (the conversion host). For a
     remote URI, storage volumes are streamed (C(virStorageVolDownload), C(virStorageVolUpload)).
 requirements:

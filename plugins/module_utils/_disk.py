@@ -96,6 +96,8 @@ def info(path, fmt=None, check=True):
         res = _qemu_img(
             ["check", "--output=json", "-f", data["format"], path],
             "disk image %s is corrupt" % path,
+            "copy the image again from its source; `qemu-img check -f %s %s` shows the details"
+            % (data["format"], path),
             ok_codes=(0, 2, 3),
         )
         report = json.loads(res.stdout or b"{}")

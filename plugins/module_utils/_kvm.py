@@ -27,6 +27,7 @@ from urllib.parse import quote, urlparse
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
+    DiskError,
     InputError,
     MissingLibraryError,
     PlatformError,
@@ -127,16 +128,36 @@ def connect(uri=None, username=None, password=None, attempts=CONNECT_ATTEMPTS, d
                     "check username/password, or that this user may use %s (polkit, unix socket group)" % uri,
                     uri=uri,
                 ) from exc
+            if _denied(exc):
+                raise PlatformError(
+                    "permission denied: libvirt at %s does not let this user (uid %d) connect: %s"
+                    % (uri, os.getuid(), _msg(exc)),
+                    "run as root or as a member of the group that owns the libvirt socket (often 'libvirt'), "
+                    "allow the user in a polkit rule (org.libvirt.unix.manage), or use a URI this user may "
+                    "open (qemu:///session)",
+                    uri=uri,
+                ) from exc
             if code in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
                 break
             if attempt + 1 < attempts:
                 time.sleep(delay * (2**attempt))
-    message = _msg(last)
-    if "ermission denied" in message:
-        fix = "run as root or as a member of the libvirt group, or use a URI this user may open"
-    else:
-        fix = "check the URI and that libvirtd (or virtqemud) is running and reachable on the host it names"
-    raise PlatformError("cannot connect to libvirt at %s: %s" % (uri, message), fix, uri=uri)
+    raise PlatformError(
+        "cannot connect to libvirt at %s: %s" % (uri, _msg(last)),
+        "check the URI and that libvirtd (or virtqemud) is running and reachable on the host it names",
+        uri=uri,
+    )
+
+
+def _denied(exc):
+    """True when libvirt refused this user rather than failed to answer (not worth retrying).
+
+    A unix socket without rights for us says "Permission denied"; with polkit access
+    control (auth_unix_rw=polkit) a non-root client is checked over the system D-Bus,
+    and a host without polkit or D-Bus refuses it with "Unable to get system bus
+    connection" or a polkit message, which is an access decision too.
+    """
+    message = _msg(exc).lower()
+    return any(word in message for word in ("permission denied", "polkit", "system bus", "not authorized"))
 
 
 def _auth(username, password):
@@ -880,14 +901,27 @@ class KvmPlatform(Platform):
                 return d
         return None
 
-    def _check_source_disk(self, rec, dom):
-        path = rec["path"]
-        if not path:
+    def _check_source_disk(self, rec, dom, path=None):
+        """qemu-img info of a shut-off domain's disk, with `qemu-img check` for qcow2/vmdk/vhdx.
+
+        The check matters: qemu reads a qcow2 cut short as zeros past its end, so an
+        export of a truncated image would otherwise succeed with wrong data. ``path``
+        is a downloaded copy when the disk was streamed.
+        """
+        if not rec["path"]:
             raise InputError(
                 "disk %s of domain %s has no source file or volume" % (rec["target"], dom.name()),
                 "only file, block and volume disks can be exported; detach network disks first",
             )
-        return _disk.info(path, rec["format"], check=False)
+        path = path or rec["path"]
+        try:
+            return _disk.info(path, rec["format"], check=True)
+        except DiskError as exc:
+            raise DiskError(
+                "disk %s of domain %s cannot be read: %s" % (rec["target"], dom.name(), exc.problem),
+                exc.fix,
+                path=rec["path"],
+            ) from exc
 
     def _export_cold(self, ctx):
         """Shut-off domain: reference its disks in place (or stream them) and record digests."""
@@ -920,16 +954,20 @@ class KvmPlatform(Platform):
             _save_manifest(bundle, prev)
         totals = {"bytes_read": 0, "bytes_written": 0}
         for rec in ctx["live"]:
-            info = self._check_source_disk(rec, dom)
+            if stream:
+                # The source path may be on another host: qemu-img looks at the copy.
+                path = os.path.join(bundle, "disks", "%s.%s" % (rec["id"], rec["format"] or "img"))
+                totals["bytes_written"] += self._download(rec, path)
+                info = self._check_source_disk(rec, dom, path)
+            else:
+                info = self._check_source_disk(rec, dom)
+                path = rec["path"]
             fmt = info["format"]
             size = info["virtual-size"]
             drec = self._disk_record(rec, self._spec_disk(ctx["spec"], rec["id"]), size, ctx["block_size"])
             if stream:
-                path = os.path.join(bundle, "disks", "%s.%s" % (rec["id"], fmt))
-                totals["bytes_written"] += self._download(rec, path)
                 drec["path"] = os.path.relpath(path, bundle)
             else:
-                path = rec["path"]
                 drec["path"] = path
                 drec["source"]["stat"] = _stat_key(path)
             drec["format"] = fmt
@@ -941,6 +979,15 @@ class KvmPlatform(Platform):
             drec["digests_sha256"] = digests.save(os.path.join(bundle, drec["digests"]))
             drec["progress"] = progress.finish()
             manifest["disks"].append(drec)
+        if self._same_content(prev, manifest):
+            # Same bytes and spec as the last cold export (a stream export re-reads, a
+            # touched file has a new mtime): keep its chain, or a target imported from
+            # it would look like another chain's and be refused.
+            for old, new in zip(prev["disks"], manifest["disks"], strict=True):
+                old["source"], old["path"] = new["source"], new["path"]
+            prev["state"] = "complete"
+            _save_manifest(bundle, prev)
+            return self._result(prev, "cold", changed=False)
         manifest["sync"].append(
             dict(kind="full", mode="cold", at=_now(), index=1, checkpoint=None, chain=str(uuidlib.uuid4()), **totals)
         )
@@ -948,10 +995,37 @@ class KvmPlatform(Platform):
         _save_manifest(bundle, manifest)
         return self._result(manifest, "cold", changed=True)
 
+    @staticmethod
+    def _same_content(prev, manifest):
+        if prev is None or prev.get("spec") != manifest["spec"] or len(prev["sync"]) != 1:
+            return False
+        if prev["sync"][0].get("mode") != "cold":
+            return False
+
+        def key(m):
+            return [(d["id"], d["format"], d["capacity"], d["digests_sha256"]) for d in m["disks"]]
+
+        return key(prev) == key(manifest)
+
+    def _volume_by_path(self, path):
+        """The storage volume of a file; pools are refreshed once when libvirt does not know it
+        (a file put into a pool's directory without libvirt is a volume only after a refresh)."""
+        try:
+            return self.conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError as exc:
+            if _code(exc) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+        for pool in self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            try:
+                pool.refresh(0)
+            except libvirt.libvirtError:
+                pass  # a pool that cannot refresh does not hold the file either
+        return self.conn.storageVolLookupByPath(path)
+
     def _download(self, rec, path):
         """Copy a volume's file through virStorageVolDownload (sparse stream) into ``path``."""
         try:
-            vol = self.conn.storageVolLookupByPath(rec["path"])
+            vol = self._volume_by_path(rec["path"])
         except libvirt.libvirtError as exc:
             raise PlatformError(
                 "disk %s (%s) is not a libvirt storage volume, so it cannot be streamed: %s"
@@ -1234,7 +1308,8 @@ class KvmPlatform(Platform):
     def import_vm(self, bundle, options, check_mode=False):
         """Create the target domain from ``bundle``, or bring an existing one up to date.
 
-        options: name, pool, volume_format, network_map, replace, start, domain_type.
+        options: name, pool, volume_format, network_map, replace, start, domain_type,
+        cpu_mode, transfer (auto|path|stream: how volumes are filled, as for export).
         """
         started = time.monotonic()
         manifest = self._complete_manifest(bundle)
@@ -1384,15 +1459,23 @@ class KvmPlatform(Platform):
                 "free space in the pool or import into another pool",
                 pool=pool.name(),
             )
+        local = is_local_uri(self.uri)
+        transfer = options.get("transfer") or "auto"
+        if transfer == "path" and not local:
+            raise InputError(
+                "transfer=path writes the volumes' files on this host, but %s is remote" % self.uri,
+                "use transfer=stream (or auto) for remote libvirt",
+            )
+        stream = transfer == "stream" or (transfer == "auto" and not local)
         result = {
             "changed": True,
             "volumes": [{"pool": pool.name(), "name": p["volume"], "format": fmt} for p in plan],
             "bytes_written": 0,
             "deltas_applied": [],
+            "transfer": "stream" if stream else "path",
         }
         if check_mode:
             return result
-        local = is_local_uri(self.uri)
         made = []
         dom = None
         try:
@@ -1401,28 +1484,30 @@ class KvmPlatform(Platform):
                 disk = item["disk"]
                 if item["exists"]:
                     pool.storageVolLookupByName(item["volume"]).delete(0)
-                vol = pool.createXML(self._volume_xml(item["volume"], disk["capacity"], fmt), 0)
-                made.append(vol)
-                path = vol.path()
                 src = _bundle_path(bundle, disk["path"])
+                deltas = [d for d in disk.get("deltas") or [] if d["index"] <= want["sync_index"]]
                 progress = Progress("import %s %s" % (name, disk["id"]), disk["capacity"])
-                if local:
+                if stream:
+                    path, written, applied = self._upload(pool, item["volume"], disk, src, fmt, bundle, deltas, made)
+                else:
+                    vol = pool.createXML(self._volume_xml(item["volume"], disk["capacity"], fmt), 0)
+                    made.append(vol)
+                    path = vol.path()
                     _disk._run_with_progress(
                         ["convert", "-p", "-n", "--target-is-zero", "-f", disk["format"], "-O", fmt, src, path],
                         progress,
                         "cannot copy %s into volume %s" % (src, item["volume"]),
                     )
                     written = (vol.info()[2]) or 0
-                else:
-                    written = self._upload(vol, src, disk["format"], fmt, bundle)
+                    applied = [(delta, self._apply_one(path, fmt, bundle, delta)) for delta in deltas]
                 result["bytes_written"] += written
-                for delta in disk.get("deltas") or []:
-                    if delta["index"] <= want["sync_index"]:
-                        st = self._apply_one(path, fmt, bundle, delta)
-                        result["bytes_written"] += st["bytes_written"]
-                        result["deltas_applied"].append({"disk": disk["id"], "index": delta["index"], **st})
+                for delta, st in applied:
+                    result["bytes_written"] += st["bytes_written"]
+                    result["deltas_applied"].append({"disk": disk["id"], "index": delta["index"], **st})
                 disks_map[disk["id"]] = {"path": path, "format": fmt}
                 progress.finish()
+            if stream:
+                pool.refresh(0)  # libvirt made the volumes raw; let it see the uploaded format
             xml = _xml_from_spec(spec, disks_map, want, options.get("domain_type") or domain_type_for(self.conn))
             dom = self.conn.defineXML(with_cpu_mode(xml, options.get("cpu_mode")))
             write_provenance(dom, want)
@@ -1457,44 +1542,72 @@ class KvmPlatform(Platform):
         ET.SubElement(target, "format", type=fmt)
         return ET.tostring(root, encoding="unicode")
 
-    def _upload(self, vol, src, src_fmt, fmt, bundle):
-        """Remote pool: make the volume's file locally with qemu-img, then stream it up."""
+    def _upload(self, pool, vname, disk, src, fmt, bundle, deltas, made):
+        """Make the volume's file here with qemu-img (deltas applied), then stream it up.
+
+        The volume is created as an empty raw file of the image file's size and the image
+        is written over it with a sparse upload: holes in the upload leave zeros, which is
+        what the image holds there (a volume created as qcow2 by libvirt would keep its own
+        header and tables wherever the upload has a hole). Returns the volume's path,
+        bytes sent and the applied deltas.
+        """
         tmpdir = tempfile.mkdtemp(prefix=".upload.", dir=bundle)
         try:
             tmp = os.path.join(tmpdir, "volume.%s" % fmt)
-            _disk.convert(src, src_fmt, tmp, fmt)
-            st = self.conn.newStream(0)
+            _disk.convert(src, disk["format"], tmp, fmt)
+            applied = [(delta, self._apply_one(tmp, fmt, bundle, delta)) for delta in deltas]
             size = os.path.getsize(tmp)
-            vol.upload(st, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-            sent = [0]
-            with open(tmp, "rb") as fh:
-
-                def source(_st, nbytes, _fh):
-                    data = _fh.read(nbytes)
-                    sent[0] += len(data)
-                    return data
-
-                def hole_check(_st, _fh):
-                    # Report data/hole runs from the file's own sparseness.
-                    pos = _fh.tell()
-                    try:
-                        data_at = os.lseek(_fh.fileno(), pos, os.SEEK_DATA)
-                    except OSError:
-                        data_at = size
-                    if data_at > pos:
-                        return [False, data_at - pos]
-                    hole_at = os.lseek(_fh.fileno(), pos, os.SEEK_HOLE)
-                    return [True, hole_at - pos]
-
-                def skip(_st, length, _fh):
-                    _fh.seek(length, os.SEEK_CUR)
-                    return 0
-
-                st.sparseSendAll(source, hole_check, skip, fh)
-            st.finish()
-            return sent[0]
+            vol = pool.createXML(self._volume_xml(vname, size, "raw"), 0)
+            made.append(vol)
+            sent = self._send_file(vol, tmp, size)
+            return vol.path(), sent, applied
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _send_file(self, vol, path, size):
+        """virStorageVolUpload of a local file, sending its holes as holes."""
+        fd = os.open(path, os.O_RDONLY)
+        # One position of our own: os.lseek(SEEK_DATA/SEEK_HOLE) moves the fd's offset, so
+        # reads use pread at ``pos`` rather than the fd's offset.
+        pos = [0]
+        sent = [0]
+
+        def section(_st, _opaque):
+            if pos[0] >= size:
+                return [True, 0]  # the data handler then reads nothing: the end
+            try:
+                data_at = os.lseek(fd, pos[0], os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole up to the end
+                data_at = size
+            if data_at > pos[0]:
+                return [False, data_at - pos[0]]
+            return [True, os.lseek(fd, pos[0], os.SEEK_HOLE) - pos[0]]
+
+        def data(_st, nbytes, _opaque):
+            chunk = os.pread(fd, nbytes, pos[0])
+            pos[0] += len(chunk)
+            sent[0] += len(chunk)
+            return chunk
+
+        def skip(_st, length, _opaque):
+            pos[0] += length
+            return 0
+
+        try:
+            st = self.conn.newStream(0)
+            vol.upload(st, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            try:
+                st.sparseSendAll(data, section, skip, None)
+                st.finish()
+            except BaseException:
+                try:
+                    st.abort()
+                except libvirt.libvirtError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+        return sent[0]
 
     def _apply_one(self, path, fmt, bundle, delta):
         src = _bundle_path(bundle, delta["path"])

@@ -56,6 +56,9 @@ options:
     description:
       - How a cold export reads disks. V(path) reads (references) the files on this host, V(stream)
         downloads the storage volumes through libvirt, V(auto) picks V(path) for local URIs.
+      - Either way the disk is checked with C(qemu-img check) first (a truncated or corrupt image fails
+        the export). A re-export whose disks and spec are unchanged (same block digests) keeps the
+        bundle's chain and reports no change, so targets imported from it stay current.
     type: str
     default: auto
     choices: [auto, path, stream]

@@ -11,8 +11,8 @@ short_description: Create a libvirt domain from a bundle, or bring it up to the 
 version_added: 0.1.0
 description:
   - Creates one storage volume per disk in O(pool) (qcow2 or raw), copies the disk data in
-    (C(qemu-img convert) on the libvirt host; C(virStorageVolUpload) for remote URIs), applies the
-    bundle's incremental deltas, and only then defines the domain, so a half-made target is never
+    (C(qemu-img convert) on the libvirt host; C(virStorageVolUpload) for remote URIs or O(transfer=stream)),
+    applies the bundle's incremental deltas, and only then defines the domain, so a half-made target is never
     defined. On failure the volumes made so far are removed.
   - The domain carries its provenance in C(<metadata>) - source id, the chain and sync number
     applied, the checkpoint and the bundle fingerprint. A re-run with the same bundle changes nothing.
@@ -56,6 +56,15 @@ options:
       - V(default) leaves the CPU model to QEMU, for hosts that cannot run host CPU models (some nested hosts).
     type: str
     choices: [host-passthrough, host-model, maximum, default]
+  transfer:
+    description:
+      - How the volumes are filled. V(path) runs C(qemu-img convert) into the volume's file on this
+        host, V(stream) converts into a temporary file in the bundle directory and sends it with
+        C(virStorageVolUpload) (sparse), V(auto) picks V(path) for local URIs and V(stream) otherwise.
+      - V(stream) also works on a local URI, for pools whose files this host may not write directly.
+    type: str
+    default: auto
+    choices: [auto, path, stream]
   replace:
     description: Remove a same-named domain that did not come from this bundle's source, and import.
     type: bool
@@ -106,6 +115,10 @@ provenance:
   description: The provenance now recorded on the domain.
   returned: success
   type: dict
+transfer:
+  description: How the volumes were filled - V(path) (qemu-img into the files) or V(stream) (virStorageVolUpload).
+  returned: when volumes were created
+  type: str
 started:
   description: Whether the domain was started.
   returned: always
@@ -125,7 +138,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # no
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _kvm  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
 
-OPTIONS = ("name", "pool", "volume_format", "network_map", "domain_type", "cpu_mode", "replace", "start")
+OPTIONS = ("name", "pool", "volume_format", "network_map", "domain_type", "cpu_mode", "transfer", "replace", "start")
 
 
 def main():
@@ -138,6 +151,7 @@ def main():
             network_map=dict(type="dict", default={}),
             domain_type=dict(type="str", choices=["kvm", "qemu"]),
             cpu_mode=dict(type="str", choices=["host-passthrough", "host-model", "maximum", "default"]),
+            transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
             replace=dict(type="bool", default=False),
             start=dict(type="bool", default=False),
         ),

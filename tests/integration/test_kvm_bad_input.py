@@ -1,0 +1,399 @@
+"""KVM platform on bad input, against the lab's libvirtd (issue 4, "Bad input").
+
+- permission denied: the modules run as `nobody` against qemu:///system; the error names
+  the URI and the fix, nothing is written.
+- pool full: a dir pool on an 8 MiB tmpfs; an import of a 32 MiB disk is refused before
+  any volume is made.
+- a source disk qemu-img cannot read (truncated, or garbage after the header): the export
+  fails naming the file, the disk is not modified, the bundle is not left complete.
+- transfer=stream on the local URI: export downloads the volume, import uploads it; the
+  target equals the source per qemu-img compare; re-runs change nothing.
+- an import failing after volumes were made (the second disk file is gone): no domain, no
+  volume left; the re-run with the file back succeeds.
+
+The missing pool is covered by test_kvm_migrate.py::test_bad_input.
+Every disk here is 16-32 MiB and no guest is booted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import libvirt
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
+MIB = 1024 * 1024
+MODULES = "ansible_collections.vmigrate.v2v.plugins.modules."
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(MIB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def volumes(conn, pool_name):
+    pool = conn.storagePoolLookupByName(pool_name)
+    pool.refresh(0)
+    return sorted(v.name() for v in pool.listAllVolumes(0))
+
+
+def domain_names(conn):
+    return sorted(d.name() for d in conn.listAllDomains(0))
+
+
+def domain_exists(conn, name):
+    return name in domain_names(conn)
+
+
+def qemu_img_compare(a, a_fmt, b, b_fmt):
+    return subprocess.run(["qemu-img", "compare", "-f", a_fmt, "-F", b_fmt, a, b], capture_output=True, text=True)
+
+
+def manifest(bundle):
+    path = os.path.join(bundle, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def module_play(module, args, out):
+    return (
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
+        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n"
+        "      check_mode: false\n      changed_when: false\n"
+    ) % (module, json.dumps(args), out)
+
+
+@pytest.fixture
+def run_module(run_playbook, tmp_path):
+    """Run one module through ansible-playbook; its registered result, plus the recap's changed count."""
+
+    def run(module, args, check=False):
+        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
+        proc = run_playbook(module_play(module, args, out), check=check)
+        assert out.exists(), proc.stdout + proc.stderr
+        result = json.loads(out.read_text())
+        result["_recap_changed"] = proc.changed
+        return result
+
+    return run
+
+
+@pytest.fixture
+def tag():
+    return uuid.uuid4().hex[:6]
+
+
+@pytest.fixture
+def domains(lab, libvirt_conn, tag):
+    """make(name_suffix, disks) defines a shut-off domain whose qcow2 disks sit in the source pool.
+
+    ``disks`` is a list of (size_mib, writer) where writer(path) fills the image; every
+    domain, disk file and target volume named after the test's tag is removed afterwards.
+    """
+    from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors, _spec
+
+    made = {"domains": [], "files": []}
+    src_dir = lab["pool_paths"][lab["pools"]["source"]]
+
+    def make(suffix, disks):
+        name = "lab-bad-%s-%s" % (suffix, tag)
+        spec_disks, paths = [], {}
+        for i, (size_mib, writer) in enumerate(disks):
+            path = os.path.join(src_dir, "%s-disk%d.qcow2" % (name, i))
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "%dM" % size_mib], check=True)
+            made["files"].append(path)
+            if writer:
+                writer(path)
+            spec_disks.append(_spec.new_disk(id="disk%d" % i, bus="virtio", format="qcow2", capacity=size_mib * MIB))
+            paths["disk%d" % i] = {"path": path, "format": "qcow2"}
+        spec = _spec.new_spec(name=name, memory_mib=128, disks=spec_disks, nics=[])
+        xml = _descriptors.libvirt_xml_from_spec(spec, paths, domain_type=lab["domain_type"])
+        xml = xml.replace(' mode="host-passthrough"', "")
+        dom = libvirt_conn.defineXML(xml)
+        made["domains"].append(name)
+        return dom, [paths["disk%d" % i]["path"] for i in range(len(disks))]
+
+    yield make
+    for name in made["domains"] + ["lab-bad-dst-%s" % tag]:
+        if not domain_exists(libvirt_conn, name):
+            continue
+        dom = libvirt_conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+    for path in made["files"]:
+        for p in (path, path + ".away"):
+            if os.path.exists(p):
+                os.unlink(p)
+    pool = libvirt_conn.storagePoolLookupByName(lab["pools"]["target"])
+    pool.refresh(0)
+    for vol in pool.listAllVolumes(0):
+        if vol.name().startswith("lab-bad-dst-%s" % tag):
+            vol.delete(0)
+    libvirt_conn.storagePoolLookupByName(lab["pools"]["source"]).refresh(0)
+
+
+def write_pattern(mib, pattern=0xAB):
+    def writer(path):
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "write -P %d 0 %dM" % (pattern, mib), path],
+            check=True,
+            capture_output=True,
+        )
+
+    return writer
+
+
+def write_random(mib):
+    """Incompressible data, so the image really holds ``mib`` MiB."""
+
+    def writer(path):
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".raw") as raw:
+            raw.write(os.urandom(mib * MIB))
+            raw.flush()
+            subprocess.run(
+                ["qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", raw.name, path],
+                check=True,
+                capture_output=True,
+            )
+
+    return writer
+
+
+# --- permission denied ------------------------------------------------------------------
+
+
+def run_as_nobody(module, args):
+    """Run a module's main() as user nobody, the way Ansible would (arguments in a JSON file)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, fh)
+    os.chmod(fh.name, 0o644)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"), HOME="/tmp")
+    env.pop("LIBVIRT_DEFAULT_URI", None)
+    try:
+        proc = subprocess.run(
+            ["runuser", "-u", "nobody", "--", PYTHON, "-m", MODULES + module, fh.name],
+            cwd="/tmp",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.unlink(fh.name)
+    return proc
+
+
+def test_permission_denied(lab, libvirt_conn, domains):
+    uri = lab["libvirt_uri"]
+    dom, (disk,) = domains("perm", [(16, write_pattern(4))])
+    before = {"domains": domain_names(libvirt_conn), "xml": dom.XMLDesc(0), "disk": sha256(disk)}
+    # A bundle directory nobody may write: only the connection can stop the export.
+    bundle = tempfile.mkdtemp(prefix="vmigrate-nobody-")
+    os.chmod(bundle, 0o777)
+    try:
+        for module, args in (
+            ("kvm_vm_info", {"uri": uri}),
+            ("kvm_export", {"uri": uri, "name": dom.name(), "bundle": os.path.join(bundle, "b")}),
+        ):
+            proc = run_as_nobody(module, args)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert "Traceback" not in proc.stdout + proc.stderr
+            result = json.loads(proc.stdout)
+            assert result["failed"] and result["error_kind"] == "platform", result
+            assert "exception" not in result, result
+            msg = result["msg"]
+            assert "permission denied: libvirt at %s does not let this user" % uri in msg, msg
+            assert "Fix: run as root or as a member of the group that owns the libvirt socket" in msg, msg
+            assert "polkit" in msg and "qemu:///session" in msg, msg
+        assert os.listdir(bundle) == []
+    finally:
+        shutil.rmtree(bundle)
+    assert domain_names(libvirt_conn) == before["domains"]
+    assert dom.XMLDesc(0) == before["xml"] and dom.listAllCheckpoints(0) == []
+    assert sha256(disk) == before["disk"]
+
+
+# --- pool full ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_pool(libvirt_conn, tag):
+    """A dir pool on an 8 MiB tmpfs; destroyed, undefined and unmounted afterwards."""
+    name = "lab-tinypool-%s" % tag
+    path = "/var/lib/vmigrate-lab/%s" % name
+    os.makedirs(path)
+    pool = None
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", path], check=True)
+        pool = libvirt_conn.storagePoolDefineXML(
+            "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (name, path), 0
+        )
+        pool.create(0)
+        yield name, path
+    finally:
+        if pool is not None:
+            if pool.isActive():
+                pool.refresh(0)
+                for vol in pool.listAllVolumes(0):
+                    vol.delete(0)
+                pool.destroy()
+            pool.undefine()
+        subprocess.run(["umount", path], check=False)
+        os.rmdir(path)
+
+
+def test_pool_full(lab, libvirt_conn, domains, run_module, tiny_pool, tmp_path, tag):
+    pool_name, pool_path = tiny_pool
+    dom, (disk,) = domains("full", [(32, write_random(32))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    free = os.statvfs(pool_path).f_bavail
+    r = run_module("kvm_import", {"bundle": bundle, "name": "lab-bad-dst-%s" % tag, "pool": pool_name})
+    assert r["failed"] and r["error_kind"] == "input", r
+    assert "storage pool %s has 8.0 MiB free, the disks need up to 32." % pool_name in r["msg"], r["msg"]
+    assert "Fix: free space in the pool or import into another pool" in r["msg"], r["msg"]
+    assert volumes(libvirt_conn, pool_name) == [] and os.listdir(pool_path) == []
+    assert os.statvfs(pool_path).f_bavail == free
+    assert not domain_exists(libvirt_conn, "lab-bad-dst-%s" % tag)
+
+
+# --- a source disk qemu-img cannot read ---------------------------------------------------------
+
+
+def truncate(path):
+    """A copy cut short: the header and tables are there, most data clusters are not."""
+    os.truncate(path, 2 * MIB)
+
+
+def garble(path):
+    """A valid qcow2 header, garbage after it (L1 and refcount tables included)."""
+    with open(path, "r+b") as fh:
+        fh.seek(512)
+        fh.write(os.urandom(2 * MIB - 512))
+
+
+@pytest.mark.parametrize("damage", [truncate, garble], ids=["truncated", "garbage"])
+def test_unreadable_source_disk(libvirt_conn, domains, run_module, tmp_path, damage):
+    dom, (disk,) = domains(damage.__name__, [(16, write_pattern(12))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert not r.get("failed") and manifest(bundle)["state"] == "complete", r
+
+    damage(disk)
+    damaged = sha256(disk)
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert r["failed"] and r["error_kind"] == "disk", r
+    msg = r["msg"]
+    assert "disk vda of domain %s cannot be read" % dom.name() in msg, msg
+    assert disk in msg and ("corrupt" in msg or "truncated" in msg), msg
+    assert "Fix: copy the image again from its source; `qemu-img check -f qcow2 %s`" % disk in msg, msg
+    assert len(msg) < 3000, "qemu-img's per-cluster lines must be cut: %d chars" % len(msg)
+    # The disk was only read, and the bundle no longer claims to be complete.
+    assert sha256(disk) == damaged
+    assert manifest(bundle)["state"] == "incomplete"
+    assert dom.listAllCheckpoints(0) == []
+    r = run_module("kvm_import", {"bundle": bundle, "name": dom.name() + "-x", "pool": "vmigrate-target"})
+    assert r["failed"] and "bundle %s is incomplete" % bundle in r["msg"], r
+    assert not domain_exists(libvirt_conn, dom.name() + "-x")
+
+    # A fresh bundle for the damaged disk is never written at all.
+    fresh = str(tmp_path / "fresh")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": fresh})
+    assert r["failed"] and disk in r["msg"], r
+    assert manifest(fresh) is None
+    assert sha256(disk) == damaged
+
+
+# --- transfer: stream on the local URI ------------------------------------------------------
+
+
+def test_stream_transfer(lab, libvirt_conn, domains, run_module, tmp_path, tag):
+    # The disk file is made by qemu-img, not libvirt: the export must refresh the pool to
+    # find it as a volume.
+    dom, (disk,) = domains("stream", [(16, write_pattern(6, 0x5A))])
+    disk_sum = sha256(disk)
+    bundle = str(tmp_path / "export")
+    args = {"name": dom.name(), "bundle": bundle, "transfer": "stream"}
+    r = run_module("kvm_export", args)
+    assert not r.get("failed") and r["changed"] and r["kind"] == "cold", r
+    m = manifest(bundle)
+    assert m["state"] == "complete" and m["disks"][0]["path"] == "disks/disk0.qcow2", m["disks"]
+    copy = os.path.join(bundle, "disks", "disk0.qcow2")
+    assert 6 * MIB <= r["bytes_written"] <= 7 * MIB, r  # the data, sparse: not the 16 MiB capacity
+    assert qemu_img_compare(disk, "qcow2", copy, "qcow2").returncode == 0
+    assert not [f for f in os.listdir(os.path.join(bundle, "disks")) if f.endswith(".part")]
+
+    again = run_module("kvm_export", args)
+    assert not again.get("failed") and again["changed"] is False and again["_recap_changed"] == 0, again
+    assert manifest(bundle)["sync"] == m["sync"]  # the same chain: an imported target stays current
+
+    dst = "lab-bad-dst-%s" % tag
+    target_pool = lab["pools"]["target"]
+    imp = {"bundle": bundle, "name": dst, "pool": target_pool, "transfer": "stream", "cpu_mode": "default"}
+    imp["domain_type"] = lab["domain_type"]
+    r = run_module("kvm_import", imp)
+    assert not r.get("failed") and r["changed"], r
+    assert r["transfer"] == "stream", r
+    vol = libvirt_conn.storagePoolLookupByName(target_pool).storageVolLookupByName("%s-disk0.qcow2" % dst)
+    cmp = qemu_img_compare(disk, "qcow2", vol.path(), "qcow2")
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert not [f for f in os.listdir(bundle) if f.startswith(".upload.")]
+    target = libvirt_conn.lookupByName(dst)
+    assert not target.isActive()
+    prov = target.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "https://vmigrate.example/v2v/1", 0)
+    assert 'state="complete"' in prov and dom.UUIDString() in prov
+
+    again = run_module("kvm_import", imp)
+    assert not again.get("failed") and again["changed"] is False and again["_recap_changed"] == 0, again
+    assert sha256(disk) == disk_sum
+
+
+# --- an import that fails after making volumes --------------------------------------------------
+
+
+def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module, tmp_path, tag):
+    dom, disks = domains("midway", [(16, write_pattern(4, 0x11)), (16, write_pattern(4, 0x22))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    dst = "lab-bad-dst-%s" % tag
+    target_pool = lab["pools"]["target"]
+    imp = {"bundle": bundle, "name": dst, "pool": target_pool, "cpu_mode": "default"}
+    imp["domain_type"] = lab["domain_type"]
+
+    # The second disk's file is gone: disk0's volume is made and filled, disk1's copy fails.
+    os.rename(disks[1], disks[1] + ".away")
+    r = run_module("kvm_import", imp)
+    assert r["failed"] and r["error_kind"] == "disk", r
+    assert "cannot copy %s into volume %s-disk1.qcow2" % (disks[1], dst) in r["msg"], r["msg"]
+    assert "Fix: " in r["msg"]
+    assert not domain_exists(libvirt_conn, dst)
+    # Only this test's names: other tests may use the lab's target pool at the same time.
+    assert [v for v in volumes(libvirt_conn, target_pool) if v.startswith(dst)] == []
+
+    os.rename(disks[1] + ".away", disks[1])
+    r = run_module("kvm_import", imp)
+    assert not r.get("failed") and r["changed"], r
+    pool = libvirt_conn.storagePoolLookupByName(target_pool)
+    for i, src in enumerate(disks):
+        vol = pool.storageVolLookupByName("%s-disk%d.qcow2" % (dst, i))
+        assert qemu_img_compare(src, "qcow2", vol.path(), "qcow2").returncode == 0
+    assert domain_exists(libvirt_conn, dst)
+    again = run_module("kvm_import", imp)
+    assert again["changed"] is False and again["_recap_changed"] == 0, again
