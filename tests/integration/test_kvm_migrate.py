@@ -75,16 +75,20 @@ def delete_volumes(conn, pool_name, prefix):
             vol.delete(0)
 
 
-def volumes(conn, pool_name):
+def volumes(conn, pool_name, prefix=""):
+    """Volume names in a pool; with ``prefix``, only this test's (other tests share the pool)."""
     pool = conn.storagePoolLookupByName(pool_name)
     pool.refresh(0)
-    return sorted(v.name() for v in pool.listAllVolumes(0))
+    return sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith(prefix))
 
 
 @pytest.fixture
 def names(lab, libvirt_conn, tmp_path):
     tag = uuid.uuid4().hex[:6]
     n = {
+        "tag": tag,
+        # The playbook's default UUID belongs to the demo's own source domain.
+        "src_uuid": str(uuid.uuid4()),
         "src": "lab-src-%s" % tag,
         "dst": "lab-dst-%s" % tag,
         "work": str(tmp_path / "work"),
@@ -101,6 +105,7 @@ def names(lab, libvirt_conn, tmp_path):
 def play_vars(lab, n, **extra):
     v = {
         "demo_src": n["src"],
+        "demo_src_uuid": n["src_uuid"],
         "demo_dst": n["dst"],
         "demo_work": n["work"],
         "demo_domain_type": domain_type(lab),
@@ -134,10 +139,10 @@ def test_cold_kvm_to_kvm(lab, libvirt_conn, names, run_playbook):
     assert sha256(names["src_disk"]) == src_sum
 
     # Check mode towards another target name: no domain, no volume.
-    vols = volumes(libvirt_conn, lab["pools"]["target"])
+    vols = volumes(libvirt_conn, lab["pools"]["target"], "lab-dst-" + names["tag"])
     check = run_playbook(PLAYBOOK, play_vars(lab, names, demo_dst=names["dst"] + "-check"), check=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert volumes(libvirt_conn, lab["pools"]["target"]) == vols
+    assert volumes(libvirt_conn, lab["pools"]["target"], "lab-dst-" + names["tag"]) == vols
     with pytest.raises(libvirt.libvirtError):
         libvirt_conn.lookupByName(names["dst"] + "-check")
 
@@ -191,14 +196,14 @@ def test_bad_input(lab, libvirt_conn, names, run_module, tmp_path):
     make_source(lab, libvirt_conn, names)
     bundle = str(tmp_path / "export")
     assert not run_module("kvm_export", {"name": names["src"], "bundle": bundle}).get("failed")
-    vols = volumes(libvirt_conn, lab["pools"]["target"])
+    vols = volumes(libvirt_conn, lab["pools"]["target"], "lab-")
     r = run_module("kvm_import", {"bundle": bundle, "name": names["dst"], "pool": "lab-no-such-pool"})
     assert r["failed"] and "storage pool 'lab-no-such-pool' does not exist" in r["msg"]
     # A same-named domain that did not come from this source is refused, and kept.
     r = run_module("kvm_import", {"bundle": bundle, "name": names["src"], "pool": lab["pools"]["target"]})
     assert r["failed"] and "already exists" in r["msg"] and "replace=true" in r["msg"]
     assert libvirt_conn.lookupByName(names["src"])
-    assert volumes(libvirt_conn, lab["pools"]["target"]) == vols
+    assert volumes(libvirt_conn, lab["pools"]["target"], "lab-") == vols
     with pytest.raises(libvirt.libvirtError):
         libvirt_conn.lookupByName(names["dst"])
 
