@@ -82,7 +82,7 @@ def qemu_img_convert(src, dst, fmt, sub, cache="unsafe", fsync=False):
     subprocess.run(["qemu-img", "convert", "-t", cache, "-f", "raw", "-O", fmt] + opts + [src, dst], check=True)
     if fsync:
         for path in _disk.image_files(dst, fmt, sub):
-            _disk._fsync_file(path)
+            _disk.fsync_path(path)
 
 
 def durable_mode(workdir, fmt, sub):
@@ -236,6 +236,9 @@ def main():
     ap.add_argument("--sparse-data-mib", type=int, default=256, help="data in the sparse disk (default 256)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is shown")
     ap.add_argument("--dir", default="/var/tmp/vmigrate-bench", help="work directory (on the disk to measure)")
+    ap.add_argument(
+        "--results", default=os.path.join(ROOT, "bench", "results", "latest.txt"), help="where to write the figures"
+    )
     ap.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
     args = ap.parse_args()
     parts = args.only or ["a", "b", "c"]
@@ -263,9 +266,8 @@ def main():
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     say("load average at end: %.2f %.2f %.2f" % os.getloadavg())
-    results = os.path.join(ROOT, "bench", "results")
-    os.makedirs(results, exist_ok=True)
-    with open(os.path.join(results, "latest.txt"), "w") as fh:
+    os.makedirs(os.path.dirname(args.results), exist_ok=True)
+    with open(args.results, "w") as fh:
         fh.write("\n".join(LINES) + "\n")
 
 
