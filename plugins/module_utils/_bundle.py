@@ -268,8 +268,8 @@ class Bundle:
         )
 
     def save_digests(self, disk, digest_list):
-        """Write digests/<id>.sha256 and record block_size, blocks and digests_sha256."""
-        rel = "digests/%s.sha256" % disk["id"]
+        """Write digests/<id>.blocks and record block_size, blocks and digests_sha256."""
+        rel = "digests/%s.blocks" % disk["id"]
         disk["digests_sha256"] = digest_list.save(os.path.join(self.dir, rel))
         disk["digests"] = rel
         disk["block_size"] = digest_list.block_size

@@ -574,7 +574,7 @@ def _write_delta(reader, runs, delta_path, size, digests, progress=None):
                     if data.startswith(bytes(blen), bstart):
                         digests[index] = _blocks.ZERO_DIGEST
                         continue
-                    digests[index] = hashlib.sha256(view[bstart : bstart + blen]).digest()
+                    digests[index] = _blocks.block_digest(view[bstart : bstart + blen])
                     os.pwrite(fh.fileno(), view[bstart : bstart + blen], off + bstart)
                     stats["bytes_written"] += blen
                 if progress is not None:
@@ -886,7 +886,7 @@ class KvmPlatform(Platform):
             "capacity": size,
             "allocated": None,
             "block_size": block_size,
-            "digests": "digests/%s.sha256" % rec["id"],
+            "digests": "digests/%s.blocks" % rec["id"],
             "digests_sha256": None,
             "blocks": _blocks.block_count(size, block_size),
             "checkpoint": None,
