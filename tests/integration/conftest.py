@@ -156,3 +156,34 @@ def run_playbook():
 @pytest.fixture(scope="session")
 def recap():
     return parse_recap
+
+
+def module_play(module: str, args: dict, out: str) -> str:
+    """A one-task playbook whose registered result is written as JSON to ``out``."""
+    return (
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
+        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n"
+        "      check_mode: false\n      changed_when: false\n"
+    ) % (module, json.dumps(args), out)
+
+
+@pytest.fixture
+def run_module(tmp_path):
+    """Run one module through ansible-playbook; return its result, plus `_recap_changed`.
+
+    VMWARE_*/VMIGRATE_CA* from the caller's shell are blanked: the test's arguments
+    decide (``env`` adds variables back).
+    """
+
+    def run(module, args, check=False, env=None, timeout=1800):
+        out = tmp_path / ("result-%s.json" % os.urandom(6).hex())
+        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
+        clean.update(env or {})
+        proc = run_ansible_playbook(module_play(module, args, str(out)), check=check, env=clean, timeout=timeout)
+        assert out.exists(), proc.stdout + proc.stderr
+        result = json.loads(out.read_text())
+        result["_recap_changed"] = proc.changed
+        return result
+
+    return run

@@ -68,30 +68,6 @@ def manifest(bundle):
         return json.load(fh)
 
 
-def module_play(module, args, out):
-    return (
-        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n"
-        "      check_mode: false\n      changed_when: false\n"
-    ) % (module, json.dumps(args), out)
-
-
-@pytest.fixture
-def run_module(run_playbook, tmp_path):
-    """Run one module through ansible-playbook; its registered result, plus the recap's changed count."""
-
-    def run(module, args, check=False):
-        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
-        proc = run_playbook(module_play(module, args, out), check=check)
-        assert out.exists(), proc.stdout + proc.stderr
-        result = json.loads(out.read_text())
-        result["_recap_changed"] = proc.changed
-        return result
-
-    return run
-
-
 @pytest.fixture
 def tag():
     return uuid.uuid4().hex[:6]

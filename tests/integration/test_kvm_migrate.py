@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -145,28 +144,6 @@ def test_cold_kvm_to_kvm(lab, libvirt_conn, names, run_playbook):
     assert volumes(libvirt_conn, lab["pools"]["target"], "lab-dst-" + names["tag"]) == vols
     with pytest.raises(libvirt.libvirtError):
         libvirt_conn.lookupByName(names["dst"] + "-check")
-
-
-def module_play(module, args, out):
-    return (
-        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n"
-        "      check_mode: false\n      changed_when: false\n"
-    ) % (module, json.dumps(args), out)
-
-
-@pytest.fixture
-def run_module(run_playbook, tmp_path):
-    def run(module, args, check=False):
-        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
-        proc = run_playbook(module_play(module, args, out), check=check)
-        assert out.exists(), proc.stdout + proc.stderr
-        result = json.loads(out.read_text())
-        result["_recap_changed"] = proc.changed
-        return result
-
-    return run
 
 
 def make_source(lab, conn, names):

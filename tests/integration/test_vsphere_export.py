@@ -7,7 +7,6 @@ the bytes read per sync come from the module and are checked against what was wr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -21,27 +20,6 @@ from test_vsphere_import import conn_vars, destroy, find_vm, flat_path, make_bun
 from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
 
 MIB = 1024 * 1024
-
-
-def play(module, args):
-    return (
-        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '{{ out }}'}\n"
-        "      check_mode: false\n" % (module, json.dumps(args))
-    )
-
-
-@pytest.fixture
-def run_module(run_playbook, tmp_path):
-    def run(module, args, check=False):
-        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
-        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
-        proc = run_playbook(play(module, args), {"out": str(out)}, check=check, env=clean)
-        assert out.exists(), proc.stdout + proc.stderr
-        return json.loads(out.read_text())
-
-    return run
 
 
 @pytest.fixture

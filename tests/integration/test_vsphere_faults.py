@@ -138,27 +138,6 @@ def proxy(lab):
         p.thread.join(timeout=5)
 
 
-def play(module, args):
-    return (
-        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '{{ out }}'}\n"
-        "      check_mode: false\n" % (module, json.dumps(args))
-    )
-
-
-@pytest.fixture
-def run_module(run_playbook, tmp_path):
-    def run(module, args):
-        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
-        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
-        proc = run_playbook(play(module, args), {"out": str(out)}, env=clean, timeout=600)
-        assert out.exists(), proc.stdout + proc.stderr
-        return json.loads(out.read_text())
-
-    return run
-
-
 def snapshot_names(vm):
     """Names of the VM's snapshots as vcsim reports them (PropertyCollector: an unset
     `snapshot` property cannot be read as an attribute from the simulator)."""

@@ -63,32 +63,6 @@ def conn_vars(lab, **extra):
     return out
 
 
-def play(module, args):
-    """A one-task playbook; the task result is written to a JSON file next to it."""
-    return (
-        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-        "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-        "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '{{ out }}'}\n      check_mode: false\n"
-        % (module, json.dumps(args))
-    )
-
-
-@pytest.fixture
-def run_module(run_playbook, tmp_path):
-    """Run one module through ansible-playbook; return (task result dict, process)."""
-
-    def run(module, args, check=False, env=None):
-        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
-        # No VMWARE_*/VMIGRATE_* from the caller's shell: the test's arguments decide.
-        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
-        clean.update(env or {})
-        proc = run_playbook(play(module, args), {"out": str(out)}, check=check, env=clean)
-        assert out.exists(), proc.stdout + proc.stderr
-        return json.loads(out.read_text()), proc
-
-    return run
-
-
 def find_vm(si, name):
     content = si.RetrieveContent()
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
@@ -128,11 +102,11 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     bundle = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, firmware="uefi")
     args = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
 
-    res, _ = run_module("vsphere_import", args, check=True)
+    res = run_module("vsphere_import", args, check=True)
     assert res["changed"] and res["action"] == "create", res
     assert find_vm(vsphere_si, vm_name) is None  # check mode made nothing
 
-    res, _ = run_module("vsphere_import", args)
+    res = run_module("vsphere_import", args)
     assert not res.get("failed"), res
     assert res["changed"] and res["action"] == "create"
 
@@ -166,11 +140,11 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     assert prov["bundle_fingerprint"] == bundle.fingerprint()
 
     # A re-run with the same bundle changes nothing.
-    res, _ = run_module("vsphere_import", args)
+    res = run_module("vsphere_import", args)
     assert res["changed"] is False and res["action"] == "none", res
 
     # vm_info describes it (and changes nothing).
-    res, _ = run_module("vsphere_vm_info", conn_vars(lab, vms=[vm_name]))
+    res = run_module("vsphere_vm_info", conn_vars(lab, vms=[vm_name]))
     info = res["vms"][0]
     assert res["changed"] is False
     assert info["firmware"] == "efi" and info["provenance"]["source_id"] == prov["source_id"]
@@ -179,7 +153,7 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     assert info["spec"]["cpu"] == {"sockets": 1, "cores": 2, "threads": 1}
 
     # verify reads the disk back and agrees, and powers the VM on.
-    res, _ = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, power_on=True))
+    res = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, power_on=True))
     assert not res.get("failed"), res
     assert res["disks"][0]["mismatched"] == 0 and res["bytes_read"] == os.path.getsize(guest_copy)
     assert res["power_state"] == "poweredOn"
@@ -191,7 +165,7 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
         old = fh.read(1)
         fh.seek(5 * 1024 * 1024 + 3)
         fh.write(bytes([old[0] ^ 0xFF]))
-    res, _ = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir))
+    res = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir))
     assert res.get("failed") and "differs from the bundle in 1 of" in res["msg"], res
     assert "first at byte %d" % (5 * 1024 * 1024) in res["msg"]
 
@@ -200,15 +174,15 @@ def test_same_name_other_origin_is_refused_unless_replace(lab, vsphere_si, run_m
     first = make_bundle(str(tmp_path / "a"), guest_copy, vm_name)
     other = make_bundle(str(tmp_path / "b"), guest_copy, vm_name)  # another source id
     base = conn_vars(lab, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
-    res, _ = run_module("vsphere_import", dict(base, bundle=first.dir))
+    res = run_module("vsphere_import", dict(base, bundle=first.dir))
     assert res["changed"], res
     moid = res["moid"]
 
-    res, _ = run_module("vsphere_import", dict(base, bundle=other.dir))
+    res = run_module("vsphere_import", dict(base, bundle=other.dir))
     assert res.get("failed") and "already exists" in res["msg"] and "replace=true" in res["msg"], res
     assert find_vm(vsphere_si, vm_name)._moId == moid
 
-    res, _ = run_module("vsphere_import", dict(base, bundle=other.dir, replace=True))
+    res = run_module("vsphere_import", dict(base, bundle=other.dir, replace=True))
     assert res["changed"] and res["replaced"] == moid, res
     vm = find_vm(vsphere_si, vm_name)
     prov = json.loads(next(o.value for o in vm.config.extraConfig if o.key == "vmigrate.provenance"))
@@ -219,13 +193,13 @@ def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tm
     src_id = str(uuid.uuid4())
     bundle = make_bundle(str(tmp_path / "a"), guest_copy, vm_name, source_id=src_id)
     args = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
-    assert run_module("vsphere_import", args)[0]["changed"]
+    assert run_module("vsphere_import", args)["changed"]
     # The source changes; a newer bundle of the same source arrives.
     with open(guest_copy, "r+b") as fh:
         fh.seek(7 * 1024 * 1024)
         fh.write(os.urandom(4096))
     newer = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, source_id=src_id)
-    res, _ = run_module("vsphere_import", dict(args, bundle=newer.dir))
+    res = run_module("vsphere_import", dict(args, bundle=newer.dir))
     assert res["changed"] and res["action"] == "update" and res["updated_disks"] == ["disk0"], res
     cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", flat_path(lab, vm_name), guest_copy])
     assert cmp.returncode == 0
@@ -233,7 +207,7 @@ def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tm
     values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
     assert not values.get("vmigrate.incomplete")
     assert json.loads(values["vmigrate.provenance"])["bundle_fingerprint"] == newer.fingerprint()
-    assert run_module("vsphere_import", dict(args, bundle=newer.dir))[0]["changed"] is False
+    assert run_module("vsphere_import", dict(args, bundle=newer.dir))["changed"] is False
 
 
 def test_bad_input_is_reported_and_leaves_nothing(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
@@ -241,17 +215,17 @@ def test_bad_input_is_reported_and_leaves_nothing(lab, vsphere_si, run_module, t
     base = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"])
     vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
 
-    res, _ = run_module("vsphere_import", dict(base, network_map={"other-net": "VM Network"}))
+    res = run_module("vsphere_import", dict(base, network_map={"other-net": "VM Network"}))
     assert res.get("failed") and "network 'lab-net'" in res["msg"] and "not in network_map" in res["msg"], res
 
-    res, _ = run_module("vsphere_import", dict(base, network_map={"lab-net": "no-such-portgroup"}))
+    res = run_module("vsphere_import", dict(base, network_map={"lab-net": "no-such-portgroup"}))
     assert res.get("failed") and "network 'no-such-portgroup' not found" in res["msg"], res
     assert "VM Network" in res["msg"]  # lists what exists
 
-    res, _ = run_module("vsphere_import", dict(base, datastore="NoSuchDS", network_map={"lab-net": "VM Network"}))
+    res = run_module("vsphere_import", dict(base, datastore="NoSuchDS", network_map={"lab-net": "VM Network"}))
     assert res.get("failed") and "datastore 'NoSuchDS' not found" in res["msg"] and "LocalDS_0" in res["msg"], res
 
-    res, _ = run_module("vsphere_import", dict(base, password="wrong", network_map={"lab-net": "VM Network"}))
+    res = run_module("vsphere_import", dict(base, password="wrong", network_map={"lab-net": "VM Network"}))
     assert res.get("failed") and "vSphere login failed for user %s" % lab["vcsim"]["username"] in res["msg"], res
     assert "wrong" not in json.dumps(res.get("invocation", {}))  # no_log
 
@@ -261,11 +235,11 @@ def test_bad_input_is_reported_and_leaves_nothing(lab, vsphere_si, run_module, t
 
 def test_tls_needs_the_lab_ca(lab, run_module):
     args = conn_vars(lab, vms=["DC0_H0_VM0"])
-    res, _ = run_module("vsphere_vm_info", args)
+    res = run_module("vsphere_vm_info", args)
     assert not res.get("failed") and res["vms"][0]["name"] == "DC0_H0_VM0", res
 
     del args["ca_path"]  # the system trust store does not hold the lab CA
-    res, _ = run_module("vsphere_vm_info", args)
+    res = run_module("vsphere_vm_info", args)
     assert res.get("failed"), res
     assert "TLS verification of %s" % lab["vcsim"]["hostname"] in res["msg"]
     assert "ca_path" in res["msg"] and "validate_certs" in res["msg"]
@@ -273,10 +247,10 @@ def test_tls_needs_the_lab_ca(lab, run_module):
     # A pinned certificate: without CA verification, only the exact certificate is accepted.
     pem = ssl.get_server_certificate((lab["vcsim"]["hostname"], lab["vcsim"]["port"]))
     pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
-    res, _ = run_module("vsphere_vm_info", dict(args, validate_certs=False, thumbprint=pin))
+    res = run_module("vsphere_vm_info", dict(args, validate_certs=False, thumbprint=pin))
     assert not res.get("failed") and res["vms"][0]["name"] == "DC0_H0_VM0", res
-    res, _ = run_module("vsphere_vm_info", dict(args, validate_certs=False, thumbprint="ab" * 32))
+    res = run_module("vsphere_vm_info", dict(args, validate_certs=False, thumbprint="ab" * 32))
     assert res.get("failed") and "not the pinned thumbprint" in res["msg"], res
 
-    res, _ = run_module("vsphere_vm_info", conn_vars(lab, vms=["no-such-vm"]))
+    res = run_module("vsphere_vm_info", conn_vars(lab, vms=["no-such-vm"]))
     assert res.get("failed") and "VM 'no-such-vm' not found" in res["msg"], res

@@ -9,38 +9,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import uuid
 
-import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 from test_vsphere_import import conn_vars, destroy, find_vm, flat_path, make_bundle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def play(tasks):
-    return "- hosts: localhost\n  gather_facts: false\n  tasks:\n" + tasks
-
-
-@pytest.fixture
-def run_module(run_playbook, tmp_path):
-    def run(module, args):
-        out = tmp_path / ("result-%s.json" % uuid.uuid4().hex)
-        tasks = (
-            "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
-            "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '{{ out }}'}\n"
-        ) % (module, json.dumps(args))
-        clean = {k: "" for k in os.environ if k.startswith(("VMWARE_", "VMIGRATE_CA"))}
-        proc = run_playbook(play(tasks), {"out": str(out)}, env=clean)
-        assert out.exists(), proc.stdout + proc.stderr
-        return json.loads(out.read_text())
-
-    return run
 
 
 def undefine(conn, name):
