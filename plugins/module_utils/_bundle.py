@@ -38,6 +38,20 @@ def now():
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
+def append_sync(manifest, kind, bytes_read=0, bytes_written=0, checkpoint=None, **extra):
+    """Record one sync (newest last) in a manifest dict; returns the record."""
+    entry = {
+        "kind": kind,
+        "at": now(),
+        "bytes_read": int(bytes_read),
+        "bytes_written": int(bytes_written),
+        "checkpoint": checkpoint,
+    }
+    entry.update(extra)
+    manifest.setdefault("sync", []).append(entry)
+    return entry
+
+
 def manifest_path(directory):
     return os.path.join(directory, MANIFEST)
 
@@ -279,16 +293,7 @@ class Bundle:
     # -- state and history --
 
     def add_sync(self, kind, bytes_read=0, bytes_written=0, checkpoint=None, **extra):
-        entry = {
-            "kind": kind,
-            "at": now(),
-            "bytes_read": int(bytes_read),
-            "bytes_written": int(bytes_written),
-            "checkpoint": checkpoint,
-        }
-        entry.update(extra)
-        self.manifest.setdefault("sync", []).append(entry)
-        return entry
+        return append_sync(self.manifest, kind, bytes_read, bytes_written, checkpoint, **extra)
 
     def record_created(self, what, item):
         """Remember something made on the source (checkpoint, snapshot) so it can be cleaned up."""

@@ -13,7 +13,6 @@ Import creates storage volumes and the domain, and records provenance in the dom
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from urllib.parse import quote, urlparse
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _bundle, _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     DiskError,
     InputError,
@@ -95,10 +94,6 @@ def _msg(exc):
         return exc.get_error_message() or str(exc)
     except Exception:  # noqa: BLE001
         return str(exc)
-
-
-def _now():
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
 # --- connection --------------------------------------------------------------------
@@ -587,16 +582,12 @@ def _write_delta(reader, runs, delta_path, size, digests, progress=None):
 
 def _load_manifest(bundle_dir):
     """The bundle's manifest as a dict, or None when there is none yet."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _bundle
-
     if not _bundle.Bundle.exists(bundle_dir):
         return None
     return _bundle.load_manifest(bundle_dir)
 
 
 def _save_manifest(bundle_dir, manifest):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _bundle
-
     _bundle.save_manifest(bundle_dir, manifest)
 
 
@@ -988,9 +979,7 @@ class KvmPlatform(Platform):
             prev["state"] = "complete"
             _save_manifest(bundle, prev)
             return self._result(prev, "cold", changed=False)
-        manifest["sync"].append(
-            dict(kind="full", mode="cold", at=_now(), index=1, checkpoint=None, chain=str(uuidlib.uuid4()), **totals)
-        )
+        _bundle.append_sync(manifest, "full", mode="cold", index=1, chain=str(uuidlib.uuid4()), **totals)
         manifest["state"] = "complete"
         _save_manifest(bundle, manifest)
         return self._result(manifest, "cold", changed=True)
@@ -1089,17 +1078,15 @@ class KvmPlatform(Platform):
                 drec = self._copy_full(ctx, job, rec, totals)
                 drec["checkpoint"] = {"kind": "libvirt", "id": name} if name else {"kind": "digests", "id": index}
                 manifest["disks"].append(drec)
-        manifest["sync"].append(
-            dict(
-                kind="full",
-                mode="warm",
-                at=_now(),
-                index=index,
-                checkpoint={"kind": "libvirt", "id": name} if name else {"kind": "digests", "id": index},
-                chain=str(uuidlib.uuid4()),
-                frozen=job.frozen,
-                **totals,
-            )
+        _bundle.append_sync(
+            manifest,
+            "full",
+            checkpoint={"kind": "libvirt", "id": name} if name else {"kind": "digests", "id": index},
+            mode="warm",
+            index=index,
+            chain=str(uuidlib.uuid4()),
+            frozen=job.frozen,
+            **totals,
         )
         # The new chain replaces the old one: its checkpoints are no use any more.
         delete_checkpoints(dom, [c for c in old_checkpoints if c != name])
@@ -1168,17 +1155,15 @@ class KvmPlatform(Platform):
         checkpoint = {"kind": "libvirt", "id": name} if use_bitmap else {"kind": "digests", "id": index}
         for drec in prev["disks"]:
             drec["checkpoint"] = checkpoint
-        prev["sync"].append(
-            dict(
-                kind="incremental",
-                mode="warm",
-                at=_now(),
-                index=index,
-                checkpoint=checkpoint,
-                chain=_chain_id(prev),
-                frozen=job.frozen,
-                **totals,
-            )
+        _bundle.append_sync(
+            prev,
+            "incremental",
+            checkpoint=checkpoint,
+            mode="warm",
+            index=index,
+            chain=_chain_id(prev),
+            frozen=job.frozen,
+            **totals,
         )
         old = [c for c in prev["created"]["checkpoints"] if c != name]
         if name:
@@ -1215,16 +1200,8 @@ class KvmPlatform(Platform):
             drec["source"]["stat"] = _stat_key(rec["path"])
         if changed:
             checkpoint = {"kind": "digests", "id": index}
-            prev["sync"].append(
-                dict(
-                    kind="incremental",
-                    mode="offline",
-                    at=_now(),
-                    index=index,
-                    checkpoint=checkpoint,
-                    chain=_chain_id(prev),
-                    **totals,
-                )
+            _bundle.append_sync(
+                prev, "incremental", checkpoint=checkpoint, mode="offline", index=index, chain=_chain_id(prev), **totals
             )
         prev["state"] = "complete"
         _save_manifest(bundle, prev)
