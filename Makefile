@@ -9,7 +9,7 @@ SANITY_DIR := /tmp/vmigrate-v2v-sanity/ansible_collections/vmigrate/v2v
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps venv lab lab-down demo test lint ruff sanity ansible-lint unit integration bench build clean
+.PHONY: deps venv lab lab-down lab-proof demo test lint ruff sanity ansible-lint unit integration bench build clean
 
 deps:
 	test -x tests/lab/lab && tests/lab/lab deps
@@ -31,6 +31,15 @@ lab: venv
 
 lab-down:
 	tests/lab/lab down
+
+# Proves the lab owns the host state it relies on: from a reset host (as on a fresh
+# machine: network undefined, /dev/kvm root-only, daemons stopped, libvirt's capability
+# cache empty), `up` must leave every `status` check true, including a libvirt call
+# that no longer re-probes qemu. `make test` runs it before the integration tests.
+lab-proof: venv
+	tests/lab/lab reset
+	tests/lab/lab up
+	tests/lab/lab status
 
 demo: lab
 	$(VENV)/bin/ansible-playbook playbooks/demo.yml
@@ -63,7 +72,7 @@ unit: venv
 integration: lab
 	$(VENV)/bin/pytest tests/integration
 
-test: lint unit integration
+test: lint unit lab-proof integration
 
 bench: lab
 	$(PY) bench/run.py
