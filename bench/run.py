@@ -24,8 +24,10 @@ from functools import partial
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _bundle, _disk  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils._convert import Converter  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.convert import Converter  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -51,7 +53,7 @@ def fill_random(path, size, data_ranges):
 
 def bundle_with(raw, workdir, name, size, digests=False):
     """A complete input bundle that references ``raw`` in place (with or without digests)."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
     spec = _spec.new_spec(
         name=name,

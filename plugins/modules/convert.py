@@ -173,8 +173,8 @@ fingerprint:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._convert import Converter  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.convert import Converter  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     src=dict(type="path", required=True),

@@ -135,8 +135,8 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _kvm  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
 
 OPTIONS = ("name", "pool", "volume_format", "network_map", "domain_type", "cpu_mode", "transfer", "replace", "start")
 

@@ -101,8 +101,8 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _kvm  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
 
 OPTIONS = ("digests", "spec", "boot_check", "boot_marker", "boot_timeout")
 

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors, _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 libvirt = pytest.importorskip("libvirt")
 URI = "qemu:///system"

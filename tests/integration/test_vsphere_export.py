@@ -17,7 +17,7 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 from test_vsphere_import import conn_vars, destroy, find_vm, flat_path, make_bundle
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
 MIB = 1024 * 1024
 

@@ -20,8 +20,10 @@ import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk, _spec
-from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
 MAC = "52:54:00:aa:bb:01"
 

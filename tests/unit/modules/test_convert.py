@@ -10,7 +10,8 @@ import tempfile
 import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _bundle, _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MiB = 1024 * 1024
@@ -76,7 +77,7 @@ def digests_of(raw_path, block_size=MiB):
 
 
 def spec():
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
     s = _spec.new_spec(
         name="web01",
@@ -136,7 +137,7 @@ def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
     with open(os.path.join(dest, xml_name)) as fh:
         xml_text = fh.read()
     assert disk["path"] in xml_text
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 
     described = _descriptors.spec_from_libvirt_xml(xml_text)
     assert described["nics"][0]["model"] == "virtio" and described["nics"][0]["mac"] == "00:50:56:12:34:56"
@@ -217,7 +218,7 @@ def test_incomplete_input_is_refused(src_bundle, tmp_path):
 
 def test_incremental_sync_refreshes_without_converting_again(src_bundle, tmp_path):
     """After an incremental export the output gains the new delta, digests and history only."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 
     raw = src_bundle.disk_path("disk0")
     base_copy = str(tmp_path / "base.raw")

@@ -24,7 +24,6 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from urllib.parse import quote, urlparse
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _bundle, _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     DiskError,
     InputError,
@@ -32,8 +31,11 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     PlatformError,
     VerifyError,
 )
-from ansible_collections.vmigrate.v2v.plugins.module_utils._platform import Platform
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
 
 try:
     import libvirt
@@ -592,13 +594,13 @@ def _save_manifest(bundle_dir, manifest):
 
 
 def _spec_from_xml(xml_text):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 
     return _descriptors.spec_from_libvirt_xml(xml_text)
 
 
 def _xml_from_spec(spec, disks, provenance, domain_type):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 
     prov = {k: str(v) for k, v in provenance.items() if v is not None}
     return _descriptors.libvirt_xml_from_spec(spec, disks, provenance=prov, domain_type=domain_type)

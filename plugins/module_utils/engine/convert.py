@@ -18,9 +18,13 @@ import os
 import shutil
 import threading
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _bundle, _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 DEFAULT_FORMAT = {"kvm": "qcow2", "vsphere": "vmdk", "hyperv": "vhdx"}
 # vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
@@ -28,27 +32,8 @@ DEFAULT_SUBFORMAT = {("vsphere", "vmdk"): "monolithicFlat", ("kvm", "vmdk"): "mo
 SUFFIX = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx", "vpc": "vhd"}
 
 
-def _spec_module():
-    try:
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
-    except ImportError:
-        return None
-    return _spec
-
-
-def _descriptors_module():
-    try:
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors
-    except ImportError:
-        return None
-    return _descriptors
-
-
 def translate(spec, target, network_map, storage_map):
-    """The spec for the target and the list of changes (via _spec.apply_maps)."""
-    _spec = _spec_module()
-    if _spec is None or not hasattr(_spec, "apply_maps"):
-        return copy.deepcopy(spec), []
+    """The spec for the target and the list of changes (via spec.apply_maps)."""
     return _spec.apply_maps(spec, target, network_map or None, storage_map or None)
 
 
@@ -396,18 +381,15 @@ class Converter:
         }
 
     def _descriptors(self, out, spec):
-        """Write the target's descriptor beside the disks when _descriptors can."""
-        mod = _descriptors_module()
+        """Write the target's descriptor beside the disks (none for Hyper-V yet)."""
         written = {}
-        if mod is None:
-            return written
         disks = {d["id"]: {"path": out.disk_path(d), "format": d["format"]} for d in out.disks}
-        if self.target == "kvm" and hasattr(mod, "libvirt_xml_from_spec"):
-            text = mod.libvirt_xml_from_spec(spec, disks)
+        if self.target == "kvm":
+            text = _descriptors.libvirt_xml_from_spec(spec, disks)
             written["libvirt_xml"] = self._write_text(out, "domain.xml", text)
-        elif self.target == "vsphere" and hasattr(mod, "vmx_from_spec"):
+        elif self.target == "vsphere":
             files = {d["id"]: os.path.relpath(out.disk_path(d), out.dir) for d in out.disks}
-            text = mod.vmx_from_spec(spec, files)
+            text = _descriptors.vmx_from_spec(spec, files)
             written["vmx"] = self._write_text(out, "%s.vmx" % (spec.get("name") or "vm"), text)
         return written
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 MiB = 1024 * 1024
 SIZE = 40 * MiB + 192 * 1024  # not a whole number of 1 MiB blocks: the last block is short

@@ -5,8 +5,10 @@ import os
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _bundle, _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 MiB = 1024 * 1024
 SPEC = {"schema": 1, "name": "web01", "disks": [{"id": "disk0", "capacity": 4 * MiB}], "nics": []}

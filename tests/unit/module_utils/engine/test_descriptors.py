@@ -9,9 +9,9 @@ import tarfile
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _descriptors as D
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as D
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 MiB = 1 << 20
 

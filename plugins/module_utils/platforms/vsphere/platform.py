@@ -33,7 +33,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     V2VError,
     VerifyError,
 )
-from ansible_collections.vmigrate.v2v.plugins.module_utils._platform import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
 
 try:
     from pyVim.connect import Disconnect, SmartConnect
@@ -410,7 +410,7 @@ class DatastoreFile:
 
     def extents(self, meta_context=None):
         """One data extent: the file service does not tell holes from data."""
-        from ansible_collections.vmigrate.v2v.plugins.module_utils._disk import Extent
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 
         end = self.size if self.data_end is None else self.data_end
         out = [Extent(0, end, True, False)] if end else []
@@ -714,7 +714,7 @@ def snapshot_list(vm):
 
 def describe_vm(vm):
     """The neutral spec of a VM (see docs/architecture.md, Spec)."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
     cfg = vm.config
     hw = cfg.hardware
@@ -896,7 +896,7 @@ class VspherePlatform(Platform):
         changeIds stay valid for the next sync (that is how CBT works).
         """
         bundle_dir = bundle  # a path here; `bundle` becomes the Bundle object below
-        from ansible_collections.vmigrate.v2v.plugins.module_utils._bundle import Bundle
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
         options = options or {}
         vm = handle
@@ -1089,8 +1089,9 @@ class VspherePlatform(Platform):
         bundle.save()
 
     def _export_disks(self, vm, bundle, spec, config, snapshot, first, use_cbt, options, progress_factory):
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk
         from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
         block_size = int(options.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
         sync_index = len(bundle.manifest.get("sync") or []) + 1
@@ -1124,7 +1125,7 @@ class VspherePlatform(Platform):
                     tmp = path + ".part"
                     with open(tmp, "wb") as fh:
                         fh.truncate(capacity)
-                    from ansible_collections.vmigrate.v2v.plugins.module_utils._disk import Extent
+                    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 
                     extents = None if areas is None else [Extent(s, n, True, False) for s, n in areas]
                     with _disk.RawFile(tmp, writable=True) as writer:
@@ -1205,7 +1206,7 @@ class VspherePlatform(Platform):
     @staticmethod
     def _hash_diff(reader, path, old, progress, delta):
         """No CBT: read everything, write only the blocks whose digest changed."""
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 
         new = _blocks.digest_disk(reader, old.block_size, progress=progress)
         runs = new.changed_extents(old, reader.size)
@@ -1248,7 +1249,7 @@ class VspherePlatform(Platform):
         VM is created (its provenance says it is complete) and the marker removed. A
         failure removes what this run uploaded; a re-run finding the marker starts over.
         """
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
         if not bundle.complete:
             raise InputError(
@@ -1374,8 +1375,9 @@ class VspherePlatform(Platform):
 
     def _upload_disk(self, bundle, item, uploaded, progress_factory=None):
         """PUT the flat extent (guest bytes) and then its descriptor."""
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk
         from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
         record = item["record"]
         path = bundle.disk_path(record)
@@ -1591,7 +1593,7 @@ class VspherePlatform(Platform):
 
     def verify(self, bundle, target_ref, options):
         """Read the target's disks back from the datastore and compare with the bundle."""
-        from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 
         vm = self.find_vm(target_ref)
         spec = bundle.manifest["spec"]

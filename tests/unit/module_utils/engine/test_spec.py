@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 
 def vmware_spec():

@@ -7,8 +7,9 @@ import subprocess
 import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _blocks, _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 MiB = 1024 * 1024
 SIZE = 40 * MiB + 192 * 1024  # the last 1 MiB block is short

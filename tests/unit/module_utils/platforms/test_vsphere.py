@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _disk, _vsphere
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere
 
 
 def test_datastore_paths():

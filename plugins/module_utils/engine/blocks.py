@@ -21,8 +21,8 @@ import os
 import tempfile
 import threading
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, MissingLibraryError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 try:
     from blake3 import blake3 as _blake3

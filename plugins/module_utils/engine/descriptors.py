@@ -23,9 +23,9 @@ import re
 import tarfile
 import xml.etree.ElementTree as ET
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils import _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._spec import (
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.spec import (
     FORMATS,
     GUEST_OS,
     SUPPORT,

@@ -17,8 +17,8 @@ import json
 import os
 import re
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._disk import fsync_path
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import fsync_path
 
 VERSION = 1
 KIND = "vmigrate.v2v/bundle"
@@ -271,7 +271,7 @@ class Bundle:
 
     def load_digests(self, disk):
         """The disk's DigestList, checked against digests_sha256; None when not recorded."""
-        from ansible_collections.vmigrate.v2v.plugins.module_utils._blocks import DigestList
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.blocks import DigestList
 
         if isinstance(disk, str):
             disk = self.disk(disk)
