@@ -24,6 +24,7 @@ from functools import partial
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _files  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk  # noqa: E402
@@ -84,7 +85,7 @@ def qemu_img_convert(src, dst, fmt, sub, cache="unsafe", fsync=False):
     subprocess.run(["qemu-img", "convert", "-t", cache, "-f", "raw", "-O", fmt] + opts + [src, dst], check=True)
     if fsync:
         for path in _disk.image_files(dst, fmt, sub):
-            _disk.fsync_path(path)
+            _files.fsync_path(path)
 
 
 def durable_mode(workdir, fmt, sub):

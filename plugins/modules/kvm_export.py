@@ -23,35 +23,18 @@ description:
     incrementals then compare digests (reading the whole disk), and RV(fallback_reason) says so.
   - A broken chain (the last checkpoint deleted by someone else, a disk added or removed) falls back
     to a full copy and says why in RV(fallback_reason).
-  - The qemu guest agent freezes the guest's filesystems around the start of each backup job when it
-    answers; RV(frozen) says whether it did.
+  - With O(quiesce=true) the qemu guest agent freezes the guest's filesystems around the start of each
+    backup job when it answers; RV(frozen) says whether it did.
+  - The domain is found by O(vm) - its name or UUID.
   - A re-run with nothing new (a shut-off domain whose disk files did not change; a running domain
     whose dirty bitmap is empty) changes nothing.
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
+  - vmigrate.v2v.export
+  - ansible.builtin.action_common_attributes
 options:
-  name:
-    description: Name of the domain. One of O(name) or O(uuid) is required.
-    type: str
-  uuid:
-    description: UUID of the domain.
-    type: str
-  bundle:
-    description: The bundle directory to write (created when absent).
-    type: path
-    required: true
-  mode:
-    description:
-      - V(auto) - cold when the domain is off and the bundle has no warm chain, a full warm copy when
-        it runs and the bundle has no chain, an incremental otherwise.
-      - V(cold) - fail unless the domain is shut off.
-      - V(warm) - a new full copy of the running domain (a new chain).
-      - V(incremental) - fail unless the bundle holds a warm chain.
-    type: str
-    default: auto
-    choices: [auto, cold, warm, incremental]
   transfer:
     description:
       - How a cold export reads disks. V(path) reads (references) the files on this host, V(stream)
@@ -62,36 +45,33 @@ options:
     type: str
     default: auto
     choices: [auto, path, stream]
-  freeze:
-    description: Freeze the guest filesystems (qemu guest agent) while a backup job starts.
-    type: bool
-    default: true
   cleanup_checkpoints:
     description:
       - Delete the checkpoints this module created on the domain once the sync is done (use on the
         final sync of a cutover). The newest one is kept while the domain runs.
     type: bool
     default: false
-  block_size:
-    description: Block size of the digests, in bytes.
-    type: int
-    default: 1048576
 attributes:
   check_mode:
     support: full
-    description: Says which kind of export would run; touches neither the domain nor the bundle.
+    details: Says which kind of export would run; touches neither the domain nor the bundle.
+  diff_mode:
+    support: none
+    details: The bundle is a directory of disk data; RV(summary) says what changed in it.
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
 - name: Export a shut-off domain (references its disks in place)
   vmigrate.v2v.kvm_export:
-    name: web01
+    vm: web01
     bundle: /srv/v2v/web01/export
 
 - name: Warm sync of a running domain (full first, incremental afterwards)
   vmigrate.v2v.kvm_export:
     uri: qemu:///system
-    name: db01
+    vm: db01
     bundle: /srv/v2v/db01/export
   register: sync
 
@@ -101,6 +81,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+mode:
+  description: How the source was read - V(cold) (shut off) or V(warm) (running, backup job).
+  returned: always
+  type: str
 kind:
   description: What ran - V(cold), V(full) (warm full copy) or V(incremental).
   returned: always
@@ -145,47 +129,28 @@ summary:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, run_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_kvm.argument_spec(
-            name=dict(type="str"),
-            uuid=dict(type="str"),
-            bundle=dict(type="path", required=True),
-            mode=dict(type="str", default="auto", choices=["auto", "cold", "warm", "incremental"]),
-            transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
-            freeze=dict(type="bool", default=True),
-            cleanup_checkpoints=dict(type="bool", default=False),
-            block_size=dict(type="int", default=1048576),
+            **export_options(
+                transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
+                cleanup_checkpoints=dict(type="bool", default=False),
+            )
         ),
-        required_one_of=[("name", "uuid")],
-        mutually_exclusive=[("name", "uuid")],
         supports_check_mode=True,
     )
-    if not _kvm.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=str(_kvm.LIBVIRT_IMPORT_ERROR))
     p = module.params
-    try:
-        with _kvm.KvmPlatform(p) as platform:
-            dom = platform.find_vm(p["name"], uuid=p["uuid"])
-            result = platform.export(
-                dom,
-                p["bundle"],
-                p["mode"],
-                check_mode=module.check_mode,
-                transfer=p["transfer"],
-                freeze=p["freeze"],
-                cleanup_checkpoints=p["cleanup_checkpoints"],
-                block_size=p["block_size"],
-            )
-    except Exception as exc:  # noqa: BLE001 - one failure shape for every error
-        fail_from_exception(module, exc)
-    module.exit_json(**result)
+    run_step(
+        module,
+        _kvm.KvmPlatform,
+        lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
+    )
 
 
 if __name__ == "__main__":

@@ -97,6 +97,28 @@ name:
   description: Name of the target domain.
   returned: always
   type: str
+action:
+  description:
+    - What the import did with the target, decided the same way on every platform.
+    - V(create) (no VM of that name), V(replace) (O(replace=true)), V(none) (it holds this bundle),
+      V(record) (same content, only its provenance moved to this sync), V(deltas) (same sync chain,
+      the bundle's deltas applied), V(rewrite) (same source, the changed disks written again whole).
+  returned: always
+  type: str
+reason:
+  description: Why that action, in a few words.
+  returned: always
+  type: str
+spec_changes:
+  description: Translations for KVM (network_map, buses), each C({field, from, to, reason}).
+  returned: always
+  type: list
+  elements: dict
+rewritten:
+  description: Disks written again whole (action V(rewrite)).
+  returned: when action is rewrite
+  type: list
+  elements: str
 volumes:
   description: Volumes created (or, in check mode, that would be) - pool, name, format.
   returned: always
@@ -112,7 +134,9 @@ deltas_applied:
   type: list
   elements: dict
 provenance:
-  description: The provenance now recorded on the domain.
+  description:
+    - The provenance recorded on the domain in its libvirt metadata - source_id, source_platform, source_name,
+      chain, sync_index, checkpoint, fingerprint (of the disks' digest lists), disks (per-disk fingerprints), state.
   returned: success
   type: dict
 transfer:
@@ -129,7 +153,7 @@ replaced:
   type: dict
 summary:
   description: One readable line about what was done.
-  returned: when a domain was created
+  returned: always
   type: str
 """
 

@@ -19,17 +19,22 @@ author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
+  - ansible.builtin.action_common_attributes
 options:
-  name:
-    description: Name of the domain to describe. All domains when neither O(name) nor O(uuid) is given.
-    type: str
-  uuid:
-    description: UUID of the domain to describe.
-    type: str
+  vms:
+    description: Domains to describe, each a name or a UUID. Empty describes every domain.
+    type: list
+    elements: str
+    default: []
+    aliases: [name, uuid]
 attributes:
   check_mode:
     support: full
-    description: Reads only.
+    details: Reads only.
+  diff_mode:
+    support: N/A
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
@@ -40,7 +45,7 @@ EXAMPLES = r"""
 - name: Describe one domain
   vmigrate.v2v.kvm_vm_info:
     uri: qemu:///system
-    name: web01
+    vms: [web01]
   register: web01
 
 - name: Show its disks
@@ -68,31 +73,23 @@ vms:
     provenance: {description: 'Provenance recorded by kvm_import, or null.', type: dict}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_kvm.argument_spec(name=dict(type="str"), uuid=dict(type="str")),
-        mutually_exclusive=[("name", "uuid")],
+        argument_spec=_kvm.argument_spec(vms=dict(type="list", elements="str", default=[], aliases=["name", "uuid"])),
         supports_check_mode=True,
     )
-    if not _kvm.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=str(_kvm.LIBVIRT_IMPORT_ERROR))
-    p = module.params
-    try:
-        with _kvm.KvmPlatform(p) as platform:
-            if p["name"] or p["uuid"]:
-                doms = [platform.find_vm(p["name"], uuid=p["uuid"])]
-            else:
-                doms = platform._domains()
-            vms = [platform.info(d) for d in doms]
-    except Exception as exc:  # noqa: BLE001 - one failure shape for every error
-        fail_from_exception(module, exc)
-    module.exit_json(changed=False, vms=vms)
+
+    def describe(platform):
+        doms = [platform.find_vm(ref) for ref in module.params["vms"]] or platform._domains()
+        return {"changed": False, "vms": [platform.info(d) for d in doms]}
+
+    run_step(module, _kvm.KvmPlatform, describe)
 
 
 if __name__ == "__main__":

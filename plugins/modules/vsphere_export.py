@@ -34,6 +34,7 @@ author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
+  - vmigrate.v2v.export
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -41,22 +42,10 @@ attributes:
     details: Reports the sync it would do; takes no snapshot and reads nothing.
   diff_mode:
     support: none
+    details: The bundle is a directory of disk data; RV(summary) says what changed in it.
   platform:
     platforms: posix
 options:
-  vm:
-    description: Source VM (name, folder path, moid or instance UUID).
-    type: str
-    required: true
-  bundle:
-    description: Bundle directory, created when absent; an existing bundle of this VM is refreshed.
-    type: path
-    required: true
-  mode:
-    description: C(cold) needs the VM off, C(warm) snapshots it, C(auto) picks by power state.
-    type: str
-    choices: [auto, cold, warm]
-    default: auto
   enable_cbt:
     description:
       - Enable changed block tracking on the source when it is off
@@ -67,18 +56,6 @@ options:
     description: Use CBT when it is enabled. False forces the hash-diff path.
     type: bool
     default: true
-  quiesce:
-    description: Ask VMware Tools to quiesce the guest file systems for the snapshot.
-    type: bool
-    default: false
-  full:
-    description: Read everything again, ignoring the recorded checkpoints.
-    type: bool
-    default: false
-  block_size:
-    description: Block size of the digests, in bytes.
-    type: int
-    default: 1048576
 requirements:
   - pyvmomi
 """
@@ -103,6 +80,18 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+frozen:
+  description: Whether the snapshot was quiesced (VMware Tools running and O(quiesce=true)).
+  returned: always
+  type: bool
+summary:
+  description: One readable line about what was done.
+  returned: always
+  type: str
+seconds:
+  description: Duration of the export.
+  returned: always
+  type: float
 kind:
   description: C(full) or C(incremental).
   returned: always
@@ -138,37 +127,25 @@ sync_index:
   type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, run_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_vsphere.argument_spec(
-            vm=dict(type="str", required=True),
-            bundle=dict(type="path", required=True),
-            mode=dict(type="str", default="auto", choices=["auto", "cold", "warm"]),
-            enable_cbt=dict(type="bool", default=False),
-            use_cbt=dict(type="bool", default=True),
-            quiesce=dict(type="bool", default=False),
-            full=dict(type="bool", default=False),
-            block_size=dict(type="int", default=1048576),
+            **export_options(enable_cbt=dict(type="bool", default=False), use_cbt=dict(type="bool", default=True))
         ),
         supports_check_mode=True,
     )
-    if not _vsphere.HAS_PYVMOMI:
-        module.fail_json(msg=missing_required_lib("pyvmomi"), exception=str(_vsphere.PYVMOMI_IMPORT_ERROR))
     p = module.params
-    options = {k: p[k] for k in ("enable_cbt", "use_cbt", "full", "block_size")}
-    try:
-        with _vsphere.VspherePlatform(p) as platform:
-            vm = platform.find_vm(p["vm"])
-            result = platform.export(vm, p["bundle"], p["mode"], check_mode=module.check_mode, options=options)
-    except Exception as exc:
-        fail_from_exception(module, exc)
-    module.exit_json(**result)
+    run_step(
+        module,
+        _vsphere.VspherePlatform,
+        lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
+    )
 
 
 if __name__ == "__main__":

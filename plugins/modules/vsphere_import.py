@@ -96,7 +96,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 action:
-  description: C(create), C(update) (changed disks uploaded again), C(replace) (check mode) or C(none).
+  description:
+    - What the import did with the target, decided the same way on every platform.
+    - V(create) (no VM of that name), V(replace) (O(replace=true)), V(none) (it holds this bundle),
+      V(record) (same content, only its provenance moved to this sync), V(deltas) (same sync chain,
+      the bundle's deltas applied), V(rewrite) (same source, the changed disks written again whole).
+  returned: always
+  type: str
+reason:
+  description: Why that action, in a few words.
   returned: always
   type: str
 moid:
@@ -105,7 +113,9 @@ moid:
   type: str
   sample: vm-42
 provenance:
-  description: What the target carries in extraConfig C(vmigrate.provenance).
+  description:
+    - What the target carries in extraConfig C(vmigrate.provenance) - source_id, source_platform, source_name,
+      chain, sync_index, checkpoint, fingerprint (of the disks' digest lists), disks (per-disk fingerprints), state.
   returned: always
   type: dict
 spec_changes:
@@ -119,8 +129,8 @@ transfer:
   type: list
   elements: dict
 bytes_written:
-  description: Bytes sent to the datastore.
-  returned: when disks were uploaded
+  description: Bytes sent to the datastore (0 when none).
+  returned: always
   type: int
 """
 

@@ -13,13 +13,15 @@ description:
   - Reads each target disk's flat extent back from the datastore over HTTPS, computes
     its block digests and compares them with the bundle's manifest; checks CPU count,
     memory, firmware, disk count and capacity, NIC count and MACs.
-  - With O(power_on=true) powers the VM on and waits until it is poweredOn. When the
-    guest has VMware Tools, it also waits for a green Tools heartbeat; without Tools
-    (as in the lab's simulator) only the power state is checked, and the result says so.
+  - The boot check (O(boot_check=true), alias O(power_on)) powers the VM on and waits until it is
+    poweredOn. When the guest has VMware Tools, it also waits for a green Tools heartbeat; without
+    Tools (as in the lab's simulator) only the power state is checked, and the result says so.
+  - The comparison itself is the engine's, the same on every platform.
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
+  - vmigrate.v2v.verify
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -27,28 +29,9 @@ attributes:
     details: In check mode the VM is not powered on; digests and spec are still checked.
   diff_mode:
     support: none
+    details: Changes nothing but the power state of a boot check.
   platform:
     platforms: posix
-options:
-  bundle:
-    description: Directory of the bundle the VM was imported from.
-    type: path
-    required: true
-  vm:
-    description: Target VM (name, folder path, moid or instance UUID). Defaults to the spec's name.
-    type: str
-  digests:
-    description: Read the disks back and compare digests (costs one read of every disk).
-    type: bool
-    default: true
-  power_on:
-    description: Power the VM on and check it runs.
-    type: bool
-    default: false
-  boot_timeout:
-    description: Seconds to wait for poweredOn (and the Tools heartbeat).
-    type: int
-    default: 300
 requirements:
   - pyvmomi
 """
@@ -60,12 +43,33 @@ EXAMPLES = r"""
     username: migrate@vsphere.local
     password: "{{ vcenter_password }}"
     bundle: /var/lib/vmigrate/web01
-    power_on: true
+    boot_check: true
 """
 
 RETURN = r"""
+ok:
+  description: True when everything compared equal.
+  returned: success
+  type: bool
+mismatches:
+  description: Every difference found.
+  returned: always
+  type: list
+  elements: str
+spec:
+  description: Per field - target, bundle, equal.
+  returned: always
+  type: dict
+summary:
+  description: One readable line.
+  returned: success
+  type: str
+boot:
+  description: The boot check - ok, reason, power_state, tools_status, heartbeat (null when not asked).
+  returned: always
+  type: dict
 disks:
-  description: Per disk, the file read, the number of blocks and how many differed.
+  description: Per disk - id, where (the datastore file), capacity, blocks, mismatched, bytes_read, equal.
   returned: when digests were compared
   type: list
   elements: dict
@@ -73,49 +77,25 @@ bytes_read:
   description: Bytes read back from the datastore.
   returned: always
   type: int
-power_state:
-  description: The VM's power state after the check.
-  returned: when power_on is true
-  type: str
-boot_check:
-  description: What the power-on check relied on (heartbeat, or power state only).
-  returned: when power_on is true
-  type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step, verify_options  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=_vsphere.argument_spec(
-            bundle=dict(type="path", required=True),
-            vm=dict(type="str"),
-            digests=dict(type="bool", default=True),
-            power_on=dict(type="bool", default=False),
-            boot_timeout=dict(type="int", default=300),
-        ),
-        supports_check_mode=True,
-    )
-    if not _vsphere.HAS_PYVMOMI:
-        module.fail_json(msg=missing_required_lib("pyvmomi"), exception=str(_vsphere.PYVMOMI_IMPORT_ERROR))
-    params = module.params
-    try:
-        bundle = Bundle.load(params["bundle"])
-        options = {
-            "digests": params["digests"],
-            "power_on": params["power_on"] and not module.check_mode,
-            "boot_timeout": params["boot_timeout"],
-        }
-        with _vsphere.VspherePlatform(params) as platform:
-            result = platform.verify(bundle, params["vm"] or bundle.manifest["spec"]["name"], options)
-    except Exception as exc:
-        fail_from_exception(module, exc)
-    module.exit_json(**result)
+    module = AnsibleModule(argument_spec=_vsphere.argument_spec(**verify_options()), supports_check_mode=True)
+    # A boot check powers the VM on: not in check mode.
+    options = dict(module.params, boot_check=module.params["boot_check"] and not module.check_mode)
+
+    def verify(platform):
+        bundle = Bundle.load(options["bundle"])
+        return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options)
+
+    run_step(module, _vsphere.VspherePlatform, verify)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pyVmomi import vim, vmodl
 from test_vsphere_export import same_bytes
 from test_vsphere_import import conn_vars, destroy, find_vm, flat_path, make_bundle
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
 MIB = 1024 * 1024
@@ -232,17 +233,19 @@ def test_update_cut_mid_upload_leaves_vm_marked_incomplete(lab, vsphere_si, run_
     # The VM exists and says it is incomplete; vm_info reports it.
     vm = find_vm(vsphere_si, random_vm)
     values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
-    assert values.get("vmigrate.incomplete") == newer.fingerprint(), values
+    marked = json.loads(values["vmigrate.provenance"])
+    assert marked["state"] == "incomplete" and "disk0" not in marked["disks"], values
     info = run_module("vsphere_vm_info", conn_vars(lab, vms=[random_vm]))
     assert info["vms"][0]["incomplete"] is True, info
 
     res = run_module("vsphere_import", import_args(lab, newer.dir))
-    assert res.get("changed") and res["action"] == "update" and not res.get("failed"), res
+    assert res.get("changed") and res["action"] == "rewrite" and not res.get("failed"), res
     assert same_bytes(flat_path(lab, random_vm), image)
     vm = find_vm(vsphere_si, random_vm)
     values = {o.key: o.value for o in vm.config.extraConfig}
     assert not values.get("vmigrate.incomplete")
-    assert json.loads(values["vmigrate.provenance"])["bundle_fingerprint"] == newer.fingerprint()
+    prov = json.loads(values["vmigrate.provenance"])
+    assert prov["fingerprint"] == steps.content_fingerprint(newer.manifest) and prov["state"] == "complete"
 
 
 def test_warm_export_transfer_cut_removes_snapshot(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):

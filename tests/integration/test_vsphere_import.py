@@ -23,6 +23,7 @@ from pyVmomi import vim
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
 MAC = "52:54:00:aa:bb:01"
@@ -139,7 +140,8 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     assert isinstance(controllers[disks[0].controllerKey], vim.vm.device.ParaVirtualSCSIController)
     prov = json.loads(next(o.value for o in vm.config.extraConfig if o.key == "vmigrate.provenance"))
     assert prov["source_id"] == bundle.manifest["source"]["id"]
-    assert prov["bundle_fingerprint"] == bundle.fingerprint()
+    assert prov["fingerprint"] == steps.content_fingerprint(bundle.manifest)
+    assert prov["chain"] == steps.chain_id(bundle.manifest) and prov["state"] == "complete"
 
     # A re-run with the same bundle changes nothing.
     res = run_module("vsphere_import", args)
@@ -158,7 +160,7 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     res = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, power_on=True))
     assert not res.get("failed"), res
     assert res["disks"][0]["mismatched"] == 0 and res["bytes_read"] == os.path.getsize(guest_copy)
-    assert res["power_state"] == "poweredOn"
+    assert res["boot"]["power_state"] == "poweredOn"
     WaitForTask(vm.PowerOffVM_Task())
 
     # A changed byte on the datastore is found.
@@ -202,13 +204,13 @@ def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tm
         fh.write(os.urandom(4096))
     newer = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, source_id=src_id)
     res = run_module("vsphere_import", dict(args, bundle=newer.dir))
-    assert res["changed"] and res["action"] == "update" and res["updated_disks"] == ["disk0"], res
+    assert res["changed"] and res["action"] == "rewrite" and res["updated_disks"] == ["disk0"], res
     cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", flat_path(lab, vm_name), guest_copy])
     assert cmp.returncode == 0
     vm = find_vm(vsphere_si, vm_name)
     values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
     assert not values.get("vmigrate.incomplete")
-    assert json.loads(values["vmigrate.provenance"])["bundle_fingerprint"] == newer.fingerprint()
+    assert json.loads(values["vmigrate.provenance"])["fingerprint"] == steps.content_fingerprint(newer.manifest)
     assert run_module("vsphere_import", dict(args, bundle=newer.dir))["changed"] is False
 
 

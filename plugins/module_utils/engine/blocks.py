@@ -22,6 +22,7 @@ import tempfile
 import threading
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, MissingLibraryError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 try:
@@ -92,15 +93,9 @@ class DigestList:
         self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE] = digest
 
     def save(self, path):
-        """Write atomically (tmp, fsync, rename) so a reader never sees half a list."""
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
+        """Write atomically so a reader never sees half a list."""
+        with atomic_file(path) as fh:
             fh.write(self.digests)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return self.fingerprint()
 
     @classmethod

@@ -18,7 +18,7 @@ import os
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import fsync_path
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
 
 VERSION = 1
 KIND = "vmigrate.v2v/bundle"
@@ -150,17 +150,10 @@ def fingerprint_of(manifest):
 
 
 def write_json_atomic(path, data):
-    """tmp file, fsync, rename, fsync the directory: readers see the old or the new file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    """Readers (and a re-run after a crash) see the old file or the new one."""
+    with atomic_file(path, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_path(directory)
 
 
 def load_manifest(directory):

@@ -19,6 +19,7 @@ import shutil
 import threading
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
@@ -395,12 +396,8 @@ class Converter:
 
     @staticmethod
     def _write_text(out, name, text):
-        path = os.path.join(out.dir, name)
-        with open(path + ".tmp", "w") as fh:
+        with atomic_file(os.path.join(out.dir, name), "w") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(path + ".tmp", path)
         return name
 
 

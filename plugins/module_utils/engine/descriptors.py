@@ -24,6 +24,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import publish
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.spec import (
     FORMATS,
@@ -1339,7 +1340,7 @@ def read_ova(path, extract_dir=None):
                     file=member.name,
                 )
             if out_path:
-                os.replace(out_path + ".part", out_path)
+                publish(out_path + ".part", out_path)
             if keep:
                 ovf_text = buf.getvalue().decode("utf-8", "replace")
     what = "OVF descriptor %s in OVA %s" % (ovf_members[0].name, path)
@@ -1387,9 +1388,7 @@ def write_ova(path, ovf_text, files):
             info.uname = info.gname = ""
             with open(fpath, "rb") as fh:
                 tar.addfile(info, fh)
-    with open(part, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(part, path)
+    publish(part, path)
     return path
 
 

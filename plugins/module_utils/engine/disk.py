@@ -21,6 +21,7 @@ import threading
 import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, MissingLibraryError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import publish
 
 try:
     import nbd
@@ -200,14 +201,10 @@ def convert(src, src_fmt, dst, dst_fmt, subformat=None, progress=None):
             + [src, tmp]
         )
         _run_with_progress(args, progress, "cannot convert %s (%s) to %s (%s)" % (src, src_fmt, dst, dst_fmt))
-        if cache == "unsafe":
-            for produced in image_files(tmp, dst_fmt, subformat):
-                fsync_path(produced)
         for produced, final in reversed(
             list(zip(image_files(tmp, dst_fmt, subformat), image_files(dst, dst_fmt, subformat), strict=True))
         ):
-            os.replace(produced, final)
-        fsync_path(parent)
+            publish(produced, final)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return dst
@@ -259,15 +256,6 @@ def _run_with_progress(args, progress, what):
         raise DiskError("%s: %s" % (what, err), "check the source image and free space at the destination")
     if progress is not None and total > reported:
         progress.advance(total - reported)
-
-
-def fsync_path(path):
-    """fsync a file, or a directory so that a rename in it is durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def compare(a, fmt_a, b, fmt_b):

@@ -1,18 +1,30 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmigrate.v2v contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one interface every hypervisor implements (see docs/architecture.md)."""
+"""The one interface every hypervisor implements (see docs/architecture.md).
+
+A platform only talks to its hypervisor. What a migration decides (the provenance a
+target carries, what an import does with an existing target, the verify comparison)
+is engine/steps.py's, so a new platform implements the methods below and nothing else.
+"""
 
 from __future__ import annotations
 
+import abc
 
-class Platform:
-    """A connection to one hypervisor endpoint.
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 
-    Subclasses (_kvm.KvmPlatform, _vsphere.VspherePlatform, _hyperv.HypervPlatform)
-    take the module's connection parameters and translate between their API and the
-    neutral spec and bundle. Methods that change something take ``check_mode`` and,
-    in check mode, report what they would do without doing it.
+# Seconds a boot check waits for its sign of life, the same on every platform (a TCG
+# guest in the lab takes ~20 s; a real one with a slow firmware more).
+BOOT_TIMEOUT = 300
+
+
+class Platform(abc.ABC):
+    """A connection to one hypervisor endpoint, as a source and as a target.
+
+    Handles (``vm``) are whatever the platform's library uses (a libvirt domain, a
+    pyvmomi VirtualMachine); only the platform looks inside them. Methods that change
+    something take ``check_mode`` and then report what they would do, doing nothing.
     """
 
     name = "abstract"
@@ -20,6 +32,12 @@ class Platform:
     def __init__(self, params):
         self.params = params
 
+    @classmethod
+    def missing_library(cls):
+        """(pip package, import error) when the platform's Python library is missing."""
+        return None
+
+    @abc.abstractmethod
     def close(self):
         """Release the connection; safe to call twice."""
 
@@ -29,20 +47,64 @@ class Platform:
     def __exit__(self, *exc):
         self.close()
 
+    # -- discovery --
+
+    @abc.abstractmethod
     def list_vms(self):
-        raise NotImplementedError
+        """Short descriptions of every VM: [{name, id, power_state, ...}]."""
 
+    @abc.abstractmethod
     def find_vm(self, ref):
-        raise NotImplementedError
+        """The VM named, or identified (UUID, platform id), by ``ref``; InputError naming
+        what exists when there is none."""
 
-    def describe(self, handle):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def lookup(self, name):
+        """The VM with exactly this name, or None (an import's target)."""
 
-    def export(self, handle, bundle, mode="auto", check_mode=False, progress=None):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def vm_name(self, vm):
+        """The VM's name, for messages and results."""
 
+    @abc.abstractmethod
+    def describe(self, vm):
+        """The VM as a neutral spec (engine/spec.py)."""
+
+    @abc.abstractmethod
+    def power_state(self, vm):
+        """``off``, ``running``, or the platform's word for another state."""
+
+    # -- source --
+
+    @abc.abstractmethod
+    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
+        """Write or refresh the bundle directory ``bundle`` from ``vm``; a result dict.
+
+        ``options``: full, quiesce, block_size (doc fragment vmigrate.v2v.export) and the
+        platform's own; the mode is checked with engine/steps.check_export_mode."""
+
+    # -- target --
+
+    @abc.abstractmethod
     def import_vm(self, bundle, options, check_mode=False):
-        raise NotImplementedError
+        """Create or update the target from a loaded Bundle as engine/steps.plan_import
+        decides; a result dict starting with engine/steps.import_result."""
 
-    def verify(self, bundle, target_ref, options):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def target_disks(self, vm):
+        """The VM's disks in spec order, each a dict with at least ``where`` (a path or
+        datastore file, for messages) that open_disk understands."""
+
+    @abc.abstractmethod
+    def open_disk(self, vm, tdisk):
+        """A context manager reading the guest-visible bytes of one of target_disks:
+        ``.size``, ``.extents()``, ``.pread(length, offset)`` (engine/disk.py's shape)."""
+
+    @abc.abstractmethod
+    def boot_check(self, vm, options):
+        """Start the target (or a twin of it) and wait for a sign of life, at most
+        ``options['boot_timeout']`` seconds: {ok, reason, changed, ...}."""
+
+    def verify(self, bundle, ref, options):
+        """The verify step is the engine's, on this platform's primitives."""
+        return steps.run_verify(self, bundle, ref, options)

@@ -13,7 +13,6 @@ Import creates storage volumes and the domain, and records provenance in the dom
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,13 +28,16 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     InputError,
     MissingLibraryError,
     PlatformError,
-    VerifyError,
 )
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file, part_path, publish
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform
 
 try:
     import libvirt
@@ -284,16 +286,21 @@ def with_cpu_mode(xml_text, mode):
 
 
 def provenance_xml(prov):
-    """<provenance .../> with one attribute per field; setMetadata puts it in our namespace."""
+    """<provenance/> as libvirt_xml_from_spec writes it: strings as attributes, other
+    values (numbers, the per-disk fingerprints) as child elements holding JSON."""
     el = ET.Element("provenance")
     for key in sorted(prov):
-        if prov[key] is not None:
-            el.set(key, str(prov[key]))
+        value = prov[key]
+        if isinstance(value, str):
+            el.set(key, value)
+        elif value is not None:
+            ET.SubElement(el, key).text = json.dumps(value, sort_keys=True)
     return ET.tostring(el, encoding="unicode")
 
 
 def parse_provenance(text):
-    """Fields of a provenance element: attributes and child elements' text, whichever were written."""
+    """The provenance fields of an element written by provenance_xml (or an older one
+    with every value an attribute string: engine/steps.read_provenance copes)."""
     if not text:
         return None
     try:
@@ -303,7 +310,10 @@ def parse_provenance(text):
     out = dict(el.attrib)
     for child in el:
         tag = child.tag.split("}", 1)[-1]
-        out.setdefault(tag, (child.text or "").strip())
+        try:
+            out.setdefault(tag, json.loads(child.text or "null"))
+        except ValueError:
+            out.setdefault(tag, (child.text or "").strip())
     return out
 
 
@@ -509,18 +519,6 @@ def _stat_key(path):
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
-def bundle_fingerprint(manifest):
-    """What the target must hold: the digest-list fingerprint of each disk, by id."""
-    data = [[d["id"], d.get("digests_sha256")] for d in manifest.get("disks", [])]
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _chain_id(manifest):
-    """Identifies one chain of syncs (a full copy and its incrementals)."""
-    syncs = manifest.get("sync") or []
-    return (syncs[0].get("chain") or syncs[0].get("at")) if syncs else None
-
-
 def _read_pieces(path, extents, chunk=_disk.MAX_REQUEST):
     """(offset, bytes) pieces of a delta file, for apply_delta."""
     with open(path, "rb") as fh:
@@ -554,9 +552,8 @@ def _write_delta(reader, runs, delta_path, size, digests, progress=None):
     """
     bs = digests.block_size
     stats = {"bytes_read": 0, "bytes_written": 0}
-    tmp = delta_path + ".part"
     chunk = max(bs, (_disk.MAX_REQUEST // bs) * bs)
-    with open(tmp, "wb") as fh:
+    with atomic_file(delta_path) as fh:
         fh.truncate(size)
         for start, length in runs:
             for off in range(start, start + length, chunk):
@@ -576,9 +573,6 @@ def _write_delta(reader, runs, delta_path, size, digests, progress=None):
                     stats["bytes_written"] += blen
                 if progress is not None:
                     progress.advance(n)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, delta_path)
     return stats
 
 
@@ -594,16 +588,11 @@ def _save_manifest(bundle_dir, manifest):
 
 
 def _spec_from_xml(xml_text):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
-
     return _descriptors.spec_from_libvirt_xml(xml_text)
 
 
 def _xml_from_spec(spec, disks, provenance, domain_type):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
-
-    prov = {k: str(v) for k, v in provenance.items() if v is not None}
-    return _descriptors.libvirt_xml_from_spec(spec, disks, provenance=prov, domain_type=domain_type)
+    return _descriptors.libvirt_xml_from_spec(spec, disks, provenance=provenance, domain_type=domain_type)
 
 
 # --- the platform -------------------------------------------------------------------------
@@ -613,6 +602,10 @@ class KvmPlatform(Platform):
     """One libvirt connection; a source (export) and a target (import, verify)."""
 
     name = "kvm"
+
+    @classmethod
+    def missing_library(cls):
+        return None if HAS_LIBVIRT else ("libvirt-python", str(LIBVIRT_IMPORT_ERROR))
 
     def __init__(self, params):
         super().__init__(params)
@@ -638,18 +631,16 @@ class KvmPlatform(Platform):
         except libvirt.libvirtError as exc:
             raise PlatformError("cannot list the domains at %s: %s" % (self.uri, _msg(exc)), None) from exc
 
-    def find_vm(self, ref=None, uuid=None):
-        """A domain by name or UUID (either argument); InputError naming the known ones."""
-        ref = ref or uuid
+    def find_vm(self, ref):
+        """A domain by name or UUID; InputError naming the known ones."""
         if not ref:
-            raise InputError("no domain given", "set name or uuid")
+            raise InputError("no domain given", "set vm to a domain's name or UUID")
         try:
-            if uuid or re.match(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$", ref):
+            if re.match(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$", ref):
                 try:
                     return self.conn.lookupByUUIDString(ref)
                 except libvirt.libvirtError:
-                    if uuid:
-                        raise
+                    pass  # a domain may be named like a UUID
             return self.conn.lookupByName(ref)
         except libvirt.libvirtError as exc:
             if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
@@ -679,9 +670,9 @@ class KvmPlatform(Platform):
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
         return dom.XMLDesc(flags)
 
-    def describe(self, handle):
+    def describe(self, vm):
         """The neutral spec, with disk capacities and formats from qemu/libvirt."""
-        dom = handle
+        dom = vm
         spec = _spec_from_xml(self.config_xml(dom))
         spec["origin"] = {"platform": "kvm", "ref": dom.UUIDString()}
         by_id = {r["id"]: r for r in domain_disks(self.config_xml(dom), self.conn)}
@@ -724,24 +715,15 @@ class KvmPlatform(Platform):
 
     # -- export --
 
-    def export(
-        self,
-        handle,
-        bundle,
-        mode="auto",
-        check_mode=False,
-        progress=None,
-        transfer="auto",
-        freeze=True,
-        cleanup_checkpoints=False,
-        block_size=_blocks.DEFAULT_BLOCK_SIZE,
-    ):
-        """Write or refresh the bundle at ``bundle`` (a directory) for domain ``dom``.
+    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
+        """Write or refresh the bundle at ``bundle`` (a directory) for domain ``vm``.
 
-        Returns a result dict: changed, kind (cold|full|incremental), bytes_read,
+        options: full, quiesce, block_size (every platform); transfer, cleanup_checkpoints.
+        Returns a result dict: changed, mode, kind (cold|full|incremental), bytes_read,
         bytes_written, per-disk records, checkpoint, frozen, fallback_reason.
         """
-        dom = handle
+        options = options or {}
+        dom = vm
         started = time.monotonic()
         running = self._is_running(dom)
         live = domain_disks(dom.XMLDesc(0), self.conn)
@@ -756,40 +738,22 @@ class KvmPlatform(Platform):
         if prev is not None and prev.get("state") != "complete":
             prev = None  # a step that died half-way: start over
         warm_chain = bool(prev and (prev.get("sync") or [{}])[0].get("mode") == "warm")
-        if mode not in ("auto", "cold", "warm", "incremental"):
-            raise InputError("unknown export mode %r" % mode, "use auto, cold, warm or incremental")
-        if mode == "cold" and running:
-            raise InputError(
-                "domain %s is %s; a cold export needs it shut off" % (dom.name(), self.state(dom)),
-                "shut it down first, or use mode warm (or auto)",
-            )
-        if mode == "warm" and not running:
-            raise InputError(
-                "domain %s is shut off; a warm export copies a running domain" % dom.name(),
-                "start it, or use mode cold (or auto)",
-            )
-        if mode == "incremental" and not warm_chain:
-            raise InputError(
-                "bundle %s has no warm full copy to add an incremental to" % bundle,
-                "run a warm (or auto) export of the running domain first",
-            )
-        fallback = None
-        new_chain = False
-        if mode == "cold" or (mode == "auto" and not running and not warm_chain):
+        read_mode = _steps.check_export_mode(mode, running, warm_chain, dom.name(), bundle)
+        full = bool(options.get("full"))
+        fallback = self._chain_broken(dom, prev, live) if warm_chain and not full else None
+        new_chain = full
+        if not running:
+            # Cold, or the final sync of a warm chain: see _export_cold. A missing
+            # checkpoint does not matter there (digests are compared instead).
             kind = "cold"
-        elif mode == "warm" or not warm_chain:
+            if fallback and "checkpoint" in fallback:
+                fallback = None
+            elif fallback:
+                new_chain = True
+        elif full or not warm_chain or fallback:
             kind = "full"
         else:
             kind = "incremental"
-            fallback = self._chain_broken(dom, prev, live)
-            if fallback and running:
-                kind = "full"
-            elif fallback and "checkpoint" in fallback:
-                # A shut-off domain compares digests instead of reading a bitmap: the
-                # missing checkpoint does not matter.
-                fallback = None
-            elif fallback:
-                kind, new_chain = "cold", True
         os.makedirs(bundle, exist_ok=True) if not check_mode else None
         ctx = {
             "dom": dom,
@@ -799,10 +763,9 @@ class KvmPlatform(Platform):
             "spec": spec,
             "running": running,
             "check_mode": check_mode,
-            "progress": progress,
-            "transfer": transfer,
-            "freeze": freeze,
-            "block_size": block_size,
+            "transfer": options.get("transfer") or "auto",
+            "freeze": options.get("quiesce", True),
+            "block_size": options.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE,
             "new_chain": new_chain,
         }
         if kind == "cold" or not running:
@@ -812,7 +775,7 @@ class KvmPlatform(Platform):
             result = self._export_full(ctx)
         else:
             result = self._export_incremental(ctx)
-        if cleanup_checkpoints and not check_mode:
+        if options.get("cleanup_checkpoints") and not check_mode:
             ours = list(((prev or {}).get("created") or {}).get("checkpoints", []))
             manifest = result.pop("_manifest", None) or _load_manifest(bundle)
             keep = [] if not running else [c for c in ours if c == result.get("checkpoint")]
@@ -824,18 +787,10 @@ class KvmPlatform(Platform):
             result["checkpoints_deleted"] = deleted
         result.pop("_manifest", None)
         result["fallback_reason"] = result.get("fallback_reason") or fallback
-        result["seconds"] = round(time.monotonic() - started, 3)
+        result["mode"] = read_mode
         result["bundle"] = bundle
         result["vm"] = {"name": dom.name(), "uuid": dom.UUIDString(), "state": self.state(dom)}
-        result["summary"] = "%s export of %s: read %s, wrote %s in %.1f s%s" % (
-            result["kind"],
-            dom.name(),
-            human_bytes(result["bytes_read"]),
-            human_bytes(result["bytes_written"]),
-            result["seconds"],
-            "" if result["changed"] else " (nothing new)",
-        )
-        return result
+        return _steps.finish_export(result, dom.name(), started)
 
     def _chain_broken(self, dom, prev, live):
         """Why the manifest's checkpoint chain cannot give an incremental, or None."""
@@ -981,7 +936,7 @@ class KvmPlatform(Platform):
             prev["state"] = "complete"
             _save_manifest(bundle, prev)
             return self._result(prev, "cold", changed=False)
-        _bundle.append_sync(manifest, "full", mode="cold", index=1, chain=str(uuidlib.uuid4()), **totals)
+        _bundle.append_sync(manifest, "full", mode="cold", index=1, chain=_steps.new_chain_id(), **totals)
         manifest["state"] = "complete"
         _save_manifest(bundle, manifest)
         return self._result(manifest, "cold", changed=True)
@@ -1024,9 +979,8 @@ class KvmPlatform(Platform):
                 "put the disk in a storage pool, or run the export on the libvirt host with transfer=path",
             ) from exc
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".part"
         written = [0]
-        with open(tmp, "wb") as fh:
+        with atomic_file(path) as fh:
             st = self.conn.newStream(0)
             vol.download(st, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
 
@@ -1041,9 +995,6 @@ class KvmPlatform(Platform):
             st.sparseRecvAll(sink, hole, fh)
             st.finish()
             fh.truncate(fh.tell())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return written[0]
 
     def _export_full(self, ctx):
@@ -1086,7 +1037,7 @@ class KvmPlatform(Platform):
             checkpoint={"kind": "libvirt", "id": name} if name else {"kind": "digests", "id": index},
             mode="warm",
             index=index,
-            chain=str(uuidlib.uuid4()),
+            chain=_steps.new_chain_id(),
             frozen=job.frozen,
             **totals,
         )
@@ -1108,12 +1059,12 @@ class KvmPlatform(Platform):
         with _disk.open_nbd(job.uri(rec["target"])) as reader:
             size = reader.size
             drec = self._disk_record(rec, self._spec_disk(ctx["spec"], rec["id"]), size, ctx["block_size"])
-            tmp = path + ".part"
+            tmp = part_path(path)
             _disk.create(tmp, "qcow2", size)
             progress = Progress("copy %s %s" % (ctx["dom"].name(), rec["id"]), size)
             with _disk.open_guest(tmp, "qcow2", writable=True) as writer:
                 digests, stats = _blocks.copy_with_digests(reader, writer, ctx["block_size"], progress=progress)
-            os.replace(tmp, path)
+            publish(tmp, path)
         drec.update(path=os.path.relpath(path, bundle), format="qcow2", allocated=stats["bytes_written"])
         drec["digests_sha256"] = digests.save(os.path.join(bundle, drec["digests"]))
         drec["progress"] = progress.finish()
@@ -1163,7 +1114,7 @@ class KvmPlatform(Platform):
             checkpoint=checkpoint,
             mode="warm",
             index=index,
-            chain=_chain_id(prev),
+            chain=_steps.chain_id(prev),
             frozen=job.frozen,
             **totals,
         )
@@ -1203,7 +1154,13 @@ class KvmPlatform(Platform):
         if changed:
             checkpoint = {"kind": "digests", "id": index}
             _bundle.append_sync(
-                prev, "incremental", checkpoint=checkpoint, mode="offline", index=index, chain=_chain_id(prev), **totals
+                prev,
+                "incremental",
+                checkpoint=checkpoint,
+                mode="offline",
+                index=index,
+                chain=_steps.chain_id(prev),
+                **totals,
             )
         prev["state"] = "complete"
         _save_manifest(bundle, prev)
@@ -1289,6 +1246,7 @@ class KvmPlatform(Platform):
 
         options: name, pool, volume_format, network_map, replace, start, domain_type,
         cpu_mode, transfer (auto|path|stream: how volumes are filled, as for export).
+        What happens to an existing domain is engine/steps.plan_import's decision.
         """
         started = time.monotonic()
         manifest = self._complete_manifest(bundle)
@@ -1297,48 +1255,34 @@ class KvmPlatform(Platform):
                 "bundle %s was converted for %s, not kvm" % (bundle, manifest["target_platform"]),
                 "convert the export bundle again with target_platform kvm",
             )
-        spec = json.loads(json.dumps(manifest["spec"]))
-        for nic in spec.get("nics") or []:
-            mapped = (options.get("network_map") or {}).get(nic.get("network"))
-            if mapped:
-                nic["network"] = mapped["name"] if isinstance(mapped, dict) else mapped
+        spec, changes = _spec.apply_maps(manifest["spec"], "kvm", network_map=options.get("network_map") or None)
         name = options.get("name") or spec.get("name")
         spec["name"] = name
         spec["uuid"] = None  # a new domain: the source keeps its UUID
-        want = self._provenance_for(manifest, "complete")
-        result = {"changed": False, "name": name, "bytes_written": 0, "volumes": [], "deltas_applied": []}
         existing = self.lookup(name)
-        if existing is not None:
-            prov = read_provenance(existing) or {}
-            ours = prov.get("source_id") == want["source_id"] and prov.get("chain") == want["chain"]
-            at = int(prov.get("sync_index") or 0)
-            if ours and prov.get("state") == "complete" and at == want["sync_index"]:
-                result["provenance"] = prov
-                result.update(self._maybe_start(existing, options, check_mode))
-                result["seconds"] = round(time.monotonic() - started, 3)
-                return result
-            if ours and at <= want["sync_index"] and not options.get("replace"):
-                result.update(self._apply_deltas(existing, manifest, bundle, prov, want, check_mode))
-                result.update(self._maybe_start(existing, options, check_mode, changed=result["changed"]))
-                result["seconds"] = round(time.monotonic() - started, 3)
-                return result
-            if not options.get("replace"):
-                raise InputError(
-                    "domain '%s' already exists at %s and was not made from this bundle (its provenance: %s)"
-                    % (name, self.uri, json.dumps(prov, sort_keys=True) if prov else "none"),
-                    "choose another name, or set replace=true to remove that domain and import again",
-                    name=name,
-                )
-            result["replaced"] = self._remove_domain(existing, options, check_mode)
-            result["changed"] = True
-        result.update(self._create(manifest, bundle, spec, name, want, options, check_mode))
-        result.update(self._maybe_start(self.lookup(name), options, check_mode, changed=result["changed"]))
+        found = read_provenance(existing) if existing is not None else None
+        plan = _steps.plan_import(manifest, name, existing is not None, found, bool(options.get("replace")))
+        want = plan.want
+        result = dict(_steps.import_result(plan, name, changes), volumes=[], deltas_applied=[])
+        if plan.action == "record" and not check_mode:
+            write_provenance(existing, want)
+        elif plan.action == "deltas":
+            result.update(self._apply_deltas(existing, manifest, bundle, plan, check_mode))
+        elif plan.action == "rewrite":
+            result.update(self._rewrite_disks(existing, manifest, bundle, plan, options, check_mode))
+        elif plan.action in ("create", "replace"):
+            if plan.action == "replace":
+                result["replaced"] = self._remove_domain(existing, options, check_mode)
+            result.update(self._create(manifest, bundle, spec, name, want, options, check_mode))
+            existing = self.lookup(name)
+        result.update(self._maybe_start(existing, options, check_mode, changed=result["changed"]))
         result["seconds"] = round(time.monotonic() - started, 3)
-        result["summary"] = "imported %s: wrote %s into %d volume(s) in %.1f s" % (
+        result["summary"] = "import %s (%s): wrote %s in %.1f s%s" % (
             name,
+            plan.action,
             human_bytes(result["bytes_written"]),
-            len(result["volumes"]),
             result["seconds"],
+            "" if result["changed"] else " (nothing to do)",
         )
         return result
 
@@ -1355,19 +1299,6 @@ class KvmPlatform(Platform):
                 "re-run the export (and convert) that writes it",
             )
         return manifest
-
-    def _provenance_for(self, manifest, state):
-        last = (manifest.get("sync") or [{}])[-1]
-        return {
-            "source_id": manifest["source"].get("id"),
-            "source_platform": manifest["source"].get("platform"),
-            "source_name": manifest["source"].get("name"),
-            "chain": _chain_id(manifest),
-            "sync_index": int(last.get("index") or 1),
-            "checkpoint": (last.get("checkpoint") or {}).get("id"),
-            "bundle_fingerprint": bundle_fingerprint(manifest),
-            "state": state,
-        }
 
     def _maybe_start(self, dom, options, check_mode, changed=False):
         if not options.get("start") or dom is None or self._is_running(dom):
@@ -1600,9 +1531,8 @@ class KvmPlatform(Platform):
         progress.finish()
         return {"bytes_written": stats["bytes_written"], "pieces": stats["pieces"]}
 
-    def _apply_deltas(self, dom, manifest, bundle, prov, want, check_mode):
-        """Bring an existing target from its recorded sync to the bundle's last one."""
-        at = int(prov.get("sync_index") or 0)
+    def _target_disks(self, dom, manifest, bundle):
+        """The target domain's disks paired with the bundle's, by position."""
         disks = domain_disks(self.config_xml(dom), self.conn)
         if len(disks) != len(manifest["disks"]):
             raise InputError(
@@ -1610,150 +1540,110 @@ class KvmPlatform(Platform):
                 % (dom.name(), len(disks), bundle, len(manifest["disks"])),
                 "import with replace=true to make the target again",
             )
-        todo = []
-        for tdisk, disk in zip(disks, manifest["disks"], strict=True):
-            # An attempt that died half-way left sync_index at the last finished sync, so
-            # the same deltas are applied again (writing the same bytes twice is harmless).
-            first = at + 1
-            for delta in disk.get("deltas") or []:
-                if first <= delta["index"] <= want["sync_index"]:
-                    todo.append((tdisk, disk, delta))
-        missing = [i for i in range(at + 1, want["sync_index"] + 1) if not any(d[2]["index"] == i for d in todo)]
-        if missing and len(todo) == 0 and prov.get("state") == "complete":
+        return list(zip(disks, manifest["disks"], strict=True))
+
+    def _begin_update(self, dom, plan):
+        """Refuse a running target; mark the disks about to change as unknown.
+
+        The mark is the provenance with state incomplete and those disks' fingerprints
+        cleared: a run that dies half-way leaves a target that a re-run finishes and that
+        never looks complete.
+        """
+        if self._is_running(dom):
             raise InputError(
-                "target %s is at sync %d, the bundle at %d, but the bundle holds no deltas for syncs %s"
-                % (dom.name(), at, want["sync_index"], missing),
-                "import with replace=true to copy everything again",
+                "target domain %s is running; its disks can only be updated while it is shut off" % dom.name(),
+                "shut the target down, then import again",
             )
+        write_provenance(dom, _steps.mark_updating(plan))
+
+    def _apply_deltas(self, dom, manifest, bundle, plan, check_mode):
+        """Bring an existing target from its recorded sync to the bundle's last one."""
+        pairs = self._target_disks(dom, manifest, bundle)
+        todo = [(t, d, x) for t, d in pairs for x in plan.deltas.get(d["id"], [])]
         result = {
-            "changed": True,
             "deltas_applied": [{"disk": d["id"], "index": x["index"], "bytes": x["bytes"]} for _t, d, x in todo],
             "bytes_written": 0,
         }
         if check_mode:
             return result
-        if self._is_running(dom):
-            raise InputError(
-                "target domain %s is running; deltas can only be applied to a shut-off target" % dom.name(),
-                "shut the target down, then import again",
-            )
-        marked = dict(prov, state="incomplete")
-        write_provenance(dom, marked)
+        self._begin_update(dom, plan)
         applied = []
         for tdisk, disk, delta in todo:
             st = self._apply_one(tdisk["path"], tdisk["format"] or "raw", bundle, delta)
             result["bytes_written"] += st["bytes_written"]
             applied.append({"disk": disk["id"], "index": delta["index"], **st})
         result["deltas_applied"] = applied
-        write_provenance(dom, want)
-        result["provenance"] = want
+        write_provenance(dom, plan.want)
+        return result
+
+    def _rewrite_disks(self, dom, manifest, bundle, plan, options, check_mode):
+        """Write the changed disks again, whole, into the target's own volumes."""
+        pairs = [(t, d) for t, d in self._target_disks(dom, manifest, bundle) if d["id"] in plan.disks]
+        result = {"rewritten": [d["id"] for _t, d in pairs], "bytes_written": 0, "deltas_applied": []}
+        for tdisk, disk in pairs:
+            size = _disk.info(tdisk["path"], tdisk["format"], check=False)["virtual-size"]
+            if size != disk["capacity"]:
+                raise InputError(
+                    "disk %s of target domain %s holds %d bytes, the bundle's disk %d"
+                    % (tdisk["target"], dom.name(), size, disk["capacity"]),
+                    "import with replace=true to make the target again at the new size",
+                )
+        if check_mode:
+            return result
+        self._begin_update(dom, plan)
+        local = is_local_uri(self.uri) and (options.get("transfer") or "auto") != "stream"
+        for tdisk, disk in pairs:
+            src = _bundle_path(bundle, disk["path"])
+            fmt = tdisk["format"] or "raw"
+            deltas = [d for d in disk.get("deltas") or [] if d["index"] <= plan.want["sync_index"]]
+            if local:
+                # No --target-is-zero: every byte of the volume is written, zeros included.
+                progress = Progress("rewrite %s %s" % (dom.name(), disk["id"]), disk["capacity"])
+                _disk._run_with_progress(
+                    ["convert", "-p", "-n", "-f", disk["format"], "-O", fmt, src, tdisk["path"]],
+                    progress,
+                    "cannot copy %s into %s" % (src, tdisk["path"]),
+                )
+                progress.finish()
+                result["bytes_written"] += disk["capacity"]
+                for delta in deltas:
+                    result["bytes_written"] += self._apply_one(tdisk["path"], fmt, bundle, delta)["bytes_written"]
+            else:
+                # A sparse upload over old data would keep it in the holes: make the
+                # volume again under the same name (and path), then upload.
+                vol = self.conn.storageVolLookupByPath(tdisk["path"])
+                pool, vname = vol.storagePoolLookupByVolume(), vol.name()
+                vol.delete(0)
+                _path, sent, applied = self._upload(pool, vname, disk, src, fmt, bundle, deltas, [])
+                pool.refresh(0)
+                result["bytes_written"] += sent + sum(st["bytes_written"] for _d, st in applied)
+        write_provenance(dom, plan.want)
         return result
 
     # -- verify --
 
-    def verify(self, bundle, target_ref, options):
-        """Compare the target domain with the bundle: digests, spec fields, optionally a boot.
-
-        Reads only the target. Raises VerifyError (with the per-disk results) on a mismatch.
-        """
-        started = time.monotonic()
-        manifest = self._complete_manifest(bundle)
-        dom = self.find_vm(target_ref)
-        result = {"changed": False, "name": dom.name(), "disks": [], "mismatches": [], "spec": {}, "boot": None}
-        tdisks = domain_disks(self.config_xml(dom), self.conn)
-        if len(tdisks) != len(manifest["disks"]):
-            result["mismatches"].append(
-                "disk count: target has %d, bundle has %d" % (len(tdisks), len(manifest["disks"]))
-            )
-        if options.get("digests", True):
-            if self._is_running(dom):
-                raise InputError(
-                    "target domain %s is running: its disks change while they are read" % dom.name(),
-                    "shut it down before verifying digests, or set digests=false",
-                )
-            for tdisk, disk in zip(tdisks, manifest["disks"], strict=False):
-                result["disks"].append(self._verify_disk(bundle, tdisk, disk, result["mismatches"]))
-        if options.get("spec", True):
-            result["spec"] = self._verify_spec(self.describe(dom), manifest["spec"], result["mismatches"])
-        if options.get("boot_check"):
-            result["boot"] = self.boot_check(dom, options.get("boot_marker"), options.get("boot_timeout") or 120)
-            if not result["boot"]["ok"]:
-                result["mismatches"].append("boot: %s" % result["boot"]["reason"])
-        result["seconds"] = round(time.monotonic() - started, 3)
-        result["ok"] = not result["mismatches"]
-        result["summary"] = "verify %s: %s" % (
-            dom.name(),
-            "OK (%d disk(s) equal%s)" % (len(result["disks"]), ", booted" if result["boot"] else "")
-            if result["ok"]
-            else "; ".join(result["mismatches"]),
-        )
-        if result["mismatches"]:
-            raise VerifyError(
-                "target %s differs from bundle %s: %s" % (dom.name(), bundle, "; ".join(result["mismatches"])),
-                "re-run the import (replace=true makes the target again from the bundle)",
-                **{k: v for k, v in result.items() if k != "changed"},
-            )
-        return result
-
-    def _verify_disk(self, bundle, tdisk, disk, mismatches):
-        expected = _blocks.DigestList.load(
-            _bundle_path(bundle, disk["digests"]), disk["block_size"], expected_sha256=disk["digests_sha256"]
-        )
-        fmt = tdisk["format"] or _disk.info(tdisk["path"], check=False)["format"]
-        progress = Progress("verify %s" % tdisk["target"], disk["capacity"])
-        with _disk.open_guest(tdisk["path"], fmt) as reader:
-            size = reader.size
-            actual = _blocks.digest_disk(reader, disk["block_size"], progress=progress)
-        rec = {
-            "id": disk["id"],
-            "target": tdisk["target"],
-            "path": tdisk["path"],
-            "capacity": size,
-            "expected_sha256": disk["digests_sha256"],
-            "actual_sha256": actual.fingerprint(),
-            "bytes_read": actual.bytes_read,
-            "equal": actual == expected and size == disk["capacity"],
-        }
-        if size != disk["capacity"]:
-            mismatches.append("disk %s capacity %d != %d" % (disk["id"], size, disk["capacity"]))
-        elif not rec["equal"]:
-            blocks = expected.changed_blocks(actual)
-            rec["differing_blocks"] = len(blocks)
-            rec["first_differing_offsets"] = [b * expected.block_size for b in blocks[:10]]
-            mismatches.append(
-                "disk %s: %d block(s) differ, first at offset %d"
-                % (disk["id"], len(blocks), blocks[0] * expected.block_size)
-            )
-        return rec
+    # -- the target primitives run_verify uses --
 
     @staticmethod
-    def _verify_spec(actual, expected, mismatches):
-        def cpus(s):
-            c = s.get("cpu") or {}
-            return c.get("sockets", 1) * c.get("cores", 1) * c.get("threads", 1)
+    def vm_name(vm):
+        return vm.name()
 
-        checks = {
-            "cpus": (cpus(actual), cpus(expected)),
-            "memory_mib": (actual.get("memory_mib"), expected.get("memory_mib")),
-            "firmware": ((actual.get("firmware") or {}).get("type"), (expected.get("firmware") or {}).get("type")),
-            "disk_count": (len(actual.get("disks") or []), len(expected.get("disks") or [])),
-            "disk_capacities": (
-                [d.get("capacity") for d in actual.get("disks") or []],
-                [d.get("capacity") for d in expected.get("disks") or []],
-            ),
-            "nic_macs": (
-                [n.get("mac") for n in actual.get("nics") or []],
-                [n.get("mac") for n in expected.get("nics") or []],
-            ),
-        }
-        out = {}
-        for field, (have, want) in checks.items():
-            out[field] = {"target": have, "bundle": want, "equal": have == want}
-            if have != want:
-                mismatches.append("%s: target %s, bundle %s" % (field, have, want))
-        return out
+    def power_state(self, vm):
+        return self.state(vm) if self._is_running(vm) else "off"
 
-    def boot_check(self, dom, marker=None, timeout=120):
+    def target_disks(self, vm):
+        return [dict(r, where=r["path"]) for r in domain_disks(self.config_xml(vm), self.conn)]
+
+    @staticmethod
+    def open_disk(vm, tdisk):
+        fmt = tdisk["format"] or _disk.info(tdisk["path"], check=False)["format"]
+        return _disk.open_guest(tdisk["path"], fmt)
+
+    def boot_check(self, vm, options):
+        """Boot a twin of the target to the guest's serial marker (see _boot_twin)."""
+        return self._boot_twin(vm, options.get("boot_marker"), options.get("boot_timeout") or BOOT_TIMEOUT)
+
+    def _boot_twin(self, dom, marker=None, timeout=BOOT_TIMEOUT):
         """Boot the target's disks and wait for ``marker`` on the serial console.
 
         The boot runs in a transient twin of the domain whose disks are qcow2 overlays

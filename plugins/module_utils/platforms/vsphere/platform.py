@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-import uuid
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     InputError,
@@ -33,7 +32,9 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     V2VError,
     VerifyError,
 )
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import part_path, publish
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform
 
 try:
     from pyVim.connect import Disconnect, SmartConnect
@@ -685,9 +686,12 @@ def read_provenance(vm):
     if value is None:
         return None
     try:
-        return json.loads(value)
+        prov = json.loads(value)
     except (TypeError, ValueError):
         return {"unreadable": value}
+    if isinstance(prov, dict) and extra_config(vm, INCOMPLETE_KEY):
+        prov["state"] = "incomplete"  # the marker of targets made before provenance had a state
+    return prov
 
 
 def snapshot_list(vm):
@@ -806,7 +810,7 @@ def vm_facts(vm):
         ],
         "snapshots": snapshot_list(vm),
         "provenance": read_provenance(vm),
-        "incomplete": extra_config(vm, INCOMPLETE_KEY) is not None,
+        "incomplete": (read_provenance(vm) or {}).get("state") == "incomplete",
         "spec": describe_vm(vm),
     }
 
@@ -829,6 +833,10 @@ def inventory_path(entity):
 class VspherePlatform(Platform):
     name = "vsphere"
 
+    @classmethod
+    def missing_library(cls):
+        return None if HAS_PYVMOMI else ("pyvmomi", str(PYVMOMI_IMPORT_ERROR))
+
     def __init__(self, params):
         super().__init__(params)
         self.conn = Connection(params)
@@ -850,7 +858,13 @@ class VspherePlatform(Platform):
             {"name": vm.name, "moid": vm._moId, "power_state": str(vm.runtime.powerState)} for vm in self._all_vms()
         ]
 
-    def find_vm(self, ref, required=True):
+    def find_vm(self, ref):
+        return self._find(ref, required=True)
+
+    def lookup(self, name):
+        return self._find(name, required=False)
+
+    def _find(self, ref, required):
         """A VM by name, inventory path (DC/vm/folder/name), moid (vm-42) or instance UUID."""
         ref = (ref or "").strip()
         if not ref:
@@ -880,12 +894,12 @@ class VspherePlatform(Platform):
             )
         return vm
 
-    def describe(self, handle):
-        return describe_vm(handle)
+    def describe(self, vm):
+        return describe_vm(vm)
 
     # ------------------------------------------------------------ export
 
-    def export(self, handle, bundle, mode="auto", check_mode=False, progress=None, options=None):
+    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
         """Write or refresh a bundle from a VM (see vsphere_export's documentation).
 
         cold: the VM is off; each disk is read from the datastore (first run: all of it).
@@ -899,15 +913,8 @@ class VspherePlatform(Platform):
         from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
         options = options or {}
-        vm = handle
+        started = time.monotonic()
         powered_on = vm.runtime.powerState != vim.VirtualMachinePowerState.poweredOff
-        if mode == "auto":
-            mode = "warm" if powered_on else "cold"
-        if mode == "cold" and powered_on:
-            raise InputError(
-                "VM %s is %s; a cold export needs it powered off" % (vm.name, vm.runtime.powerState),
-                "power it off, or use mode=warm (snapshot and changed block tracking)",
-            )
         source_id = (vm.config.instanceUuid or vm.config.uuid).lower()
         bundle = Bundle.load(bundle_dir) if Bundle.exists(bundle_dir) else None
         if bundle is not None and bundle.manifest["source"].get("id") != source_id:
@@ -922,10 +929,20 @@ class VspherePlatform(Platform):
                 ),
                 "use another bundle directory for this VM",
             )
-        first = bundle is None or not bundle.manifest.get("sync") or options.get("full")
+        has_chain = bundle is not None and bool(bundle.manifest.get("sync")) and bundle.complete
+        mode = _steps.check_export_mode(mode, powered_on, has_chain, vm.name, bundle_dir)
+        first = not has_chain or options.get("full")
         cbt_on = bool(vm.config.changeTrackingEnabled)
         use_cbt = options.get("use_cbt", True) and (cbt_on or options.get("enable_cbt"))
-        result = {"changed": False, "mode": mode, "cbt": bool(use_cbt), "kind": "full" if first else "incremental"}
+        result = {
+            "changed": False,
+            "mode": mode,
+            "cbt": bool(use_cbt),
+            "kind": "full" if first else "incremental",
+            "frozen": False,
+            "bytes_read": 0,
+            "bytes_written": 0,
+        }
         if check_mode:
             result["changed"] = True
             result["would"] = "%s %s sync of %s%s" % (
@@ -934,7 +951,7 @@ class VspherePlatform(Platform):
                 vm.name,
                 " (enabling CBT first)" if use_cbt and not cbt_on else "",
             )
-            return result
+            return _steps.finish_export(result, vm.name, started)
         if use_cbt and not cbt_on:
             self._enable_cbt(vm, powered_on, result)
         spec = describe_vm(vm)
@@ -955,11 +972,11 @@ class VspherePlatform(Platform):
         need_snapshot = mode == "warm" or use_cbt
         try:
             if need_snapshot:
-                snapshot = self._snapshot(vm, bundle)
+                snapshot = self._snapshot(vm, bundle, options.get("quiesce", True), result)
                 config = snapshot.config
             else:
                 config = vm.config
-            stats = self._export_disks(vm, bundle, spec, config, snapshot, first, use_cbt, options, progress)
+            stats = self._export_disks(vm, bundle, spec, config, snapshot, first, use_cbt, options, None)
         except Exception as exc:
             if snapshot is not None:
                 self._remove_snapshot(vm, snapshot, bundle, failure=exc)
@@ -978,7 +995,7 @@ class VspherePlatform(Platform):
         bundle.add_sync(
             result["kind"],
             index=len(syncs) + 1,
-            chain=syncs[0].get("chain") if syncs else uuid.uuid4().hex,
+            chain=syncs[0].get("chain") if syncs else _steps.new_chain_id(),
             bytes_read=sum(s["bytes_read"] for s in stats),
             bytes_written=sum(s["bytes_written"] for s in stats),
             checkpoint=checkpoint,
@@ -997,7 +1014,7 @@ class VspherePlatform(Platform):
             disks=[{k: v for k, v in s.items() if k != "extents"} for s in stats],
             fingerprint=bundle.fingerprint(),
         )
-        return result
+        return _steps.finish_export(result, vm.name, started)
 
     def _enable_cbt(self, vm, powered_on, result):
         """Turn on changed block tracking.
@@ -1014,9 +1031,13 @@ class VspherePlatform(Platform):
             wait_task(snap.RemoveSnapshot_Task(removeChildren=False), "remove stun snapshot", self.conn.timeout)
             result["stun_cycle"] = "a snapshot was created and removed so that change tracking starts"
 
-    def _snapshot(self, vm, bundle):
+    def _snapshot(self, vm, bundle, quiesce, result):
         name = "%s%d" % (SNAPSHOT_PREFIX, len(bundle.manifest.get("sync") or []) + 1)
-        quiesce = bool(self.params.get("quiesce"))
+        # Quiescing needs VMware Tools running in the guest; without them the snapshot is
+        # crash-consistent, as KVM's is without a guest agent, and `frozen` says so.
+        tools = vm.guest.toolsRunningStatus if vm.guest else None
+        quiesce = bool(quiesce) and tools == "guestToolsRunning"
+        result["frozen"] = quiesce
         task = vm.CreateSnapshot_Task(
             name=name, description="vmigrate.v2v sync; removed by it", memory=False, quiesce=quiesce
         )
@@ -1122,7 +1143,7 @@ class VspherePlatform(Platform):
                     areas = None
                 if full:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                    tmp = path + ".part"
+                    tmp = part_path(path)
                     with open(tmp, "wb") as fh:
                         fh.truncate(capacity)
                     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
@@ -1132,7 +1153,7 @@ class VspherePlatform(Platform):
                         digests, st = _blocks.copy_with_digests(
                             reader, writer, block_size, progress=progress, extents=extents
                         )
-                    os.replace(tmp, path)
+                    publish(tmp, path)
                     changed_extents = None
                 else:
                     old = bundle.load_digests(record)
@@ -1241,7 +1262,7 @@ class VspherePlatform(Platform):
 
     # ------------------------------------------------------------ import
 
-    def import_vm(self, bundle, options, check_mode=False, progress_factory=None):
+    def import_vm(self, bundle, options, check_mode=False):
         """Create the target VM from a bundle, or bring an earlier import up to date.
 
         Order, so that nothing half-made looks complete: the VM folder first gets a
@@ -1264,31 +1285,29 @@ class VspherePlatform(Platform):
             strict=bool(options.get("network_map")) and options.get("strict_maps", True),
         )
         name = options.get("name") or spec["name"]
-        prov = provenance_of(bundle)
-        result = {"changed": False, "name": name, "spec_changes": changes, "provenance": prov}
-        vm = self.find_vm(name, required=False)
-        if vm is not None:
-            found = read_provenance(vm) or {}
-            same_origin = (
-                found.get("source_id") == prov["source_id"] and found.get("source_platform") == prov["source_platform"]
-            )
-            if same_origin and not options.get("replace"):
-                return self._update_vm(vm, bundle, spec, prov, found, result, check_mode, progress_factory)
-            if not options.get("replace"):
-                raise InputError(
-                    "a VM named %r (%s) already exists in %s and was not made from %s %s"
-                    % (name, vm._moId, self.dc.name, prov["source_platform"], prov["source_id"]),
-                    "choose another name, or set replace=true to delete it and import again",
-                )
+        vm = self.lookup(name)
+        found = read_provenance(vm) if vm is not None else None
+        decision = _steps.plan_import(bundle.manifest, name, vm is not None, found, bool(options.get("replace")))
+        prov = decision.want
+        result = _steps.import_result(decision, name, changes)
+        if decision.action == "none":
+            result["moid"] = vm._moId
+            return result
+        if decision.action == "record":
+            result["moid"] = vm._moId
+            if not check_mode:
+                self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
+            return result
+        if decision.action in ("deltas", "rewrite"):
+            return self._update_vm(vm, bundle, spec, decision, result, check_mode)
+        if decision.action == "replace":
             result["replaced"] = vm._moId
             if check_mode:
-                result.update(changed=True, action="replace")
                 return result
             self._destroy(vm)
         plan = self._plan(name, spec, bundle, options)
         result["disks"] = [{"id": p["id"], "file": p["file"]} for p in plan["disks"]]
         if check_mode:
-            result.update(changed=True, action="create")
             return result
         uploaded = []
         ds_name = plan["datastore"]
@@ -1297,7 +1316,7 @@ class VspherePlatform(Platform):
             put_file(self.conn, ds_name, marker, json.dumps(prov).encode(), len(json.dumps(prov)))
             stats = []
             for item in plan["disks"]:
-                stats.append(self._upload_disk(bundle, item, uploaded, progress_factory))
+                stats.append(self._upload_disk(bundle, item, uploaded))
             vm = self._create_vm(name, spec, plan, prov, options)
         except BaseException:
             self._cleanup(uploaded, ds_name, marker)
@@ -1306,7 +1325,7 @@ class VspherePlatform(Platform):
             delete_file(self.conn, "[%s] %s" % (ds_name, marker))
         except PlatformError as exc:  # the VM is complete; a stale marker only costs a file
             result["warnings"] = ["could not remove [%s] %s: %s" % (ds_name, marker, exc)]
-        result.update(changed=True, action="create", moid=vm._moId, instance_uuid=vm.config.instanceUuid)
+        result.update(moid=vm._moId, instance_uuid=vm.config.instanceUuid)
         result["transfer"] = stats
         result["bytes_written"] = sum(s["bytes"] for s in stats)
         return result
@@ -1373,7 +1392,7 @@ class VspherePlatform(Platform):
             "map it in network_map to one of: %s" % ", ".join(sorted({n.name for n in self.dc.network})),
         )
 
-    def _upload_disk(self, bundle, item, uploaded, progress_factory=None):
+    def _upload_disk(self, bundle, item, uploaded):
         """PUT the flat extent (guest bytes) and then its descriptor."""
         from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
         from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
@@ -1383,7 +1402,7 @@ class VspherePlatform(Platform):
         path = bundle.disk_path(record)
         capacity = item["capacity"]
         flat = flat_name(item["path"])
-        progress = (progress_factory or Progress)("upload %s" % item["id"], capacity)
+        progress = Progress("upload %s" % item["id"], capacity)
         hasher = _blocks.BlockHasher(capacity, record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
         with _disk.open_guest(path, record["format"]) as reader:
             if reader.size > capacity:
@@ -1540,17 +1559,15 @@ class VspherePlatform(Platform):
         pool = self._resource_pool(options.get("resource_pool"))
         return wait_task(folder.CreateVM_Task(config=config, pool=pool), "create VM %s" % name, self.conn.timeout)
 
-    def _update_vm(self, vm, bundle, spec, prov, found, result, check_mode, progress_factory):
-        """Same origin: nothing to do, or re-upload the disks whose content changed."""
-        incomplete = extra_config(vm, INCOMPLETE_KEY) is not None
-        if found.get("bundle_fingerprint") == prov["bundle_fingerprint"] and not incomplete:
-            result.update(action="none", moid=vm._moId, message="the VM already holds this bundle's content")
-            return result
+    def _update_vm(self, vm, bundle, spec, decision, result, check_mode):
+        """Same source, other content: upload the changed disks again, whole.
+
+        vSphere gets no deltas applied: the datastore /folder endpoint writes whole
+        files (issue 10 looks for a way to write only changed ranges).
+        """
         disks = vm_disks(vm)
-        want = prov["disks"]
-        have = found.get("disks") or {}
-        todo = [d for d in spec["disks"] if incomplete or have.get(d["id"]) != want.get(d["id"])]
-        result.update(changed=True, action="update", moid=vm._moId, updated_disks=[d["id"] for d in todo])
+        todo = [d for d in spec["disks"] if d["id"] in decision.disks]
+        result.update(moid=vm._moId, updated_disks=[d["id"] for d in todo])
         if check_mode:
             return result
         if len(disks) != len(spec["disks"]):
@@ -1563,7 +1580,7 @@ class VspherePlatform(Platform):
                 "VM %s is %s; its disk files cannot be rewritten while it runs" % (vm.name, vm.runtime.powerState),
                 "power the target off before applying an incremental sync",
             )
-        self._reconfigure(vm, {INCOMPLETE_KEY: prov["bundle_fingerprint"]})
+        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(_steps.mark_updating(decision), sort_keys=True)})
         stats = []
         for i, disk in enumerate(spec["disks"]):
             if disk not in todo:
@@ -1579,8 +1596,8 @@ class VspherePlatform(Platform):
                 "controller": disk.get("controller"),
                 "record": bundle.disk(disk["id"]),
             }
-            stats.append(self._upload_disk(bundle, item, [], progress_factory))
-        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True), INCOMPLETE_KEY: ""})
+            stats.append(self._upload_disk(bundle, item, []))
+        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(decision.want, sort_keys=True), INCOMPLETE_KEY: ""})
         result["transfer"] = stats
         result["bytes_written"] = sum(s["bytes"] for s in stats)
         return result
@@ -1591,70 +1608,30 @@ class VspherePlatform(Platform):
 
     # ------------------------------------------------------------ verify
 
-    def verify(self, bundle, target_ref, options):
-        """Read the target's disks back from the datastore and compare with the bundle."""
-        from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+    # -- the target primitives run_verify uses --
 
-        vm = self.find_vm(target_ref)
-        spec = bundle.manifest["spec"]
-        problems = []
-        facts = vm_facts(vm)
-        cpu = spec["cpu"]
-        want_cpus = cpu["sockets"] * cpu["cores"] * cpu["threads"]
-        hw = vm.config.hardware
-        if hw.numCPU != want_cpus:
-            problems.append("CPU count is %d, the bundle says %d" % (hw.numCPU, want_cpus))
-        if hw.memoryMB != spec["memory_mib"]:
-            problems.append("memory is %d MiB, the bundle says %d" % (hw.memoryMB, spec["memory_mib"]))
-        want_fw = "efi" if spec["firmware"]["type"] == "uefi" else "bios"
-        if vm.config.firmware != want_fw:
-            problems.append("firmware is %s, the bundle says %s" % (vm.config.firmware, want_fw))
-        if len(facts["nics"]) != len(spec["nics"]):
-            problems.append("%d NICs, the bundle has %d" % (len(facts["nics"]), len(spec["nics"])))
-        want_macs = sorted(n["mac"] for n in spec["nics"] if n.get("mac"))
-        have_macs = sorted(n["mac"] for n in facts["nics"] if n["mac"])
-        if want_macs and want_macs != have_macs:
-            problems.append("MACs are %s, the bundle says %s" % (have_macs, want_macs))
-        disks = vm_disks(vm)
-        if len(disks) != len(spec["disks"]):
-            problems.append("%d disks, the bundle has %d" % (len(disks), len(spec["disks"])))
-        checked = []
-        bytes_read = 0
-        if options.get("digests", True):
-            for disk, vdisk in zip(spec["disks"], disks, strict=False):
-                record = bundle.disk(disk["id"])
-                want = bundle.load_digests(record)
-                if vdisk["capacity"] < record["capacity"]:
-                    problems.append(
-                        "disk %s holds %d bytes, the bundle %d" % (disk["id"], vdisk["capacity"], record["capacity"])
-                    )
-                    continue
-                if want is None:
-                    problems.append("bundle disk %s has no digests to compare with" % disk["id"])
-                    continue
-                ds_name, path = split_ds_path(vdisk["file"])
-                with DatastoreFile(self.conn, ds_name, flat_name(path)) as reader:
-                    reader.size = record["capacity"]  # compare what the source had
-                    got = _blocks.digest_disk(reader, want.block_size)
-                    bytes_read += reader.bytes_read
-                bad = got.changed_blocks(want)
-                checked.append({"id": disk["id"], "file": vdisk["file"], "blocks": len(want), "mismatched": len(bad)})
-                if bad:
-                    problems.append(
-                        "disk %s (%s) differs from the bundle in %d of %d blocks, first at byte %d"
-                        % (disk["id"], vdisk["file"], len(bad), len(want), bad[0] * want.block_size)
-                    )
-        result = {"changed": False, "moid": vm._moId, "disks": checked, "bytes_read": bytes_read}
-        if options.get("power_on") and not problems:
-            result.update(self._power_on_check(vm, options.get("boot_timeout") or 300))
-        if problems:
-            raise VerifyError(
-                "VM %s does not match bundle %s: %s" % (vm.name, bundle.dir, "; ".join(problems)),
-                "re-run the import (with replace=true if the VM was changed by hand)",
-                problems=problems,
-                **result,
-            )
-        return result
+    @staticmethod
+    def vm_name(vm):
+        return vm.name
+
+    @staticmethod
+    def power_state(vm):
+        state = str(vm.runtime.powerState)
+        return {"poweredOff": "off", "poweredOn": "running"}.get(state, state)
+
+    @staticmethod
+    def target_disks(vm):
+        return [dict(d, where=d["file"]) for d in vm_disks(vm)]
+
+    def open_disk(self, vm, tdisk):
+        ds_name, path = split_ds_path(tdisk["file"])
+        # The size the guest sees is the VM's disk capacity, whatever the flat file's length.
+        return DatastoreFile(self.conn, ds_name, flat_name(path), size=tdisk["capacity"])
+
+    def boot_check(self, vm, options):
+        """Power on and wait for poweredOn (and a VMware Tools heartbeat where there are Tools)."""
+        result = self._power_on_check(vm, options.get("boot_timeout") or BOOT_TIMEOUT)
+        return dict(result, ok=True, reason=result["boot_check"])
 
     def _power_on_check(self, vm, timeout):
         """Power on and wait for poweredOn; with VMware Tools, also for a green heartbeat."""
@@ -1731,21 +1708,6 @@ def _annotation(spec, prov):
     return (note + "\n\n" + origin).strip()
 
 
-def provenance_of(bundle):
-    """What the target carries: source, checkpoint, sync index, bundle fingerprint, disk digests."""
-    m = bundle.manifest
-    sync = m.get("sync") or []
-    return {
-        "source_id": m["source"].get("id"),
-        "source_platform": m["source"].get("platform"),
-        "source_name": m["source"].get("name"),
-        "checkpoint": sync[-1].get("checkpoint") if sync else None,
-        "sync_index": len(sync),
-        "bundle_fingerprint": bundle.fingerprint(),
-        "disks": {d["id"]: d.get("digests_sha256") for d in m["disks"]},
-    }
-
-
 class _ExtentSource:
     """Guest bytes in order for an upload: data extents are read, holes are zeros.
 
@@ -1794,7 +1756,7 @@ class _DeltaFile:
         self.rel = "disks/%s.delta-%d.raw" % (disk_id, index)
         self.path = os.path.join(bundle_dir, self.rel)
         self.index = index
-        self.tmp = self.path + ".part"
+        self.tmp = part_path(self.path)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.fh = open(self.tmp, "wb")
         self.fh.truncate(size)
@@ -1807,12 +1769,11 @@ class _DeltaFile:
             yield offset, data
 
     def finish(self, record, extents):
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
         self.fh.close()
         if not extents:
+            _remove_quietly(self.tmp)
             return
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
         record.setdefault("deltas", []).append(
             {
                 "index": self.index,

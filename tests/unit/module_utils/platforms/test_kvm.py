@@ -48,12 +48,17 @@ def test_checkpoint_xml_bitmaps():
 
 
 def test_provenance_round_trip_attributes_and_children():
-    prov = {"source_id": "abc", "sync_index": 3, "state": "complete", "checkpoint": None}
+    prov = {"source_id": "abc", "sync_index": 3, "state": "complete", "checkpoint": None, "disks": {"disk0": "f"}}
     parsed = _kvm.parse_provenance(_kvm.provenance_xml(prov))
-    assert parsed == {"source_id": "abc", "sync_index": "3", "state": "complete"}
-    # The form _descriptors writes (non-strings as JSON children) reads too.
+    assert parsed == {"source_id": "abc", "sync_index": 3, "state": "complete", "disks": {"disk0": "f"}}
+    # The form engine/descriptors writes into a defined domain reads the same.
     text = '<v2v:provenance xmlns:v2v="%s" source_id="abc"><v2v:sync_index>3</v2v:sync_index></v2v:provenance>'
-    assert _kvm.parse_provenance(text % _kvm.NS) == {"source_id": "abc", "sync_index": "3"}
+    assert _kvm.parse_provenance(text % _kvm.NS) == {"source_id": "abc", "sync_index": 3}
+    # Older targets wrote every value as an attribute string.
+    assert _kvm.parse_provenance('<provenance source_id="abc" sync_index="3"/>') == {
+        "source_id": "abc",
+        "sync_index": "3",
+    }
     assert _kvm.parse_provenance("") is None
 
 
@@ -107,10 +112,3 @@ def test_write_delta_holds_changed_blocks_and_updates_digests(tmp_path):
     assert digests[5] == blake3(bytes(data[5 * bs : 6 * bs])).digest()
     pieces = list(_kvm._read_pieces(path, runs))
     assert b"".join(p for _o, p in pieces) == bytes(data[bs : 3 * bs]) + bytes(data[5 * bs : 6 * bs])
-
-
-def test_bundle_fingerprint_follows_disk_digests():
-    a = {"disks": [{"id": "disk0", "digests_sha256": "1" * 64}]}
-    b = {"disks": [{"id": "disk0", "digests_sha256": "2" * 64}], "sync": [1]}
-    assert _kvm.bundle_fingerprint(a) != _kvm.bundle_fingerprint(b)
-    assert _kvm.bundle_fingerprint(a) == _kvm.bundle_fingerprint(dict(a, sync=[1, 2]))

@@ -1,0 +1,59 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The module side of every step, so that a module's main() is a few lines.
+
+- Option sets shared by the same step on every platform, each paired with its doc
+  fragment (plugins/doc_fragments/<name>.py): the same idea has the same name and
+  default whatever the platform.
+- run_step: open the platform, run the step, exit with its result, or fail with the
+  one failure shape of _errors.fail_from_exception.
+"""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
+
+
+def export_options(**extra):
+    """Doc fragment vmigrate.v2v.export."""
+    spec = dict(
+        vm=dict(type="str", required=True, aliases=["name"]),
+        bundle=dict(type="path", required=True),
+        mode=dict(type="str", default="auto", choices=["auto", "cold", "warm", "incremental"]),
+        full=dict(type="bool", default=False),
+        quiesce=dict(type="bool", default=True, aliases=["freeze"]),
+        block_size=dict(type="int", default=1048576),
+    )
+    spec.update(extra)
+    return spec
+
+
+def verify_options(**extra):
+    """Doc fragment vmigrate.v2v.verify."""
+    spec = dict(
+        bundle=dict(type="path", required=True),
+        vm=dict(type="str", aliases=["name"]),
+        digests=dict(type="bool", default=True),
+        spec=dict(type="bool", default=True),
+        boot_check=dict(type="bool", default=False, aliases=["power_on"]),
+        boot_timeout=dict(type="int", default=BOOT_TIMEOUT),
+    )
+    spec.update(extra)
+    return spec
+
+
+def run_step(module, platform_class, step):
+    """``step(platform)`` -> result dict, with ``platform_class(module.params)`` open."""
+    missing = platform_class.missing_library()
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
+    try:
+        with platform_class(module.params) as platform:
+            result = step(platform)
+    except Exception as exc:  # noqa: BLE001 - one failure shape for every error
+        fail_from_exception(module, exc)
+    module.exit_json(**result)

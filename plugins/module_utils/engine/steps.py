@@ -1,0 +1,387 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The decisions every platform shares, written once (see docs/architecture.md).
+
+A platform only talks to its hypervisor; what a migration decides lives here and is
+unit-tested without a lab: the provenance a target carries, what an import does with
+an existing target (create, nothing, apply deltas, rewrite disks, replace, refuse),
+and the verify comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+
+# The one provenance shape every target carries (libvirt <metadata>, vSphere
+# extraConfig, Hyper-V Notes). `fingerprint` is the content: the digest lists of the
+# disks, so two bundles of the same bytes agree whatever else their manifests say.
+PROVENANCE_KEYS = (
+    "source_id",
+    "source_platform",
+    "source_name",
+    "chain",
+    "sync_index",
+    "checkpoint",
+    "fingerprint",
+    "disks",
+    "state",
+)
+
+
+def new_chain_id():
+    """Identifies one chain of syncs: a full copy and the incrementals on top of it."""
+    return uuid.uuid4().hex
+
+
+def chain_id(manifest):
+    """The chain of a manifest's syncs (older bundles: the first sync's time), or None."""
+    syncs = manifest.get("sync") or []
+    return (syncs[0].get("chain") or syncs[0].get("at")) if syncs else None
+
+
+def disk_fingerprints(manifest):
+    """{disk id: SHA-256 of its digest list}: what each disk holds."""
+    return {d["id"]: d.get("digests_sha256") for d in manifest.get("disks") or []}
+
+
+def content_fingerprint(manifest):
+    """One fingerprint for the content of all disks, in order."""
+    data = [[d["id"], d.get("digests_sha256")] for d in manifest.get("disks") or []]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def provenance(manifest, state="complete"):
+    """What a target made from ``manifest`` records about where it came from."""
+    syncs = manifest.get("sync") or []
+    last = syncs[-1] if syncs else {}
+    source = manifest.get("source") or {}
+    return {
+        "source_id": source.get("id"),
+        "source_platform": source.get("platform"),
+        "source_name": source.get("name"),
+        "chain": chain_id(manifest),
+        "sync_index": int(last.get("index") or len(syncs) or 1),
+        "checkpoint": last.get("checkpoint"),
+        "fingerprint": content_fingerprint(manifest),
+        "disks": disk_fingerprints(manifest),
+        "state": state,
+    }
+
+
+def read_provenance(raw):
+    """A provenance as read back from a target (any age of this collection), normalised.
+
+    Older targets wrote every value as a string, or called the fingerprint
+    `bundle_fingerprint` (over other fields): such a fingerprint is dropped, so the
+    target is compared disk by disk rather than trusted.
+    """
+    if not isinstance(raw, dict) or not raw.get("source_id"):
+        return None
+    out = {k: raw.get(k) for k in PROVENANCE_KEYS}
+    try:
+        out["sync_index"] = int(out["sync_index"] or 0)
+    except (TypeError, ValueError):
+        out["sync_index"] = 0
+    if not isinstance(out["disks"], dict):
+        out["disks"] = {}
+    out["state"] = out["state"] or "complete"  # vSphere targets before `state` existed
+    return out
+
+
+def _delta_indices(manifest, first, last):
+    """{disk id: [delta records with first <= index <= last]}."""
+    return {
+        d["id"]: [x for x in d.get("deltas") or [] if first <= int(x["index"]) <= last]
+        for d in manifest.get("disks") or []
+    }
+
+
+class ImportPlan:
+    """What an import does with the target. ``action`` is one of:
+
+    create   no target of that name: make it
+    replace  a target exists and replace=true: remove it, then create
+    none     the target already holds this bundle's content and provenance
+    record   same content, newer sync or chain: only the provenance is rewritten
+    deltas   same chain, target behind: apply ``deltas`` ({disk id: [delta records]})
+    rewrite  same source, content differs and deltas cannot bring it there: write the
+             disks in ``disks`` again, whole
+    """
+
+    def __init__(self, action, want, found=None, disks=None, deltas=None, reason=""):
+        self.action = action
+        self.want = want
+        self.found = found
+        self.disks = list(disks or [])
+        self.deltas = deltas or {}
+        self.reason = reason
+
+    @property
+    def changes(self):
+        return self.action not in ("none",)
+
+    def as_dict(self):
+        return {"action": self.action, "reason": self.reason, "disks": self.disks}
+
+
+def import_result(plan, name, spec_changes):
+    """The start of every import's result: the same keys on every platform."""
+    return {
+        "changed": plan.changes,
+        "name": name,
+        "action": plan.action,
+        "reason": plan.reason,
+        "spec_changes": spec_changes,
+        "provenance": plan.want,
+        "bytes_written": 0,
+    }
+
+
+def plan_import(manifest, target, exists, found, replace=False):
+    """Decide what importing ``manifest`` into the target named ``target`` does.
+
+    ``exists``: a VM of that name is there; ``found``: its provenance as read (raw).
+    Raises InputError when the target must not be touched.
+    """
+    want = provenance(manifest)
+    if not exists:
+        return ImportPlan("create", want, reason="no VM named %s yet" % target)
+    if replace:
+        return ImportPlan("replace", want, found=found, reason="replace=true")
+    prov = read_provenance(found)
+    if prov is None or prov["source_id"] != want["source_id"] or prov["source_platform"] != want["source_platform"]:
+        raise InputError(
+            "VM %r already exists on the target and was not made from %s VM %s (its provenance: %s)"
+            % (
+                target,
+                want["source_platform"],
+                want["source_name"] or want["source_id"],
+                json.dumps(found, sort_keys=True) if found else "none",
+            ),
+            "choose another name, or set replace=true to remove that VM and import again",
+        )
+    complete = prov["state"] == "complete"
+    same_chain = prov["chain"] == want["chain"]
+    if same_chain and complete and prov["sync_index"] > want["sync_index"]:
+        raise InputError(
+            "VM %r holds sync %d of this chain, newer than the bundle's sync %d"
+            % (target, prov["sync_index"], want["sync_index"]),
+            "import the newest bundle of this source, or set replace=true to go back to this one",
+        )
+    if complete and prov["fingerprint"] == want["fingerprint"]:
+        if same_chain and prov["sync_index"] == want["sync_index"]:
+            return ImportPlan("none", want, found=prov, reason="the target already holds this bundle")
+        return ImportPlan("record", want, found=prov, reason="same content; provenance moves to this bundle's sync")
+    # A run that died half-way cleared the fingerprints of the disks it was writing
+    # (see mark_updating), so they count as changed here.
+    changed = [d for d, fp in want["disks"].items() if prov["disks"].get(d) != fp]
+    if same_chain:
+        # A run that died half-way left sync_index at the last sync it finished: its
+        # deltas are applied again (the same bytes written twice).
+        deltas = _delta_indices(manifest, prov["sync_index"] + 1, want["sync_index"])
+        if all(deltas.get(d) for d in changed) and prov["sync_index"] < want["sync_index"]:
+            return ImportPlan(
+                "deltas",
+                want,
+                found=prov,
+                disks=changed,
+                deltas={d: deltas[d] for d in changed},
+                reason="target at sync %d, bundle at %d" % (prov["sync_index"], want["sync_index"]),
+            )
+    return ImportPlan(
+        "rewrite",
+        want,
+        found=prov,
+        disks=changed,
+        reason="the content of %s changed and no delta chain leads there" % ", ".join(changed),
+    )
+
+
+def mark_updating(plan):
+    """The provenance a target carries while ``plan`` changes its disks: state
+    incomplete, and the disks being written no longer vouched for."""
+    found = plan.found or {}
+    disks = {d: fp for d, fp in (found.get("disks") or {}).items() if d not in plan.disks}
+    return dict(found, state="incomplete", disks=disks)
+
+
+def compare_disk(disk_id, where, expected, actual, expected_capacity, actual_capacity):
+    """The verify comparison of one disk: a list of mismatch sentences (empty: equal).
+
+    ``expected``/``actual`` are DigestLists (the bundle's, the target's as read).
+    """
+    if actual_capacity != expected_capacity:
+        return ["disk %s (%s) holds %d bytes, the bundle %d" % (disk_id, where, actual_capacity, expected_capacity)]
+    bad = expected.changed_blocks(actual)
+    if not bad:
+        return []
+    return [
+        "disk %s (%s) differs from the bundle in %d of %d blocks, first at byte %d"
+        % (disk_id, where, len(bad), len(expected), bad[0] * expected.block_size)
+    ]
+
+
+def compare_spec(actual, expected):
+    """Spec fields a target must share with the bundle: ({field: {...}}, [mismatches])."""
+
+    def cpus(s):
+        c = s.get("cpu") or {}
+        return c.get("sockets", 1) * c.get("cores", 1) * c.get("threads", 1)
+
+    want_macs = sorted(n["mac"].lower() for n in expected.get("nics") or [] if n.get("mac"))
+    have_macs = sorted((n.get("mac") or "").lower() for n in actual.get("nics") or [])
+    checks = {
+        "cpus": (cpus(actual), cpus(expected)),
+        "memory_mib": (actual.get("memory_mib"), expected.get("memory_mib")),
+        "firmware": ((actual.get("firmware") or {}).get("type"), (expected.get("firmware") or {}).get("type")),
+        "disk_count": (len(actual.get("disks") or []), len(expected.get("disks") or [])),
+        "nic_count": (len(actual.get("nics") or []), len(expected.get("nics") or [])),
+        # MACs the bundle does not fix are the target's to generate.
+        "nic_macs": (have_macs if want_macs else [], want_macs),
+    }
+    out, mismatches = {}, []
+    for field, (have, want) in checks.items():
+        out[field] = {"target": have, "bundle": want, "equal": have == want}
+        if have != want:
+            mismatches.append("%s: target %s, bundle %s" % (field, have, want))
+    return out, mismatches
+
+
+EXPORT_MODES = ("auto", "cold", "warm", "incremental")
+
+
+def check_export_mode(mode, running, has_chain, name, bundle_dir):
+    """Refuse a mode the VM's state or the bundle cannot give; returns cold or warm.
+
+    cold: read while the VM is off; warm: while it runs (snapshot, backup job);
+    incremental: either, but only on top of the bundle's chain. Whether a sync is full
+    or incremental follows the chain (and the ``full`` option), not the mode.
+    """
+    if mode not in EXPORT_MODES:
+        raise InputError("unknown export mode %r" % (mode,), "use one of %s" % ", ".join(EXPORT_MODES))
+    if mode == "cold" and running:
+        raise InputError(
+            "VM %s is running; a cold export needs it off" % name,
+            "shut it down first, or use mode warm (or auto)",
+        )
+    if mode == "warm" and not running:
+        raise InputError(
+            "VM %s is off; a warm export copies a running VM" % name,
+            "start it, or use mode cold (or auto)",
+        )
+    if mode == "incremental" and not has_chain:
+        raise InputError(
+            "bundle %s holds no sync chain of VM %s to add an incremental to" % (bundle_dir, name),
+            "run a full export first (mode auto)",
+        )
+    return "warm" if running else "cold"
+
+
+def finish_export(result, name, started):
+    """The keys every export result ends with: seconds and a readable summary."""
+    result["seconds"] = round(time.monotonic() - started, 3)
+    result["summary"] = "%s %s export of %s: read %s, wrote %s in %.1f s%s" % (
+        result.get("mode") or "",
+        result.get("kind") or "",
+        name,
+        human_bytes(result.get("bytes_read") or 0),
+        human_bytes(result.get("bytes_written") or 0),
+        result["seconds"],
+        "" if result.get("changed") else " (nothing new)",
+    )
+    return result
+
+
+def require_complete(bundle):
+    """A step reads only a bundle whose writer finished."""
+    if not bundle.complete:
+        raise InputError(
+            "bundle %s is incomplete (the step writing it did not finish)" % bundle.dir,
+            "re-run the export (and convert) that writes it",
+        )
+
+
+def run_verify(platform, bundle, ref, options):
+    """The verify step, the same on every platform: spec fields, then each disk read
+    back from the target and compared block by block with the bundle's digests, then
+    (optionally) a boot check. Reads only the target. Raises VerifyError on a mismatch.
+
+    ``platform`` supplies find_vm, vm_name, describe, power_state, target_disks,
+    open_disk and boot_check (platforms/base.py).
+    """
+    started = time.monotonic()
+    require_complete(bundle)
+    vm = platform.find_vm(ref)
+    name = platform.vm_name(vm)
+    fields, mismatches = {}, []
+    if options.get("spec", True):
+        fields, mismatches = compare_spec(platform.describe(vm), bundle.manifest["spec"])
+    result = {"changed": False, "name": name, "disks": [], "spec": fields, "boot": None, "bytes_read": 0}
+    if options.get("digests", True):
+        if platform.power_state(vm) != "off":
+            raise InputError(
+                "target VM %s is %s: its disks change while they are read" % (name, platform.power_state(vm)),
+                "shut it down before verifying digests, or set digests=false",
+            )
+        for record, tdisk in zip(bundle.disks, platform.target_disks(vm), strict=False):
+            rec = _verify_disk(platform, vm, bundle, record, tdisk, mismatches)
+            result["bytes_read"] += rec["bytes_read"]
+            result["disks"].append(rec)
+    if options.get("boot_check") and not mismatches:
+        result["boot"] = platform.boot_check(vm, options)
+        result["changed"] = bool(result["boot"].get("changed"))
+        if not result["boot"]["ok"]:
+            mismatches.append("boot: %s" % result["boot"]["reason"])
+    result["seconds"] = round(time.monotonic() - started, 3)
+    result["mismatches"] = mismatches
+    result["ok"] = not mismatches
+    result["summary"] = "verify %s: %s" % (
+        name,
+        "OK (%d disk(s) equal%s)" % (len(result["disks"]), ", booted" if result["boot"] else "")
+        if result["ok"]
+        else "; ".join(mismatches),
+    )
+    if mismatches:
+        raise VerifyError(
+            "target %s differs from bundle %s: %s" % (name, bundle.dir, "; ".join(mismatches)),
+            "re-run the import (replace=true makes the target again from the bundle)",
+            **{k: v for k, v in result.items() if k != "changed"},
+        )
+    return result
+
+
+def _verify_disk(platform, vm, bundle, record, tdisk, mismatches):
+    want = bundle.load_digests(record)
+    rec = {"id": record["id"], "where": tdisk["where"], "expected_sha256": record.get("digests_sha256")}
+    rec.update(capacity=None, bytes_read=0, blocks=None, mismatched=None, equal=False)
+    if want is None:
+        mismatches.append("bundle disk %s has no digests to compare with" % record["id"])
+        return rec
+    with platform.open_disk(vm, tdisk) as reader:
+        rec["capacity"] = reader.size
+        if reader.size != record["capacity"]:
+            mismatches.extend(compare_disk(record["id"], tdisk["where"], want, want, record["capacity"], reader.size))
+            return rec
+        progress = Progress("verify %s" % record["id"], record["capacity"])
+        got = _blocks.digest_disk(reader, want.block_size, progress=progress)
+        progress.finish()
+    found = compare_disk(record["id"], tdisk["where"], want, got, record["capacity"], rec["capacity"])
+    mismatches.extend(found)
+    bad = want.changed_blocks(got)
+    rec.update(
+        bytes_read=got.bytes_read,
+        blocks=len(want),
+        mismatched=len(bad),
+        first_differing_offsets=[b * want.block_size for b in bad[:10]],
+        actual_sha256=got.fingerprint(),
+        equal=not found,
+    )
+    return rec

@@ -1,0 +1,147 @@
+"""The Platform contract: every platform class implements the whole interface with the
+same parameters, and the engine's verify step runs on any class that does (here a fake
+platform holding its disks in memory, so the decisions are tested without a lab)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import pytest
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform
+
+MIB = 1024 * 1024
+
+
+class MemoryReader:
+    def __init__(self, data):
+        self.data = data
+        self.size = len(data)
+
+    def extents(self):
+        return [Extent(0, self.size, True, False)]
+
+    def pread(self, length, offset):
+        return bytes(self.data[offset : offset + length])
+
+
+class FakePlatform(Platform):
+    """A hypervisor in a dict: {name: {"spec": ..., "disks": [bytearray], "state": ...}}."""
+
+    name = "fake"
+
+    def __init__(self, vms):
+        super().__init__({})
+        self.vms = vms
+        self.booted = []
+
+    def close(self):
+        pass
+
+    def list_vms(self):
+        return [{"name": n, "power_state": vm["state"]} for n, vm in self.vms.items()]
+
+    def find_vm(self, ref):
+        if ref not in self.vms:
+            raise InputError("VM %r not found" % ref, "use one of %s" % ", ".join(self.vms))
+        return ref
+
+    def lookup(self, name):
+        return name if name in self.vms else None
+
+    def vm_name(self, vm):
+        return vm
+
+    def describe(self, vm):
+        return self.vms[vm]["spec"]
+
+    def power_state(self, vm):
+        return self.vms[vm]["state"]
+
+    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
+        raise NotImplementedError
+
+    def import_vm(self, bundle, options, check_mode=False):
+        raise NotImplementedError
+
+    def target_disks(self, vm):
+        return [{"where": "%s/disk%d" % (vm, i), "index": i} for i in range(len(self.vms[vm]["disks"]))]
+
+    def open_disk(self, vm, tdisk):
+        return contextlib.nullcontext(MemoryReader(self.vms[vm]["disks"][tdisk["index"]]))
+
+    def boot_check(self, vm, options):
+        self.booted.append(vm)
+        return {"ok": True, "reason": "fake boot", "changed": False}
+
+
+@pytest.mark.parametrize("cls", [KvmPlatform, VspherePlatform, FakePlatform])
+def test_platform_implements_the_whole_interface(cls):
+    assert issubclass(cls, Platform) and not cls.__abstractmethods__
+    for name in Platform.__abstractmethods__:
+        want = list(inspect.signature(getattr(Platform, name)).parameters)
+        have = list(inspect.signature(getattr(cls, name)).parameters)
+        if isinstance(inspect.getattr_static(cls, name), staticmethod):
+            have = ["self"] + have
+        assert have == want, "%s.%s%s differs from the interface's %s" % (cls.__name__, name, have, want)
+
+
+SPEC = {"name": "web01", "cpu": {"sockets": 1, "cores": 2, "threads": 1}, "memory_mib": 256, "nics": []}
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A bundle of one 3 MiB disk and a fake target holding the same bytes."""
+    data = bytearray(3 * MIB)
+    data[MIB : MIB + 5] = b"hello"
+    digests = _blocks.digest_disk(MemoryReader(data), MIB)
+    spec = dict(SPEC, disks=[{"id": "disk0", "capacity": len(data)}], firmware={"type": "bios"})
+    bundle = Bundle.create(str(tmp_path / "b"), {"platform": "kvm", "id": "src-1", "name": "web01"}, spec, save=False)
+    rel = "digests/disk0.blocks"
+    record = {"id": "disk0", "capacity": len(data), "block_size": MIB, "digests": rel, "blocks": 3}
+    record["digests_sha256"] = digests.save(bundle.resolve(rel))
+    bundle.manifest["disks"] = [record]
+    bundle.mark_complete()
+    target = {"web01": {"spec": spec, "disks": [bytearray(data)], "state": "off"}}
+    return bundle, FakePlatform(target)
+
+
+def test_verify_equal_disks_and_boot(world):
+    bundle, platform = world
+    result = platform.verify(bundle, "web01", {"boot_check": True})
+    assert result["ok"] and result["mismatches"] == [] and platform.booted == ["web01"]
+    assert result["disks"][0]["mismatched"] == 0 and result["bytes_read"] == 3 * MIB
+
+
+def test_verify_names_the_block_that_differs(world):
+    bundle, platform = world
+    platform.vms["web01"]["disks"][0][2 * MIB + 7] = 1
+    with pytest.raises(VerifyError) as err:
+        platform.verify(bundle, "web01", {"boot_check": True})
+    assert "differs from the bundle in 1 of 3 blocks, first at byte %d" % (2 * MIB) in str(err.value)
+    assert platform.booted == []  # no boot check of a target whose data is wrong
+
+
+def test_verify_refuses_a_running_target_and_a_short_disk(world):
+    bundle, platform = world
+    platform.vms["web01"]["state"] = "running"
+    with pytest.raises(InputError, match="shut it down before verifying digests"):
+        platform.verify(bundle, "web01", {})
+    platform.vms["web01"]["state"] = "off"
+    del platform.vms["web01"]["disks"][0][-512:]
+    with pytest.raises(VerifyError, match="holds %d bytes, the bundle %d" % (3 * MIB - 512, 3 * MIB)):
+        platform.verify(bundle, "web01", {})
+
+
+def test_verify_compares_the_spec(world):
+    bundle, platform = world
+    platform.vms["web01"]["spec"] = dict(platform.vms["web01"]["spec"], memory_mib=512)
+    with pytest.raises(VerifyError, match="memory_mib: target 512, bundle 256"):
+        platform.verify(bundle, "web01", {"digests": False})
