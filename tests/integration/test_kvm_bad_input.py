@@ -8,8 +8,10 @@
   fails naming the file, the disk is not modified, the bundle is not left complete.
 - transfer=stream on the local URI: export downloads the volume, import uploads it; the
   target equals the source per qemu-img compare; re-runs change nothing.
-- an import failing after volumes were made (the second disk file is gone): no domain, no
-  volume left; the re-run with the file back succeeds.
+- an import failing after volumes were made (the second disk's tables are garbage): no
+  domain, no volume left; the re-run with the file back succeeds.
+- a hand-edited bundle (digests_sha256, a capacity, a capacity and the spec's) or a missing
+  disk file: import (and check mode) refuses naming the field, before any volume is made.
 
 The missing pool is covered by test_kvm_migrate.py::test_bad_input.
 Every disk here is 16-32 MiB and no guest is booted.
@@ -354,14 +356,25 @@ def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module
     imp = {"bundle": bundle, "name": dst, "pool": target_pool, "cpu_mode": "default"}
     imp["domain_type"] = lab["domain_type"]
 
-    # The second disk's file is gone: disk0's volume is made and filled, disk1's copy fails.
+    # The second disk's file is gone: the bundle's own check refuses before any volume.
     os.rename(disks[1], disks[1] + ".away")
+    r = run_module("kvm_import", imp)
+    assert r["failed"] and r["error_kind"] == "input", r
+    assert "disk disk1: field disks[1].path names %s, which does not exist" % disks[1] in r["msg"], r["msg"]
+    assert not domain_exists(libvirt_conn, dst)
+    # Only this test's names: other tests may use the lab's target pool at the same time.
+    assert [v for v in volumes(libvirt_conn, target_pool) if v.startswith(dst)] == []
+    os.rename(disks[1] + ".away", disks[1])
+
+    # The second disk's header is intact but its tables are garbage: the bundle's check
+    # (which reads headers only) passes, disk0's volume is made and filled, disk1's copy fails.
+    shutil.copyfile(disks[1], disks[1] + ".away")
+    garble(disks[1])
     r = run_module("kvm_import", imp)
     assert r["failed"] and r["error_kind"] == "disk", r
     assert "cannot copy %s into volume %s-disk1.qcow2" % (disks[1], dst) in r["msg"], r["msg"]
     assert "Fix: " in r["msg"]
     assert not domain_exists(libvirt_conn, dst)
-    # Only this test's names: other tests may use the lab's target pool at the same time.
     assert [v for v in volumes(libvirt_conn, target_pool) if v.startswith(dst)] == []
 
     os.rename(disks[1] + ".away", disks[1])
@@ -374,3 +387,66 @@ def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module
     assert domain_exists(libvirt_conn, dst)
     again = run_module("kvm_import", imp)
     assert again["changed"] is False and again["_recap_changed"] == 0, again
+
+
+# --- a hand-edited bundle -----------------------------------------------------------------------
+
+
+def _edit_sha(m):
+    m["disks"][0]["digests_sha256"] = "%064x" % (int(m["disks"][0]["digests_sha256"], 16) ^ 1)
+
+
+def _edit_capacity(m):
+    m["disks"][0]["capacity"] += MIB
+
+
+def _edit_both_capacities(m):
+    m["disks"][0]["capacity"] += MIB
+    m["spec"]["disks"][0]["capacity"] += MIB
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (_edit_sha, "disks[0].digests_sha256"),
+        (_edit_capacity, "disks[0].capacity"),
+        (_edit_both_capacities, "disks[0].capacity"),
+    ],
+    ids=["digests_sha256", "capacity", "capacity-and-spec"],
+)
+def test_hand_edited_bundle_is_refused(lab, libvirt_conn, domains, run_module, tmp_path, tag, edit, field):
+    dom, (disk,) = domains("edit", [(16, write_pattern(4, 0x33))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    path = os.path.join(bundle, "manifest.json")
+    with open(path, encoding="utf-8") as fh:
+        original = fh.read()
+    m = json.loads(original)
+    edit(m)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(m, fh, indent=2)
+
+    dst = "lab-bad-dst-%s" % tag
+    target_pool = lab["pools"]["target"]
+    imp = {"bundle": bundle, "name": dst, "pool": target_pool, "cpu_mode": "default"}
+    imp["domain_type"] = lab["domain_type"]
+    for check in (True, False):
+        r = run_module("kvm_import", imp, check=check)
+        assert r["failed"] and r["error_kind"] == "input", r
+        msg = r["msg"]
+        assert "bundle %s, disk disk0: field %s " % (bundle, field) in msg, msg
+        assert "Fix: re-run the export/convert that wrote this bundle" in msg, msg
+        assert not domain_exists(libvirt_conn, dst)
+        assert [v for v in volumes(libvirt_conn, target_pool) if v.startswith(dst)] == []
+        assert not [f for f in os.listdir(lab["pool_paths"][target_pool]) if f.startswith(dst)]
+    assert not [f for f in os.listdir(bundle) if f.startswith(".upload.")]
+
+    # The same bundle unedited imports: the refusal came from the edit alone.
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(original)
+    r = run_module("kvm_import", imp)
+    assert not r.get("failed") and r["changed"], r
+    vol = libvirt_conn.storagePoolLookupByName(target_pool).storageVolLookupByName("%s-disk0.qcow2" % dst)
+    assert vol.info()[1] == 16 * MIB  # the capacity the disk really has
+    assert qemu_img_compare(disk, "qcow2", vol.path(), "qcow2").returncode == 0

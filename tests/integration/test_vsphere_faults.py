@@ -1,5 +1,6 @@
 """vSphere faults against the lab's vcsim: the connection dies mid-transfer, the datastore
-is too small, snapshot removal fails.
+is too small, snapshot removal fails, the bundle was hand-edited or its disk changed after
+it was written.
 
 Wrong password, unknown VM, missing datastore and missing port group are covered in
 test_vsphere_import.py and test_vsphere_export.py.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import threading
@@ -378,3 +380,90 @@ def test_snapshot_removal_failing(lab, vsphere_si, run_module, tmp_path, random_
     bundle = Bundle.load(bdir)
     assert bundle.complete and not bundle.manifest["created"]["snapshots"]
     assert same_bytes(flat, bundle.disk_path("disk0"))
+
+
+# --- a bundle that does not agree with itself ------------------------------------------------
+
+
+def _edit_sha(m):
+    m["disks"][0]["digests_sha256"] = "%064x" % (int(m["disks"][0]["digests_sha256"], 16) ^ 1)
+
+
+def _edit_capacity(m):
+    m["disks"][0]["capacity"] += MIB
+
+
+def _edit_both_capacities(m):
+    m["disks"][0]["capacity"] += MIB
+    m["spec"]["disks"][0]["capacity"] += MIB
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (_edit_sha, "disks[0].digests_sha256"),
+        (_edit_capacity, "disks[0].capacity"),
+        (_edit_both_capacities, "disks[0].capacity"),
+    ],
+    ids=["digests_sha256", "capacity", "capacity-and-spec"],
+)
+def test_import_hand_edited_bundle_is_refused(lab, vsphere_si, run_module, tmp_path, vm_name, edit, field):
+    image = random_disk(tmp_path / "disk.raw", 8 * MIB)
+    bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
+    with open(bundle.path, encoding="utf-8") as fh:
+        original = fh.read()
+    m = json.loads(original)
+    edit(m)
+    with open(bundle.path, "w", encoding="utf-8") as fh:
+        json.dump(m, fh, indent=2)
+    vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
+
+    for check in (True, False):
+        res = run_module("vsphere_import", import_args(lab, bundle.dir), check=check)
+        assert res.get("failed") and res["error_kind"] == "input", res
+        msg = res["msg"]
+        assert "bundle %s, disk disk0: field %s " % (bundle.dir, field) in msg, msg
+        assert "Fix: re-run the export/convert that wrote this bundle" in msg, msg
+        assert find_vm(vsphere_si, vm_name) is None
+        assert not os.path.exists(vm_dir)
+
+    # The same bundle unedited imports: the refusal came from the edit alone.
+    with open(bundle.path, "w", encoding="utf-8") as fh:
+        fh.write(original)
+    res = run_module("vsphere_import", import_args(lab, bundle.dir))
+    assert res.get("changed") and not res.get("failed"), res
+    assert same_bytes(flat_path(lab, vm_name), image)
+    disks = [d for d in find_vm(vsphere_si, vm_name).config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+    assert [d.capacityInBytes for d in disks] == [8 * MIB]
+
+
+def test_import_failing_after_upload_removes_what_it_made(lab, vsphere_si, run_module, tmp_path, vm_name):
+    image = random_disk(tmp_path / "disk.raw", 8 * MIB)
+    bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
+    # The disk's bytes change after the bundle was written, its size does not: the bundle's
+    # own check passes (it does not read disk data), the digests taken while uploading differ.
+    with open(image, "r+b") as fh:
+        fh.seek(3 * MIB + 5)
+        fh.write(os.urandom(4096))
+    vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
+    try:
+        res = run_module("vsphere_import", import_args(lab, bundle.dir))
+        assert res.get("failed"), res
+        msg = res["msg"]
+        assert "disk disk0 read from the bundle differs from its manifest digests in 1 blocks" in msg, msg
+        assert "first at byte %d" % (3 * MIB) in msg, msg
+        # Nothing left: no VM, and the VM's directory this run made is gone with its files.
+        assert find_vm(vsphere_si, vm_name) is None
+        assert not os.path.exists(vm_dir)
+
+        # A directory that was there before the run is kept with what it held; only the
+        # run's own files (marker, extent, descriptor) are removed.
+        os.makedirs(vm_dir)
+        with open(os.path.join(vm_dir, "keep.txt"), "w") as fh:
+            fh.write("not vmigrate's")
+        res = run_module("vsphere_import", import_args(lab, bundle.dir))
+        assert res.get("failed") and "differs from its manifest digests" in res["msg"], res
+        assert find_vm(vsphere_si, vm_name) is None
+        assert sorted(os.listdir(vm_dir)) == ["keep.txt"]
+    finally:
+        shutil.rmtree(vm_dir, ignore_errors=True)

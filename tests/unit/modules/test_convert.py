@@ -129,6 +129,7 @@ def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
 
     out = _bundle.Bundle.load(dest)
     assert out.complete and out.manifest["target_platform"] == "kvm"
+    out.check_integrity()  # what an import checks first
     assert out.manifest["spec"]["nics"][0]["model"] == "virtio"
     # digests computed in flight equal digests of the raw bytes read here
     assert bytes(out.load_digests("disk0").digests) == digests_of(raw)
@@ -190,6 +191,8 @@ def test_vsphere_monolithic_flat_then_hyperv_carries_digests(src_bundle, tmp_pat
     assert res2["disks"][0]["digests_sha256"] == res["disks"][0]["digests_sha256"]
     assert _disk.compare(raw, "raw", res2["disks"][0]["path"], "vhdx")
     assert res2["spec"]["nics"][0]["model"] == "hyperv"
+    _bundle.Bundle.load(vs).check_integrity()
+    _bundle.Bundle.load(hv).check_integrity()
 
 
 def test_same_format_is_referenced_not_copied(src_bundle, tmp_path):
@@ -199,6 +202,7 @@ def test_same_format_is_referenced_not_copied(src_bundle, tmp_path):
     assert res["disks"][0]["action"] == "reference"
     assert res["disks"][0]["path"] == src_bundle.disk_path("disk0")
     assert os.listdir(os.path.join(dest, "disks")) == []
+    _bundle.Bundle.load(dest).check_integrity()  # the data referenced in place
 
 
 def test_missing_disk_is_refused(src_bundle, tmp_path):
@@ -262,6 +266,7 @@ def test_incremental_sync_refreshes_without_converting_again(src_bundle, tmp_pat
     assert out.disks[0]["digests_sha256"] == disk["digests_sha256"]
     delta = out.disks[0]["deltas"][0]
     assert delta["path"] == os.path.join(src_bundle.dir, rel)
+    out.check_integrity()  # the base disk, the new digests and the delta agree
     assert run_module(args)["changed"] is False
 
     # the converted base plus the delta is the source now (applied to a copy, as an import would)

@@ -1250,6 +1250,8 @@ class KvmPlatform(Platform):
         """
         started = time.monotonic()
         manifest = self._complete_manifest(bundle)
+        # A hand-edited or damaged bundle is refused before any lookup or volume is made.
+        _bundle.Bundle(bundle, manifest).check_integrity()
         if manifest.get("target_platform") not in (None, "kvm"):
             raise InputError(
                 "bundle %s was converted for %s, not kvm" % (bundle, manifest["target_platform"]),

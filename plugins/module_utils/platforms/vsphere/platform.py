@@ -558,6 +558,21 @@ def delete_file(conn, ds_path, ignore_missing=True):
             raise
 
 
+def datastore_dir_exists(conn, ds_name, path):
+    """Whether the directory ``[ds_name] path`` exists (the datastore browser lists it)."""
+    ds = conn.datastore(ds_name)
+    ds_path = "[%s] %s" % (ds_name, path)
+    spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*"])
+    try:
+        task = ds.browser.SearchDatastore_Task(datastorePath=ds_path, searchSpec=spec)
+        wait_task(task, "list " + ds_path, conn.timeout)
+    except PlatformError as exc:
+        if exc.details.get("fault") == "vim.fault.FileNotFound":
+            return False
+        raise
+    return True
+
+
 def vmdk_descriptor(capacity, extent_name, adapter_type="lsilogic"):
     """A monolithicFlat VMDK descriptor, written by qemu-img (not by hand).
 
@@ -1277,6 +1292,9 @@ class VspherePlatform(Platform):
                 "bundle %s is incomplete (its last step did not finish)" % bundle.dir,
                 "re-run the export (and convert) that writes it",
             )
+        # A hand-edited or damaged bundle is refused before anything is looked up or uploaded;
+        # the digest comparison while uploading stays as a second guard (disk data changed).
+        bundle.check_integrity()
         spec, changes = _spec.apply_maps(
             bundle.manifest["spec"],
             "vsphere",
@@ -1312,6 +1330,9 @@ class VspherePlatform(Platform):
         uploaded = []
         ds_name = plan["datastore"]
         marker = "%s/vmigrate.partial" % name
+        # The VM's directory is removed on failure only when this run makes it: an existing
+        # one (another VM's, or a leftover) may hold files that are not ours.
+        made_dir = not datastore_dir_exists(self.conn, ds_name, name)
         try:
             put_file(self.conn, ds_name, marker, json.dumps(prov).encode(), len(json.dumps(prov)))
             stats = []
@@ -1319,7 +1340,7 @@ class VspherePlatform(Platform):
                 stats.append(self._upload_disk(bundle, item, uploaded))
             vm = self._create_vm(name, spec, plan, prov, options)
         except BaseException:
-            self._cleanup(uploaded, ds_name, marker)
+            self._cleanup(uploaded, ds_name, marker, name if made_dir else None)
             raise
         try:
             delete_file(self.conn, "[%s] %s" % (ds_name, marker))
@@ -1436,8 +1457,13 @@ class VspherePlatform(Platform):
             "progress": summary,
         }
 
-    def _cleanup(self, uploaded, ds_name, marker):
-        for ds, path in reversed(uploaded + [(ds_name, marker)]):
+    def _cleanup(self, uploaded, ds_name, marker, made_dir=None):
+        """Delete what this run uploaded, the marker, and ``made_dir`` (the VM's directory,
+        given only when this run created it; a folder delete is recursive)."""
+        paths = list(reversed(uploaded + [(ds_name, marker)]))
+        if made_dir:
+            paths.append((ds_name, made_dir))
+        for ds, path in paths:
             try:
                 delete_file(self.conn, "[%s] %s" % (ds, path))
             except Exception:  # best effort: the first error is the one to report

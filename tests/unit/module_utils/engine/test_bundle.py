@@ -1,11 +1,12 @@
 """Bundle manifests: validation naming the field, atomic saves, fingerprints, digests."""
 
+import hashlib
 import json
 import os
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
@@ -139,3 +140,161 @@ def test_save_manifest_helper(tmp_path):
     m["state"] = "complete"
     _bundle.save_manifest(b.dir, m)
     assert _bundle.load_manifest(b.dir)["state"] == "complete"
+
+
+# --- check_integrity: the bundle against itself -------------------------------------------
+
+
+def intact(tmp_path, in_place=False):
+    """A complete bundle: a 4 MiB raw disk with data, its digests, one delta file.
+
+    ``in_place``: the disk's data is referenced in place (an absolute path outside).
+    """
+    directory = tmp_path / "b"
+    raw = str(tmp_path / "source.raw") if in_place else str(directory / "disks" / "disk0.raw")
+    os.makedirs(os.path.dirname(raw), exist_ok=True)
+    with open(raw, "wb") as fh:
+        fh.truncate(4 * MiB)
+        fh.seek(MiB)
+        fh.write(os.urandom(100000))
+    delta = directory / "disks" / "disk0.delta-2.raw"
+    os.makedirs(delta.parent, exist_ok=True)
+    delta.write_bytes(b"x" * 512)
+    record = {
+        "id": "disk0",
+        "path": raw if in_place else "disks/disk0.raw",
+        "format": "raw",
+        "capacity": 4 * MiB,
+        "deltas": [{"index": 2, "path": "disks/disk0.delta-2.raw", "format": "raw", "extents": [[0, 512]]}],
+    }
+    b = _bundle.Bundle.create(str(directory), {"platform": "kvm", "id": "6f1e", "name": "web01"}, SPEC, save=False)
+    with _disk.open_guest(raw, "raw") as g:
+        b.save_digests(record, _blocks.digest_disk(g))
+    b.set_disk(record)
+    b.add_sync("full")
+    b.mark_complete()
+    return b
+
+
+def edit_manifest(b, change):
+    """Hand-edit manifest.json the way a user would, and load it again."""
+    with open(b.path) as fh:
+        m = json.load(fh)
+    change(m)
+    with open(b.path, "w") as fh:
+        json.dump(m, fh)
+    return _bundle.Bundle.load(b.dir)
+
+
+def _set(path, value):
+    def change(m):
+        obj = m
+        for key in path[:-1]:
+            obj = obj[key]
+        obj[path[-1]] = value
+
+    return change
+
+
+def _both(*changes):
+    def change(m):
+        for c in changes:
+            c(m)
+
+    return change
+
+
+def _rm(b, rel):
+    os.unlink(os.path.join(b.dir, rel))
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["in-bundle", "in-place"])
+def test_intact_bundle_passes(tmp_path, in_place):
+    b = intact(tmp_path, in_place)
+    assert b.check_integrity() is b
+    assert _bundle.Bundle.load(b.dir).check_integrity()
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (_set(["disks", 0, "digests_sha256"], "0" * 64), "disks[0].digests_sha256"),
+        (_set(["disks", 0, "capacity"], 5 * MiB), "disks[0].capacity"),
+        (
+            _both(_set(["disks", 0, "capacity"], 5 * MiB), _set(["spec", "disks", 0, "capacity"], 5 * MiB)),
+            "disks[0].capacity",
+        ),
+        # One byte less keeps the block count: the image's own size tells.
+        (_set(["disks", 0, "capacity"], 4 * MiB - 512), "disks[0].capacity"),
+        (_set(["spec", "disks", 0, "capacity"], 5 * MiB), "spec.disks[0].capacity"),
+        (_set(["disks", 0, "blocks"], 5), "disks[0].blocks"),
+        (_set(["disks", 0, "digests"], "digests/other.blocks"), "disks[0].digests"),
+        (_set(["disks", 0, "path"], "disks/other.raw"), "disks[0].path"),
+        (_set(["disks", 0, "deltas", 0, "path"], "disks/disk0.delta-3.raw"), "disks[0].deltas[0].path"),
+        (_set(["disks", 0, "id"], "disk1"), "spec.disks[0].id"),
+        (_set(["spec", "disks"], SPEC["disks"] + [{"id": "disk1", "capacity": MiB}]), "spec.disks[1].id"),
+    ],
+)
+def test_hand_edited_manifest_is_refused(tmp_path, edit, field):
+    b = edit_manifest(intact(tmp_path), edit)
+    with pytest.raises(InputError) as err:
+        b.check_integrity()
+    msg = str(err.value)
+    assert "bundle %s, disk " % b.dir in msg and "field %s " % field in msg, msg
+    assert "Fix: re-run the export/convert that wrote this bundle" in msg, msg
+
+
+def test_record_without_digests_is_refused(tmp_path):
+    b = intact(tmp_path)
+    del b.disks[0]["digests"], b.disks[0]["digests_sha256"]
+    with pytest.raises(InputError) as err:
+        b.check_integrity()
+    assert "disk disk0: field disks[0].digests is missing" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "damage,field",
+    [
+        (lambda b: _rm(b, "digests/disk0.blocks"), "disks[0].digests"),
+        (lambda b: _rm(b, "disks/disk0.raw"), "disks[0].path"),
+        (lambda b: _rm(b, "disks/disk0.delta-2.raw"), "disks[0].deltas[0].path"),
+        (lambda b: os.truncate(b.disk_path("disk0"), 5 * MiB), "disks[0].capacity"),
+        (lambda b: open(b.digest_path("disk0"), "ab").write(b"\0" * 32), "disks[0].digests_sha256"),
+    ],
+    ids=["digest-file-gone", "disk-gone", "delta-gone", "disk-grown", "digest-file-appended"],
+)
+def test_damaged_files_are_refused(tmp_path, damage, field):
+    b = intact(tmp_path)
+    damage(b)
+    with pytest.raises(InputError) as err:
+        b.check_integrity()
+    assert "disk disk0: field %s " % field in str(err.value), str(err.value)
+
+
+def test_digest_file_cut_with_matching_sha_is_refused_by_block_count(tmp_path):
+    b = intact(tmp_path)
+    path = b.digest_path("disk0")
+    with open(path, "rb") as fh:
+        data = fh.read()[:-32]
+    with open(path, "wb") as fh:
+        fh.write(data)
+    b = edit_manifest(b, _set(["disks", 0, "digests_sha256"], hashlib.sha256(data).hexdigest()))
+    with pytest.raises(InputError) as err:
+        b.check_integrity()
+    assert "field disks[0].capacity is 4194304 bytes, 4 blocks" in str(err.value)
+    assert "holds 3" in str(err.value)
+
+
+def test_source_referenced_in_place_is_checked(tmp_path):
+    b = intact(tmp_path, in_place=True)
+    os.truncate(b.disk_path("disk0"), 6 * MiB)  # the source disk grew after the export
+    with pytest.raises(InputError) as err:
+        b.check_integrity()
+    assert "field disks[0].capacity is 4194304 bytes, but the disk image %s" % b.disk_path("disk0") in str(err.value)
+
+
+def test_wrong_format_names_the_disk(tmp_path):
+    b = edit_manifest(intact(tmp_path), _set(["disks", 0, "format"], "qcow2"))
+    with pytest.raises(DiskError) as err:
+        b.check_integrity()
+    assert "bundle %s, disk disk0 (fields disks[0].path, disks[0].format)" % b.dir in str(err.value)
