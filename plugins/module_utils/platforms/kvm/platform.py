@@ -35,7 +35,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Prog
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform, check_target
 
 try:
     import libvirt
@@ -1303,6 +1303,8 @@ class KvmPlatform(Platform):
             if mapped:
                 nic["network"] = mapped["name"] if isinstance(mapped, dict) else mapped
         name = options.get("name") or spec.get("name")
+        # A name libvirt refuses, or a capacity a volume cannot hold exactly: say so now.
+        check_target("kvm", name, manifest["disks"])
         spec["name"] = name
         spec["uuid"] = None  # a new domain: the source keeps its UUID
         want = self._provenance_for(manifest, "complete")
@@ -1471,6 +1473,7 @@ class KvmPlatform(Platform):
                 else:
                     vol = pool.createXML(self._volume_xml(item["volume"], disk["capacity"], fmt), 0)
                     made.append(vol)
+                    self._exact_capacity(vol, disk["capacity"])
                     path = vol.path()
                     _disk._run_with_progress(
                         ["convert", "-p", "-n", "--target-is-zero", "-f", disk["format"], "-O", fmt, src, path],
@@ -1510,6 +1513,25 @@ class KvmPlatform(Platform):
             raise
         result["provenance"] = want
         return result
+
+    @staticmethod
+    def _exact_capacity(vol, capacity):
+        """Give a new, still empty volume exactly ``capacity`` bytes before it is filled.
+
+        libvirt asks qemu-img for qcow2 volumes in whole KiB, so a disk of 300 MiB + 512
+        bytes would come out 512 bytes bigger (and ``qemu-img convert -n`` keeps the
+        target's size). virStorageVolResize passes bytes through.
+        """
+        have = vol.info()[1]
+        if have == capacity:
+            return
+        vol.resize(capacity, libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if have > capacity else 0)
+        have = vol.info()[1]
+        if have != capacity:
+            raise PlatformError(
+                "volume %s has %d bytes after resizing to %d" % (vol.name(), have, capacity),
+                "check that libvirt and qemu-img on the host can resize %s volumes" % vol.name().rsplit(".", 1)[-1],
+            )
 
     @staticmethod
     def _volume_xml(name, capacity, fmt):

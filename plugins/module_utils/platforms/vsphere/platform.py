@@ -33,7 +33,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     V2VError,
     VerifyError,
 )
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform, check_target, escape_name
 
 try:
     from pyVim.connect import Disconnect, SmartConnect
@@ -865,7 +865,9 @@ class VspherePlatform(Platform):
         elif re.match(r"^vm-\d+$", ref):
             vm = next((v for v in self._all_vms() if v._moId == ref), None)
         if vm is None:
-            matches = [v for v in self._all_vms() if v.name == ref]
+            # vSphere stores slash, backslash and '%' in names escaped (a/b is a%2fb): match both forms.
+            names = {ref, escape_name("vsphere", ref)}
+            matches = [v for v in self._all_vms() if v.name in names]
             if len(matches) > 1:
                 raise InputError(
                     "%d VMs are named %r in datacenter %s (%s)"
@@ -1264,9 +1266,15 @@ class VspherePlatform(Platform):
             strict=bool(options.get("network_map")) and options.get("strict_maps", True),
         )
         name = options.get("name") or spec["name"]
+        check_target("vsphere", name, [bundle.disk(d["id"]) for d in spec["disks"]])
+        # vSphere's own form of the name: the VM's name and its datastore folder and files
+        # (a/b -> a%2fb), as vCenter writes them for a VM created in its client.
+        vsphere_name = escape_name("vsphere", name)
         prov = provenance_of(bundle)
         result = {"changed": False, "name": name, "spec_changes": changes, "provenance": prov}
-        vm = self.find_vm(name, required=False)
+        if vsphere_name != name:
+            result["vsphere_name"] = vsphere_name
+        vm = self.find_vm(vsphere_name, required=False)
         if vm is not None:
             found = read_provenance(vm) or {}
             same_origin = (
@@ -1285,22 +1293,25 @@ class VspherePlatform(Platform):
                 result.update(changed=True, action="replace")
                 return result
             self._destroy(vm)
-        plan = self._plan(name, spec, bundle, options)
+        plan = self._plan(vsphere_name, spec, bundle, options)
         result["disks"] = [{"id": p["id"], "file": p["file"]} for p in plan["disks"]]
         if check_mode:
             result.update(changed=True, action="create")
             return result
         uploaded = []
         ds_name = plan["datastore"]
-        marker = "%s/vmigrate.partial" % name
+        marker = "%s/vmigrate.partial" % vsphere_name
+        # A folder this run makes is removed whole on failure (with whatever a failed
+        # CreateVM left in it); in a folder that was there, only our own files are.
+        made_folder = not self._folder_exists(ds_name, vsphere_name)
         try:
             put_file(self.conn, ds_name, marker, json.dumps(prov).encode(), len(json.dumps(prov)))
             stats = []
             for item in plan["disks"]:
                 stats.append(self._upload_disk(bundle, item, uploaded, progress_factory))
-            vm = self._create_vm(name, spec, plan, prov, options)
+            vm = self._create_vm(vsphere_name, spec, plan, prov, options)
         except BaseException:
-            self._cleanup(uploaded, ds_name, marker)
+            self._cleanup(uploaded, ds_name, marker, vsphere_name if made_folder else None)
             raise
         try:
             delete_file(self.conn, "[%s] %s" % (ds_name, marker))
@@ -1417,8 +1428,27 @@ class VspherePlatform(Platform):
             "progress": summary,
         }
 
-    def _cleanup(self, uploaded, ds_name, marker):
-        for ds, path in reversed(uploaded + [(ds_name, marker)]):
+    def _folder_exists(self, ds_name, folder):
+        """True when ``[ds_name] folder`` exists (asked of the datastore browser)."""
+        browser = self.conn.datastore(ds_name).browser
+        spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["vmigrate.partial"])
+        try:
+            wait_task(
+                browser.SearchDatastore_Task(datastorePath="[%s] %s" % (ds_name, folder), searchSpec=spec),
+                "look for [%s] %s" % (ds_name, folder),
+                self.conn.timeout,
+            )
+        except PlatformError as exc:
+            if exc.details.get("fault") == "vim.fault.FileNotFound":
+                return False
+            raise
+        return True
+
+    def _cleanup(self, uploaded, ds_name, marker, folder=None):
+        """Remove what a failed import made: the folder if it made it, else its files."""
+        files = [(ds, path) for ds, path in uploaded if folder is None or ds != ds_name]
+        files += [(ds_name, folder)] if folder else [(ds_name, marker)]
+        for ds, path in reversed(files):
             try:
                 delete_file(self.conn, "[%s] %s" % (ds, path))
             except Exception:  # best effort: the first error is the one to report
