@@ -14,6 +14,9 @@ description:
     (C(qemu-img convert) on the libvirt host; C(virStorageVolUpload) for remote URIs or O(transfer=stream)),
     applies the bundle's incremental deltas, and only then defines the domain, so a half-made target is never
     defined. On failure the volumes made so far are removed.
+  - Each volume gets the source disk's exact capacity in bytes (libvirt makes qcow2 volumes in whole
+    KiB, so a new volume is resized before it is filled). A capacity that is not a multiple of
+    512 bytes cannot be held by a volume and is refused before anything is made.
   - The domain carries its provenance in C(<metadata>) - source id, the chain and sync number
     applied, the checkpoint and the bundle fingerprint. A re-run with the same bundle changes nothing.
   - When the domain exists with provenance from the same source and chain at an older sync, the
@@ -31,7 +34,9 @@ options:
     type: path
     required: true
   name:
-    description: Name of the target domain. Default - the spec's name.
+    description:
+      - Name of the target domain. Default - the spec's name.
+      - libvirt refuses a C(/) in a domain name; such a name is refused before anything is made.
     type: str
   pool:
     description: Storage pool the volumes are created in.

@@ -14,6 +14,9 @@ description:
     written by C(qemu-img) plus the raw flat extent) over the datastore file service
     (HTTPS C(/folder)), then creates the VM with C(CreateVM_Task) with the spec's CPUs,
     memory, firmware, controllers, NICs on the mapped networks and guest id.
+  - "The VM's name and each disk's capacity are checked before anything is uploaded: a name
+    longer than 80 characters, or a capacity that is not a multiple of 512 bytes (a VMDK
+    counts 512-byte sectors), is refused with the fix."
   - Buses and NIC models vSphere lacks become its defaults (pvscsi, vmxnet3); the
     translations are returned in RV(spec_changes).
   - "The target carries its provenance in extraConfig C(vmigrate.provenance) (source id,
@@ -22,8 +25,8 @@ description:
     origin is refused unless O(replace=true)."
   - "Nothing half-made looks complete: while disks upload, the VM folder holds a
     C(vmigrate.partial) marker and no VM exists; the VM is created last. A failure
-    removes what the run uploaded. While an existing target is updated it carries
-    extraConfig C(vmigrate.incomplete)."
+    removes what the run uploaded, and the VM folder when the run made it. While an
+    existing target is updated it carries extraConfig C(vmigrate.incomplete)."
   - "Incremental syncs: the bundle's disk image is kept up to date by the export, so the
     changed disks are uploaded again B(whole), because the datastore file service has no
     partial write. On real vSphere that costs a full disk transfer per changed disk per
@@ -47,7 +50,13 @@ options:
     type: path
     required: true
   name:
-    description: Name of the target VM. Defaults to the spec's name.
+    description:
+      - Name of the target VM. Defaults to the spec's name. At most 80 characters,
+        checked before anything is uploaded.
+      - "vSphere keeps C(/), C(\\) and C(%) in names escaped (C(%2f), C(%5c), C(%25)), as
+        vCenter does for a VM made in its client: the VM C(a/b) is stored as C(a%2fb)
+        (which the vSphere Client shows as C(a/b)), in the datastore folder C(a%2fb)
+        with files C(a%2fb.vmx), C(a%2fb.vmdk). The name as given finds that VM again."
     type: str
   datastore:
     description:
@@ -95,6 +104,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+name:
+  description: Name of the target VM, as given.
+  returned: always
+  type: str
+vsphere_name:
+  description: The name as vSphere stores it (and names the datastore folder), when escaping changed it.
+  returned: when the name holds C(/), C(\) or C(%)
+  type: str
+  sample: lab%2fweb01
 action:
   description:
     - What the import did with the target, decided the same way on every platform.

@@ -47,6 +47,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+digests:
+  description:
+    - V(compared) (each disk read back), V(not compared) (O(digests=false)), or V(verified earlier, before the
+      target was started) - a running target is not read again when its provenance records that a verify found
+      its disks equal to this bundle's (a first verify records that, which is its only change to the target).
+  returned: always
+  type: str
 ok:
   description: True when everything compared equal.
   returned: success
@@ -93,7 +100,7 @@ def main():
 
     def verify(platform):
         bundle = Bundle.load(options["bundle"])
-        return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options)
+        return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options, module.check_mode)
 
     run_step(module, _vsphere.VspherePlatform, verify)
 

@@ -12,6 +12,9 @@
   domain, no volume left; the re-run with the file back succeeds.
 - a hand-edited bundle (digests_sha256, a capacity, a capacity and the spec's) or a missing
   disk file: import (and check mode) refuses naming the field, before any volume is made.
+- a raw disk of 300 MiB + 512 bytes arrives with exactly that capacity (libvirt makes
+  qcow2 volumes in whole KiB), over both transfers and both volume formats; a domain
+  name with '/' is refused before anything is made.
 
 The missing pool is covered by test_kvm_migrate.py::test_bad_input.
 Every disk here is 16-32 MiB and no guest is booted.
@@ -88,17 +91,17 @@ def domains(lab, libvirt_conn, tag):
     made = {"domains": [], "files": []}
     src_dir = lab["pool_paths"][lab["pools"]["source"]]
 
-    def make(suffix, disks):
+    def make(suffix, disks, fmt="qcow2", unit=MIB):
         name = "lab-bad-%s-%s" % (suffix, tag)
         spec_disks, paths = [], {}
-        for i, (size_mib, writer) in enumerate(disks):
-            path = os.path.join(src_dir, "%s-disk%d.qcow2" % (name, i))
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "%dM" % size_mib], check=True)
+        for i, (size, writer) in enumerate(disks):
+            path = os.path.join(src_dir, "%s-disk%d.%s" % (name, i, fmt))
+            subprocess.run(["qemu-img", "create", "-q", "-f", fmt, path, str(size * unit)], check=True)
             made["files"].append(path)
             if writer:
                 writer(path)
-            spec_disks.append(_spec.new_disk(id="disk%d" % i, bus="virtio", format="qcow2", capacity=size_mib * MIB))
-            paths["disk%d" % i] = {"path": path, "format": "qcow2"}
+            spec_disks.append(_spec.new_disk(id="disk%d" % i, bus="virtio", format=fmt, capacity=size * unit))
+            paths["disk%d" % i] = {"path": path, "format": fmt}
         spec = _spec.new_spec(name=name, memory_mib=128, disks=spec_disks, nics=[])
         xml = _descriptors.libvirt_xml_from_spec(spec, paths, domain_type=lab["domain_type"])
         xml = xml.replace(' mode="host-passthrough"', "")
@@ -450,3 +453,74 @@ def test_hand_edited_bundle_is_refused(lab, libvirt_conn, domains, run_module, t
     vol = libvirt_conn.storagePoolLookupByName(target_pool).storageVolLookupByName("%s-disk0.qcow2" % dst)
     assert vol.info()[1] == 16 * MIB  # the capacity the disk really has
     assert qemu_img_compare(disk, "qcow2", vol.path(), "qcow2").returncode == 0
+
+
+# --- exact capacity: 300 MiB + 512 bytes ------------------------------------------------------
+
+ODD_SIZE = 300 * MIB + 512  # a multiple of 512, not of 1 KiB
+
+
+def write_head_and_tail(path):
+    """Random data at the start and in the last 512 bytes, which a KiB-rounded copy moves off the end."""
+    with open(path, "r+b") as fh:
+        fh.write(os.urandom(MIB))
+        fh.seek(ODD_SIZE - 512)
+        fh.write(os.urandom(512))
+    assert os.path.getsize(path) == ODD_SIZE
+
+
+def qemu_img_info(path):
+    out = subprocess.run(["qemu-img", "info", "--output=json", "-U", path], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("transfer", ["path", "stream"])
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_exact_capacity(lab, libvirt_conn, domains, run_module, tmp_path, tag, transfer, fmt):
+    dom, (disk,) = domains("exact", [(ODD_SIZE, write_head_and_tail)], fmt="raw", unit=1)
+    disk_sum = sha256(disk)
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    assert manifest(bundle)["disks"][0]["capacity"] == ODD_SIZE
+
+    dst = "lab-bad-dst-%s" % tag
+    target_pool = lab["pools"]["target"]
+    imp = {"bundle": bundle, "name": dst, "pool": target_pool, "transfer": transfer, "volume_format": fmt}
+    imp.update(cpu_mode="default", domain_type=lab["domain_type"])
+    r = run_module("kvm_import", imp)
+    assert not r.get("failed") and r["changed"] and r["transfer"] == transfer, r
+
+    vol = libvirt_conn.storagePoolLookupByName(target_pool).storageVolLookupByName("%s-disk0.%s" % (dst, fmt))
+    info = qemu_img_info(vol.path())
+    assert info["format"] == fmt and info["virtual-size"] == ODD_SIZE, info
+    assert vol.info()[1] == ODD_SIZE
+    cmp = qemu_img_compare(disk, "raw", vol.path(), fmt)
+    assert cmp.returncode == 0 and "Images are identical" in cmp.stdout, cmp.stdout + cmp.stderr
+    # libvirt's own view of the domain's disk: the same byte count the guest will see.
+    target = libvirt_conn.lookupByName(dst)
+    assert target.blockInfo("vda", 0)[0] == ODD_SIZE
+
+    verified = run_module("kvm_verify", {"bundle": bundle, "name": dst})
+    assert not verified.get("failed") and verified["ok"], verified
+    assert [d["capacity"] for d in verified["disks"]] == [ODD_SIZE], verified["disks"]
+    assert sha256(disk) == disk_sum
+
+
+def test_domain_name_with_slash_is_refused_up_front(lab, libvirt_conn, domains, run_module, tmp_path, tag):
+    dom, _disks = domains("slash", [(16, write_pattern(2))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    target_pool = lab["pools"]["target"]
+    dst = "lab-bad-dst-%s/x" % tag
+    r = run_module("kvm_import", {"bundle": bundle, "name": dst, "pool": target_pool})
+    assert r["failed"] and r["error_kind"] == "input", r
+    assert (
+        "the VM name %r contains '/', which is not allowed in a libvirt domain name (libvirt refuses it)" % dst
+        in r["msg"]
+    ), r["msg"]
+    assert "Fix: give another name (option name), e.g. 'lab-bad-dst-%s-x'" % tag in r["msg"], r["msg"]
+    # Only this test's names: other tests may use the lab's target pool at the same time.
+    assert [v for v in volumes(libvirt_conn, target_pool) if v.startswith("lab-bad-dst-%s" % tag)] == []
+    assert not [d for d in domain_names(libvirt_conn) if d.startswith("lab-bad-dst-%s" % tag)]

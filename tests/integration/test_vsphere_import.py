@@ -14,6 +14,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import urllib.parse
 import uuid
 
 import pytest
@@ -258,3 +259,119 @@ def test_tls_needs_the_lab_ca(lab, run_module):
 
     res = run_module("vsphere_vm_info", conn_vars(lab, vms=["no-such-vm"]))
     assert res.get("failed") and "VM 'no-such-vm' not found" in res["msg"], res
+
+
+# --- VM names vSphere escapes or refuses -----------------------------------------------------
+
+
+def small_image(tmp_path):
+    """A 4 MiB raw disk with 1 MiB of data: names are the subject here, not bytes."""
+    path = str(tmp_path / "small.raw")
+    with open(path, "wb") as fh:
+        fh.write(os.urandom(1024 * 1024))
+        fh.truncate(4 * 1024 * 1024)
+    return path
+
+
+def subdirs(top):
+    return [os.path.join(d, n) for d, dirs, _files in os.walk(top) for n in dirs]
+
+
+def entries_with(ds_dir, tag):
+    """What the datastore directory holds for this test (others may use vcsim meanwhile)."""
+    return {n for n in os.listdir(ds_dir) if tag in n}
+
+
+@pytest.fixture
+def made_vms(vsphere_si):
+    """Names (as vSphere stores them) of the VMs a test made; destroyed afterwards."""
+    names = []
+    yield names
+    for name in names:
+        destroy(vsphere_si, name)
+
+
+@pytest.mark.parametrize(
+    "name, stored",
+    [("lab-b/slash-%s", "lab-b%%2fslash-%s"), ("lab-b-50%%-%s", "lab-b-50%%25-%s")],
+    ids=["slash", "percent"],
+)
+def test_names_are_escaped_like_vcenter(lab, vsphere_si, run_module, tmp_path, made_vms, name, stored):
+    tag = uuid.uuid4().hex[:6]
+    name, stored = name % tag, stored % tag
+    made_vms.append(stored)
+    ds_dir = lab["vcsim"]["datastore_dir"]
+    image = small_image(tmp_path)
+    bundle = make_bundle(str(tmp_path / "b"), image, "source-vm")
+    args = conn_vars(
+        lab, bundle=bundle.dir, name=name, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"}
+    )
+    assert entries_with(ds_dir, tag) == set()
+    res = run_module("vsphere_import", args)
+    assert not res.get("failed") and res["changed"] and res["action"] == "create", res
+    assert res["name"] == name and res["vsphere_name"] == stored, res
+
+    # vCenter keeps the name escaped in its inventory (its client shows it unescaped).
+    vm = find_vm(vsphere_si, stored)
+    assert vm is not None and vm.name == stored and urllib.parse.unquote(vm.name) == name
+    assert vm.config.files.vmPathName == "[%s] %s/%s.vmx" % (lab["vcsim"]["datastore"], stored, stored)
+    # One new datastore folder, named like the VM, with no folders inside.
+    assert entries_with(ds_dir, tag) == {stored}
+    assert not os.path.exists(os.path.join(ds_dir, name))  # not a/b as nested folders
+    folder = os.path.join(ds_dir, stored)
+    assert subdirs(folder) == [], subdirs(folder)
+    files = set(os.listdir(folder))
+    assert {stored + ".vmx", stored + ".vmdk", stored + "-flat.vmdk"} <= files, files
+    assert "vmigrate.partial" not in files
+    cmp = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "raw", os.path.join(folder, stored + "-flat.vmdk"), image],
+        capture_output=True,
+        text=True,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+    # The name as the user wrote it finds the VM again: verify, and a re-run that changes nothing.
+    res = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, vm=name))
+    assert not res.get("failed") and res["moid"] == vm._moId and res["disks"][0]["mismatched"] == 0, res
+    res = run_module("vsphere_import", args)
+    assert not res.get("failed") and res["changed"] is False and res["action"] == "none", res
+    assert entries_with(ds_dir, tag) == {stored}
+
+
+def test_too_long_name_is_refused_before_any_upload(lab, vsphere_si, run_module, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    name = "lab-b-long-%s-" % tag + "x" * 63  # 81 characters
+    ds_dir = lab["vcsim"]["datastore_dir"]
+    bundle = make_bundle(str(tmp_path / "b"), small_image(tmp_path), "source-vm")
+    args = conn_vars(
+        lab, bundle=bundle.dir, name=name, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"}
+    )
+    res = run_module("vsphere_import", args)
+    assert res.get("failed") and res["error_kind"] == "input", res
+    assert "the VM name %r is 81 characters long; a vSphere VM name has at most 80" % name in res["msg"], res
+    assert "Fix: give a shorter name" in res["msg"]
+    assert entries_with(ds_dir, tag) == set()
+    assert find_vm(vsphere_si, name) is None
+
+
+def test_failed_create_removes_the_folder_it_made(lab, vsphere_si, run_module, tmp_path, made_vms):
+    """CreateVM fails after the disks are up (vcsim refuses the hardware version): nothing stays."""
+    tag = uuid.uuid4().hex[:6]
+    name = "lab-b-fail/%s" % tag
+    stored = name.replace("/", "%2f")
+    made_vms.append(stored)
+    ds_dir = lab["vcsim"]["datastore_dir"]
+    bundle = make_bundle(str(tmp_path / "b"), small_image(tmp_path), "source-vm")
+    args = conn_vars(
+        lab,
+        bundle=bundle.dir,
+        name=name,
+        datastore=lab["vcsim"]["datastore"],
+        network_map={"lab-net": "VM Network"},
+        hardware_version="vmx-bad",
+    )
+    res = run_module("vsphere_import", args)
+    assert res.get("failed") and "create VM %s" % stored in res["msg"], res
+    assert entries_with(ds_dir, tag) == set()
+    assert not os.path.exists(os.path.join(ds_dir, "lab-b-fail", tag))
+    assert find_vm(vsphere_si, stored) is None

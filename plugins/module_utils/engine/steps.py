@@ -23,6 +23,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks 
 # The one provenance shape every target carries (libvirt <metadata>, vSphere
 # extraConfig, Hyper-V Notes). `fingerprint` is the content: the digest lists of the
 # disks, so two bundles of the same bytes agree whatever else their manifests say.
+# `verified` is the fingerprint a verify last compared the target's disks with and found
+# equal: a target running since (booted by the check) is not read again.
 PROVENANCE_KEYS = (
     "source_id",
     "source_platform",
@@ -33,6 +35,7 @@ PROVENANCE_KEYS = (
     "fingerprint",
     "disks",
     "state",
+    "verified",
 )
 
 
@@ -73,6 +76,7 @@ def provenance(manifest, state="complete"):
         "fingerprint": content_fingerprint(manifest),
         "disks": disk_fingerprints(manifest),
         "state": state,
+        "verified": None,
     }
 
 
@@ -325,16 +329,28 @@ def run_verify(platform, bundle, ref, options):
     if options.get("spec", True):
         fields, mismatches = compare_spec(platform.describe(vm), bundle.manifest["spec"])
     result = {"changed": False, "name": name, "disks": [], "spec": fields, "boot": None, "bytes_read": 0}
-    if options.get("digests", True):
-        if platform.power_state(vm) != "off":
+    prov = read_provenance(platform.read_provenance(vm))
+    fingerprint = content_fingerprint(bundle.manifest)
+    result["digests"] = "not compared"
+    if options.get("digests", True) and platform.power_state(vm) != "off":
+        if not prov or prov["verified"] != fingerprint or prov["fingerprint"] != fingerprint:
             raise InputError(
                 "target VM %s is %s: its disks change while they are read" % (name, platform.power_state(vm)),
                 "shut it down before verifying digests, or set digests=false",
             )
+        # Compared equal by an earlier verify, then started (by its boot check): the
+        # guest has written since, so the disks are not read again.
+        result["digests"] = "verified earlier, before the target was started"
+    elif options.get("digests", True):
         for record, tdisk in zip(bundle.disks, platform.target_disks(vm), strict=False):
             rec = _verify_disk(platform, vm, bundle, record, tdisk, mismatches)
             result["bytes_read"] += rec["bytes_read"]
             result["disks"].append(rec)
+        result["digests"] = "compared"
+        if not mismatches and prov and prov["verified"] != fingerprint and not options.get("_check_mode"):
+            # The target is the journal: it records what it was found equal to.
+            platform.write_provenance(vm, dict(prov, verified=fingerprint))
+            result["changed"] = True
     if options.get("boot_check") and not mismatches:
         result["boot"] = platform.boot_check(vm, options)
         result["changed"] = bool(result["boot"].get("changed"))
@@ -345,7 +361,11 @@ def run_verify(platform, bundle, ref, options):
     result["ok"] = not mismatches
     result["summary"] = "verify %s: %s" % (
         name,
-        "OK (%d disk(s) equal%s)" % (len(result["disks"]), ", booted" if result["boot"] else "")
+        "OK (%s%s)"
+        % (
+            "%d disk(s) equal" % len(result["disks"]) if result["disks"] else "digests " + result["digests"],
+            ", booted" if result["boot"] else "",
+        )
         if result["ok"]
         else "; ".join(mismatches),
     )

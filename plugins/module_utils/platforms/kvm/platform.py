@@ -37,7 +37,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descrip
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform, check_target
 
 try:
     import libvirt
@@ -1259,6 +1259,8 @@ class KvmPlatform(Platform):
             )
         spec, changes = _spec.apply_maps(manifest["spec"], "kvm", network_map=options.get("network_map") or None)
         name = options.get("name") or spec.get("name")
+        # A name libvirt refuses, or a capacity a volume cannot hold exactly: say so now.
+        check_target("kvm", name, manifest["disks"])
         spec["name"] = name
         spec["uuid"] = None  # a new domain: the source keeps its UUID
         existing = self.lookup(name)
@@ -1404,6 +1406,7 @@ class KvmPlatform(Platform):
                 else:
                     vol = pool.createXML(self._volume_xml(item["volume"], disk["capacity"], fmt), 0)
                     made.append(vol)
+                    self._exact_capacity(vol, disk["capacity"])
                     path = vol.path()
                     _disk._run_with_progress(
                         ["convert", "-p", "-n", "--target-is-zero", "-f", disk["format"], "-O", fmt, src, path],
@@ -1443,6 +1446,25 @@ class KvmPlatform(Platform):
             raise
         result["provenance"] = want
         return result
+
+    @staticmethod
+    def _exact_capacity(vol, capacity):
+        """Give a new, still empty volume exactly ``capacity`` bytes before it is filled.
+
+        libvirt asks qemu-img for qcow2 volumes in whole KiB, so a disk of 300 MiB + 512
+        bytes would come out 512 bytes bigger (and ``qemu-img convert -n`` keeps the
+        target's size). virStorageVolResize passes bytes through.
+        """
+        have = vol.info()[1]
+        if have == capacity:
+            return
+        vol.resize(capacity, libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if have > capacity else 0)
+        have = vol.info()[1]
+        if have != capacity:
+            raise PlatformError(
+                "volume %s has %d bytes after resizing to %d" % (vol.name(), have, capacity),
+                "check that libvirt and qemu-img on the host can resize %s volumes" % vol.name().rsplit(".", 1)[-1],
+            )
 
     @staticmethod
     def _volume_xml(name, capacity, fmt):
@@ -1629,6 +1651,14 @@ class KvmPlatform(Platform):
     @staticmethod
     def vm_name(vm):
         return vm.name()
+
+    @staticmethod
+    def read_provenance(vm):
+        return read_provenance(vm)
+
+    @staticmethod
+    def write_provenance(vm, prov):
+        write_provenance(vm, prov)
 
     def power_state(self, vm):
         return self.state(vm) if self._is_running(vm) else "off"

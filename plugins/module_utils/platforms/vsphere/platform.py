@@ -34,7 +34,12 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
 )
 from ansible_collections.vmigrate.v2v.plugins.module_utils._files import part_path, publish
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import (
+    BOOT_TIMEOUT,
+    Platform,
+    check_target,
+    escape_name,
+)
 
 try:
     from pyVim.connect import Disconnect, SmartConnect
@@ -894,7 +899,9 @@ class VspherePlatform(Platform):
         elif re.match(r"^vm-\d+$", ref):
             vm = next((v for v in self._all_vms() if v._moId == ref), None)
         if vm is None:
-            matches = [v for v in self._all_vms() if v.name == ref]
+            # vSphere stores slash, backslash and '%' in names escaped (a/b is a%2fb): match both forms.
+            names = {ref, escape_name("vsphere", ref)}
+            matches = [v for v in self._all_vms() if v.name in names]
             if len(matches) > 1:
                 raise InputError(
                     "%d VMs are named %r in datacenter %s (%s)"
@@ -1303,18 +1310,24 @@ class VspherePlatform(Platform):
             strict=bool(options.get("network_map")) and options.get("strict_maps", True),
         )
         name = options.get("name") or spec["name"]
-        vm = self.lookup(name)
+        check_target("vsphere", name, [bundle.disk(d["id"]) for d in spec["disks"]])
+        # vSphere's own form of the name: the VM's name and its datastore folder and files
+        # (a/b -> a%2fb), as vCenter writes them for a VM created in its client.
+        vsphere_name = escape_name("vsphere", name)
+        vm = self.lookup(vsphere_name)
         found = read_provenance(vm) if vm is not None else None
         decision = _steps.plan_import(bundle.manifest, name, vm is not None, found, bool(options.get("replace")))
         prov = decision.want
         result = _steps.import_result(decision, name, changes)
+        if vsphere_name != name:
+            result["vsphere_name"] = vsphere_name
         if decision.action == "none":
             result["moid"] = vm._moId
             return result
         if decision.action == "record":
             result["moid"] = vm._moId
             if not check_mode:
-                self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
+                self.write_provenance(vm, prov)
             return result
         if decision.action in ("deltas", "rewrite"):
             return self._update_vm(vm, bundle, spec, decision, result, check_mode)
@@ -1323,24 +1336,24 @@ class VspherePlatform(Platform):
             if check_mode:
                 return result
             self._destroy(vm)
-        plan = self._plan(name, spec, bundle, options)
+        plan = self._plan(vsphere_name, spec, bundle, options)
         result["disks"] = [{"id": p["id"], "file": p["file"]} for p in plan["disks"]]
         if check_mode:
             return result
         uploaded = []
         ds_name = plan["datastore"]
-        marker = "%s/vmigrate.partial" % name
-        # The VM's directory is removed on failure only when this run makes it: an existing
-        # one (another VM's, or a leftover) may hold files that are not ours.
-        made_dir = not datastore_dir_exists(self.conn, ds_name, name)
+        marker = "%s/vmigrate.partial" % vsphere_name
+        # A folder this run makes is removed whole on failure (with whatever a failed
+        # CreateVM left in it); in a folder that was there, only our own files are.
+        made_folder = not datastore_dir_exists(self.conn, ds_name, vsphere_name)
         try:
             put_file(self.conn, ds_name, marker, json.dumps(prov).encode(), len(json.dumps(prov)))
             stats = []
             for item in plan["disks"]:
                 stats.append(self._upload_disk(bundle, item, uploaded))
-            vm = self._create_vm(name, spec, plan, prov, options)
+            vm = self._create_vm(vsphere_name, spec, plan, prov, options)
         except BaseException:
-            self._cleanup(uploaded, ds_name, marker, name if made_dir else None)
+            self._cleanup(uploaded, ds_name, marker, vsphere_name if made_folder else None)
             raise
         try:
             delete_file(self.conn, "[%s] %s" % (ds_name, marker))
@@ -1457,13 +1470,11 @@ class VspherePlatform(Platform):
             "progress": summary,
         }
 
-    def _cleanup(self, uploaded, ds_name, marker, made_dir=None):
-        """Delete what this run uploaded, the marker, and ``made_dir`` (the VM's directory,
-        given only when this run created it; a folder delete is recursive)."""
-        paths = list(reversed(uploaded + [(ds_name, marker)]))
-        if made_dir:
-            paths.append((ds_name, made_dir))
-        for ds, path in paths:
+    def _cleanup(self, uploaded, ds_name, marker, folder=None):
+        """Remove what a failed import made: the folder if it made it, else its files."""
+        files = [(ds, path) for ds, path in uploaded if folder is None or ds != ds_name]
+        files += [(ds_name, folder)] if folder else [(ds_name, marker)]
+        for ds, path in reversed(files):
             try:
                 delete_file(self.conn, "[%s] %s" % (ds, path))
             except Exception:  # best effort: the first error is the one to report
@@ -1639,6 +1650,13 @@ class VspherePlatform(Platform):
     @staticmethod
     def vm_name(vm):
         return vm.name
+
+    @staticmethod
+    def read_provenance(vm):
+        return read_provenance(vm)
+
+    def write_provenance(self, vm, prov):
+        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
 
     @staticmethod
     def power_state(vm):

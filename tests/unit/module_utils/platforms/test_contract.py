@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
@@ -70,6 +71,12 @@ class FakePlatform(Platform):
 
     def import_vm(self, bundle, options, check_mode=False):
         raise NotImplementedError
+
+    def read_provenance(self, vm):
+        return self.vms[vm].get("provenance")
+
+    def write_provenance(self, vm, prov):
+        self.vms[vm]["provenance"] = prov
 
     def target_disks(self, vm):
         return [{"where": "%s/disk%d" % (vm, i), "index": i} for i in range(len(self.vms[vm]["disks"]))]
@@ -145,3 +152,21 @@ def test_verify_compares_the_spec(world):
     platform.vms["web01"]["spec"] = dict(platform.vms["web01"]["spec"], memory_mib=512)
     with pytest.raises(VerifyError, match="memory_mib: target 512, bundle 256"):
         platform.verify(bundle, "web01", {"digests": False})
+
+
+def test_verify_records_its_result_and_trusts_it_once_the_target_runs(world):
+    bundle, platform = world
+    vm = platform.vms["web01"]
+    vm["provenance"] = steps.provenance(bundle.manifest)
+    first = platform.verify(bundle, "web01", {})
+    assert first["changed"] and vm["provenance"]["verified"] == steps.content_fingerprint(bundle.manifest)
+    again = platform.verify(bundle, "web01", {})
+    assert not again["changed"] and again["digests"] == "compared"
+    vm["state"] = "running"  # booted after the check: the guest writes
+    vm["disks"][0][0] = 0xFF
+    running = platform.verify(bundle, "web01", {})
+    assert running["ok"] and running["digests"].startswith("verified earlier") and running["bytes_read"] == 0
+    # Another bundle's content was never verified on it: refused, not trusted.
+    vm["provenance"] = dict(vm["provenance"], verified="0" * 64)
+    with pytest.raises(InputError, match="shut it down before verifying digests"):
+        platform.verify(bundle, "web01", {})
