@@ -47,22 +47,14 @@ def _human(n):
     return "%d B" % n
 
 
-def _transfers(value, depth=3):
-    """Progress summaries (dicts with a rate) anywhere a few levels deep in a result."""
-    if depth < 0:
-        return []
-    if isinstance(value, dict):
-        if "rate_bytes_per_second" in value:
-            return [value]
-        children = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return []
-    found = []
-    for child in children:
-        found.extend(_transfers(child, depth - 1))
-    return found
+def _row(host, step, res):
+    """One summary line; every step's result ends with the same keys (engine/steps.finish_step)."""
+    line = "%-28s %-22s changed=%-5s" % (host, step, res.get("changed"))
+    if res.get("rate_bytes_per_second"):
+        line += " %10s/s" % _human(res["rate_bytes_per_second"])
+    if isinstance(res.get("summary"), str):
+        line += "  " + res["summary"]
+    return line
 
 
 class CallbackModule(CallbackBase):
@@ -132,17 +124,7 @@ class CallbackModule(CallbackBase):
         task = result._task
         if not task.action.startswith(PREFIX):
             return
-        res = result._result
-        moved = sum(int(t.get("bytes") or 0) for t in _transfers(res))
-        seconds = sum(float(t.get("seconds") or 0) for t in _transfers(res))
-        line = "%-28s %-22s changed=%-5s" % (result._host.get_name(), task.action[len(PREFIX) :], res.get("changed"))
-        if moved:
-            line += " moved %s in %.1f s (%s/s)" % (_human(moved), seconds, _human(moved / seconds if seconds else 0))
-        if "verified" in res:
-            line += " verified=%s" % res.get("verified")
-        if res.get("summary") and isinstance(res["summary"], str):
-            line += "  " + res["summary"]
-        self._rows.append(line)
+        self._rows.append(_row(result._host.get_name(), task.action[len(PREFIX) :], result._result))
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         if result._task.action.startswith(PREFIX):

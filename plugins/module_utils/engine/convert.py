@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
@@ -26,6 +27,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 
 DEFAULT_FORMAT = {"kvm": "qcow2", "vsphere": "vmdk", "hyperv": "vhdx"}
 # vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
@@ -225,6 +227,12 @@ class Converter:
     # -- running --
 
     def run(self, check_mode=False):
+        started = time.monotonic()
+        result = self._run(check_mode)
+        result["bytes_written"] = sum(int(p.get("bytes") or 0) for p in result.get("progress") or [])
+        return _steps.finish_step(result, started, "convert to %s %s" % (self.target, self.dest))
+
+    def _run(self, check_mode):
         src = _bundle.Bundle.load(self.src)
         spec_before = src.manifest["spec"]
         spec_after, changes = translate(spec_before, self.target, self.network_map, self.storage_map)

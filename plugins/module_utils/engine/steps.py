@@ -289,19 +289,29 @@ def check_export_mode(mode, running, has_chain, name, bundle_dir):
     return "warm" if running else "cold"
 
 
-def finish_export(result, name, started):
-    """The keys every export result ends with: seconds and a readable summary."""
+def finish_step(result, started, what):
+    """The keys every step's result ends with, whatever the platform: changed,
+    bytes_read, bytes_written, seconds, rate_bytes_per_second and a readable summary
+    (``what`` says what was done: "cold full export of web01")."""
+    result["changed"] = bool(result.get("changed"))
+    result["bytes_read"] = int(result.get("bytes_read") or 0)
+    result["bytes_written"] = int(result.get("bytes_written") or 0)
     result["seconds"] = round(time.monotonic() - started, 3)
-    result["summary"] = "%s %s export of %s: read %s, wrote %s in %.1f s%s" % (
-        result.get("mode") or "",
-        result.get("kind") or "",
-        name,
-        human_bytes(result.get("bytes_read") or 0),
-        human_bytes(result.get("bytes_written") or 0),
+    moved = max(result["bytes_read"], result["bytes_written"])
+    result["rate_bytes_per_second"] = int(moved / result["seconds"]) if result["seconds"] > 0 else 0
+    result["summary"] = "%s: read %s, wrote %s in %.1f s%s" % (
+        what,
+        human_bytes(result["bytes_read"]),
+        human_bytes(result["bytes_written"]),
         result["seconds"],
-        "" if result.get("changed") else " (nothing new)",
+        "" if result["changed"] else " (nothing to do)",
     )
     return result
+
+
+def finish_export(result, name, started):
+    what = "%s %s export of %s" % (result.get("mode") or "", result.get("kind") or "", name)
+    return finish_step(result, started, what.strip())
 
 
 def require_complete(bundle):
@@ -356,9 +366,9 @@ def run_verify(platform, bundle, ref, options):
         result["changed"] = bool(result["boot"].get("changed"))
         if not result["boot"]["ok"]:
             mismatches.append("boot: %s" % result["boot"]["reason"])
-    result["seconds"] = round(time.monotonic() - started, 3)
     result["mismatches"] = mismatches
     result["ok"] = not mismatches
+    finish_step(result, started, "verify %s" % name)
     result["summary"] = "verify %s: %s" % (
         name,
         "OK (%s%s)"

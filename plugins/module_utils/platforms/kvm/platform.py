@@ -1280,15 +1280,7 @@ class KvmPlatform(Platform):
             result.update(self._create(manifest, bundle, spec, name, want, options, check_mode))
             existing = self.lookup(name)
         result.update(self._maybe_start(existing, options, check_mode, changed=result["changed"]))
-        result["seconds"] = round(time.monotonic() - started, 3)
-        result["summary"] = "import %s (%s): wrote %s in %.1f s%s" % (
-            name,
-            plan.action,
-            human_bytes(result["bytes_written"]),
-            result["seconds"],
-            "" if result["changed"] else " (nothing to do)",
-        )
-        return result
+        return _steps.finish_step(result, started, "import %s (%s)" % (name, plan.action))
 
     def _complete_manifest(self, bundle):
         manifest = _load_manifest(bundle)

@@ -1292,6 +1292,11 @@ class VspherePlatform(Platform):
         VM is created (its provenance says it is complete) and the marker removed. A
         failure removes what this run uploaded; a re-run finding the marker starts over.
         """
+        started = time.monotonic()
+        result = self._import(bundle, options, check_mode)
+        return _steps.finish_step(result, started, "import %s (%s)" % (result["name"], result["action"]))
+
+    def _import(self, bundle, options, check_mode):
         from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
         if not bundle.complete:

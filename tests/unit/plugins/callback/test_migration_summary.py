@@ -1,15 +1,11 @@
 from ansible_collections.vmigrate.v2v.plugins.callback import migration_summary
 
 
-def test_transfers_found_at_any_shallow_depth():
-    result = {
-        "changed": True,
-        "transfer": [{"disk": "disk0", "progress": {"bytes": 10, "seconds": 2.0, "rate_bytes_per_second": 5}}],
-        "progress": {"bytes": 7, "seconds": 1.0, "rate_bytes_per_second": 7},
-        "spec": {"disks": [{"capacity": 1}]},
-    }
-    found = migration_summary._transfers(result)
-    assert sorted(t["bytes"] for t in found) == [7, 10]
+def test_row_reads_the_keys_every_step_ends_with():
+    res = {"changed": True, "rate_bytes_per_second": 3 * 1024 * 1024, "summary": "import web01 (create): ..."}
+    row = migration_summary._row("web01", "kvm_import", res)
+    assert "kvm_import" in row and "changed=True" in row and "3.0 MiB/s" in row and row.endswith("(create): ...")
+    assert "/s" not in migration_summary._row("web01", "kvm_verify", {"changed": False, "summary": "verify web01: OK"})
 
 
 def test_human():
