@@ -15,6 +15,7 @@ from __future__ import annotations
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
 
 
@@ -30,6 +31,31 @@ def export_options(**extra):
     )
     spec.update(extra)
     return spec
+
+
+def import_options(**extra):
+    """Doc fragment vmigrate.v2v.import_."""
+    spec = dict(
+        bundle=dict(type="path", required=True),
+        name=dict(type="str"),
+        replace=dict(type="bool", default=False),
+        network_map=dict(type="dict"),
+        storage_map=dict(type="dict"),
+    )
+    spec.update(extra)
+    return spec
+
+
+def import_step(module, platform_class):
+    """The whole main() of an import module: load the bundle, import, exit."""
+
+    def step(platform):
+        result = platform.import_vm(Bundle.load(module.params["bundle"]), module.params, module.check_mode)
+        if not module._diff:
+            result.pop("diff", None)
+        return result
+
+    run_step(module, platform_class, step)
 
 
 def verify_options(**extra):

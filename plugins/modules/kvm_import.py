@@ -18,28 +18,23 @@ description:
     KiB, so a new volume is resized before it is filled). A capacity that is not a multiple of
     512 bytes cannot be held by a volume and is refused before anything is made.
   - The domain carries its provenance in C(<metadata>) - source id, the chain and sync number
-    applied, the checkpoint and the bundle fingerprint. A re-run with the same bundle changes nothing.
-  - When the domain exists with provenance from the same source and chain at an older sync, the
-    newer deltas are applied to its disks (the domain must be shut off). While they are applied the
-    provenance says C(state=incomplete).
+    applied, the checkpoint and the disks' fingerprints. A re-run with the same bundle changes nothing.
+  - When the domain exists with provenance from the same source - at an older sync of the same chain,
+    the newer deltas are applied to its disks; from another chain (a new full export), the changed
+    disks are written again whole into its volumes. The domain must be shut off; while its disks change
+    the provenance says C(state=incomplete), so a run that dies half-way is finished by a re-run.
   - A domain with the same name that did not come from this source is refused unless O(replace=true),
-    which removes it (and its volumes in O(pool)) first.
+    which removes it (and its volumes in the pools the import writes to) first.
+  - Disks go to O(pool), or to the pool O(storage_map) maps their source storage to.
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.kvm
+  - vmigrate.v2v.import_
+  - ansible.builtin.action_common_attributes
 options:
-  bundle:
-    description: The bundle directory (written by an export module, usually through M(vmigrate.v2v.convert)).
-    type: path
-    required: true
-  name:
-    description:
-      - Name of the target domain. Default - the spec's name.
-      - libvirt refuses a C(/) in a domain name; such a name is refused before anything is made.
-    type: str
   pool:
-    description: Storage pool the volumes are created in.
+    description: Storage pool the volumes are created in, for disks O(storage_map) does not map to another pool.
     type: str
     default: default
   volume_format:
@@ -47,10 +42,6 @@ options:
     type: str
     default: qcow2
     choices: [qcow2, raw]
-  network_map:
-    description: Source network name to libvirt network name, for NICs convert did not map already.
-    type: dict
-    default: {}
   domain_type:
     description: libvirt domain type. Default - V(kvm) when the host offers it, else V(qemu) (TCG).
     type: str
@@ -70,10 +61,6 @@ options:
     type: str
     default: auto
     choices: [auto, path, stream]
-  replace:
-    description: Remove a same-named domain that did not come from this bundle's source, and import.
-    type: bool
-    default: false
   start:
     description: Start the domain after the import.
     type: bool
@@ -81,7 +68,12 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Says which volumes, domain and deltas would be made or applied; changes nothing.
+    details: Says which volumes, domain and deltas would be made or applied; changes nothing.
+  diff_mode:
+    support: full
+    details: Shows the target's provenance (its record of source, chain, sync, disk fingerprints) before and after.
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
@@ -162,39 +154,27 @@ summary:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import import_options, import_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
-
-OPTIONS = ("name", "pool", "volume_format", "network_map", "domain_type", "cpu_mode", "transfer", "replace", "start")
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_kvm.argument_spec(
-            bundle=dict(type="path", required=True),
-            name=dict(type="str"),
-            pool=dict(type="str", default="default"),
-            volume_format=dict(type="str", default="qcow2", choices=["qcow2", "raw"]),
-            network_map=dict(type="dict", default={}),
-            domain_type=dict(type="str", choices=["kvm", "qemu"]),
-            cpu_mode=dict(type="str", choices=["host-passthrough", "host-model", "maximum", "default"]),
-            transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
-            replace=dict(type="bool", default=False),
-            start=dict(type="bool", default=False),
+            **import_options(
+                pool=dict(type="str", default="default"),
+                volume_format=dict(type="str", default="qcow2", choices=["qcow2", "raw"]),
+                domain_type=dict(type="str", choices=["kvm", "qemu"]),
+                cpu_mode=dict(type="str", choices=["host-passthrough", "host-model", "maximum", "default"]),
+                transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
+                start=dict(type="bool", default=False),
+            )
         ),
         supports_check_mode=True,
     )
-    if not _kvm.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=str(_kvm.LIBVIRT_IMPORT_ERROR))
-    p = module.params
-    try:
-        with _kvm.KvmPlatform(p) as platform:
-            result = platform.import_vm(p["bundle"], {k: p[k] for k in OPTIONS}, check_mode=module.check_mode)
-    except Exception as exc:  # noqa: BLE001 - one failure shape for every error
-        fail_from_exception(module, exc)
-    module.exit_json(**result)
+    import_step(module, _kvm.KvmPlatform)
 
 
 if __name__ == "__main__":

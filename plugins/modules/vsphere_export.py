@@ -80,6 +80,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+fallback_reason:
+  description:
+    - Why a new full copy ran although the bundle held a chain - the bundle was left incomplete by a run that
+      died and no longer agrees with itself. Null otherwise (an incomplete bundle that is consistent is
+      continued from its last finished sync).
+  returned: always
+  type: str
 frozen:
   description: Whether the snapshot was quiesced (VMware Tools running and O(quiesce=true)).
   returned: always

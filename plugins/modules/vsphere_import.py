@@ -36,28 +36,17 @@ author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
   - vmigrate.v2v.vsphere
+  - vmigrate.v2v.import_
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
-    support: none
+    support: full
+    details: Shows the target's provenance (its record of source, chain, sync, disk fingerprints) before and after.
   platform:
     platforms: posix
 options:
-  bundle:
-    description: Directory of a complete bundle (from an export, or a convert).
-    type: path
-    required: true
-  name:
-    description:
-      - Name of the target VM. Defaults to the spec's name. At most 80 characters,
-        checked before anything is uploaded.
-      - "vSphere keeps C(/), C(\\) and C(%) in names escaped (C(%2f), C(%5c), C(%25)), as
-        vCenter does for a VM made in its client: the VM C(a/b) is stored as C(a%2fb)
-        (which the vSphere Client shows as C(a/b)), in the datastore folder C(a%2fb)
-        with files C(a%2fb.vmx), C(a%2fb.vmdk). The name as given finds that VM again."
-    type: str
   datastore:
     description:
       - Datastore for the VM's files, used when a disk's storage is not a datastore
@@ -69,21 +58,16 @@ options:
   resource_pool:
     description: Resource pool, cluster or host name. Defaults to the first compute resource's root pool.
     type: str
-  network_map:
-    description:
-      - Source network name to vSphere network or port group name. When given, every
-        source network must be in it; a missing one is an error that names it.
-    type: dict
-  storage_map:
-    description: Source storage (pool, datastore or directory) to datastore name.
-    type: dict
-  replace:
-    description: Delete a same-named VM of another origin (or re-import over our own) and create it again.
-    type: bool
-    default: false
   hardware_version:
     description: Virtual hardware version such as C(vmx-19). Defaults to the server's default.
     type: str
+notes:
+  - A VM name has at most 80 characters, checked before anything is uploaded.
+  - "vSphere keeps C(/), C(\\) and C(%) in names escaped (C(%2f), C(%5c), C(%25)), as
+    vCenter does for a VM made in its client: the VM C(a/b) is stored as C(a%2fb)
+    (which the vSphere Client shows as C(a/b)), in the datastore folder C(a%2fb)
+    with files C(a%2fb.vmx), C(a%2fb.vmdk). The name as given finds that VM again."
+  - O(storage_map) maps a disk's source storage to a datastore; O(datastore) is used for the rest.
 requirements:
   - pyvmomi
   - qemu-img (qemu-utils) on the conversion host
@@ -152,40 +136,25 @@ bytes_written:
   type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import import_options, import_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
-
-OPTIONS = ("name", "datastore", "folder", "resource_pool", "network_map", "storage_map", "replace", "hardware_version")
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_vsphere.argument_spec(
-            bundle=dict(type="path", required=True),
-            name=dict(type="str"),
-            datastore=dict(type="str"),
-            folder=dict(type="str"),
-            resource_pool=dict(type="str"),
-            network_map=dict(type="dict"),
-            storage_map=dict(type="dict"),
-            replace=dict(type="bool", default=False),
-            hardware_version=dict(type="str"),
+            **import_options(
+                datastore=dict(type="str"),
+                folder=dict(type="str"),
+                resource_pool=dict(type="str"),
+                hardware_version=dict(type="str"),
+            )
         ),
         supports_check_mode=True,
     )
-    if not _vsphere.HAS_PYVMOMI:
-        module.fail_json(msg=missing_required_lib("pyvmomi"), exception=str(_vsphere.PYVMOMI_IMPORT_ERROR))
-    try:
-        bundle = Bundle.load(module.params["bundle"])
-        options = {k: module.params[k] for k in OPTIONS}
-        with _vsphere.VspherePlatform(module.params) as platform:
-            result = platform.import_vm(bundle, options, check_mode=module.check_mode)
-    except Exception as exc:
-        fail_from_exception(module, exc)
-    module.exit_json(**result)
+    import_step(module, _vsphere.VspherePlatform)
 
 
 if __name__ == "__main__":

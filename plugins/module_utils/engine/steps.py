@@ -146,6 +146,8 @@ def import_result(plan, name, spec_changes):
         "spec_changes": spec_changes,
         "provenance": plan.want,
         "bytes_written": 0,
+        # --diff shows what the target's provenance (its record of what it holds) becomes.
+        "diff": {"before": {"provenance": plan.found} if plan.found else {}, "after": {"provenance": plan.want}},
     }
 
 
@@ -287,6 +289,26 @@ def check_export_mode(mode, running, has_chain, name, bundle_dir):
             "run a full export first (mode auto)",
         )
     return "warm" if running else "cold"
+
+
+def resume_refusal(bundle):
+    """Why an incomplete bundle (its last export died half-way) cannot be continued, or None.
+
+    Every platform continues such a bundle from its last finished sync rather than
+    starting over, unless the bundle no longer agrees with itself (e.g. a digest list was
+    replaced but the manifest not yet saved): then a new chain starts and the export says
+    why in ``fallback_reason``.
+    """
+    from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import V2VError
+
+    try:
+        bundle.check_integrity()
+    except V2VError as exc:
+        return "bundle %s was left incomplete and no longer agrees with itself (%s): a new full copy" % (
+            bundle.dir,
+            exc.problem,
+        )
+    return None
 
 
 def finish_step(result, started, what):

@@ -23,6 +23,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from urllib.parse import quote, urlparse
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _retry
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     DiskError,
     InputError,
@@ -106,45 +107,51 @@ def _msg(exc):
 def connect(uri=None, username=None, password=None, attempts=CONNECT_ATTEMPTS, delay=CONNECT_DELAY):
     """Open a libvirt connection, retrying briefly: libvirtd may be restarting.
 
-    Authentication failures and bad URIs are not retried (they will not heal).
+    Refused credentials, permission denials and bad URIs are not retried (they will not heal).
     """
     require_libvirt()
     uri = uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
     # libvirt prints every error on stderr by default; we report them ourselves.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    last = None
-    for attempt in range(attempts):
-        try:
-            if username or password:
-                return libvirt.openAuth(uri, _auth(username, password), 0)
-            return libvirt.open(uri)
-        except libvirt.libvirtError as exc:
-            last = exc
-            code = _code(exc)
-            if code in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_ACCESS_DENIED):
-                raise PlatformError(
-                    "libvirt at %s refused the credentials: %s" % (uri, _msg(exc)),
-                    "check username/password, or that this user may use %s (polkit, unix socket group)" % uri,
-                    uri=uri,
-                ) from exc
-            if _denied(exc):
-                raise PlatformError(
-                    "permission denied: libvirt at %s does not let this user (uid %d) connect: %s"
-                    % (uri, os.getuid(), _msg(exc)),
-                    "run as root or as a member of the group that owns the libvirt socket (often 'libvirt'), "
-                    "allow the user in a polkit rule (org.libvirt.unix.manage), or use a URI this user may "
-                    "open (qemu:///session)",
-                    uri=uri,
-                ) from exc
-            if code in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
-                break
-            if attempt + 1 < attempts:
-                time.sleep(delay * (2**attempt))
-    raise PlatformError(
-        "cannot connect to libvirt at %s: %s" % (uri, _msg(last)),
-        "check the URI and that libvirtd (or virtqemud) is running and reachable on the host it names",
-        uri=uri,
+    fix = "check the URI and that libvirtd (or virtqemud) is running and reachable on the host it names"
+    opener = _retry.retry(_connect_transient, "connecting to libvirt at %s" % uri, fix, attempts, delay)(_open)
+    try:
+        return opener(uri, username, password)
+    except libvirt.libvirtError as exc:  # not transient: a URI libvirt does not support
+        raise PlatformError("cannot connect to libvirt at %s: %s" % (uri, _msg(exc)), fix, uri=uri) from exc
+
+
+def _connect_transient(exc):
+    return isinstance(exc, libvirt.libvirtError) and _code(exc) not in (
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_INVALID_ARG,
     )
+
+
+def _open(uri, username, password):
+    """One attempt; errors that retrying cannot fix become PlatformErrors saying what to change."""
+    try:
+        if username or password:
+            return libvirt.openAuth(uri, _auth(username, password), 0)
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        code = _code(exc)
+        if code in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_ACCESS_DENIED):
+            raise PlatformError(
+                "libvirt at %s refused the credentials: %s" % (uri, _msg(exc)),
+                "check username/password, or that this user may use %s (polkit, unix socket group)" % uri,
+                uri=uri,
+            ) from exc
+        if _denied(exc):
+            raise PlatformError(
+                "permission denied: libvirt at %s does not let this user (uid %d) connect: %s"
+                % (uri, os.getuid(), _msg(exc)),
+                "run as root or as a member of the group that owns the libvirt socket (often 'libvirt'), "
+                "allow the user in a polkit rule (org.libvirt.unix.manage), or use a URI this user may "
+                "open (qemu:///session)",
+                uri=uri,
+            ) from exc
+        raise
 
 
 def _denied(exc):
@@ -735,8 +742,11 @@ class KvmPlatform(Platform):
                 % (bundle, prev["source"].get("name"), prev["source"].get("id"), dom.name(), dom.UUIDString()),
                 "use another bundle directory for this domain",
             )
+        restart = None
         if prev is not None and prev.get("state") != "complete":
-            prev = None  # a step that died half-way: start over
+            # A run that died half-way: continue from its last finished sync, if it can be.
+            restart = _steps.resume_refusal(_bundle.Bundle(bundle, prev))
+            prev = None if restart else prev
         warm_chain = bool(prev and (prev.get("sync") or [{}])[0].get("mode") == "warm")
         read_mode = _steps.check_export_mode(mode, running, warm_chain, dom.name(), bundle)
         full = bool(options.get("full"))
@@ -786,7 +796,7 @@ class KvmPlatform(Platform):
                 _save_manifest(bundle, manifest)
             result["checkpoints_deleted"] = deleted
         result.pop("_manifest", None)
-        result["fallback_reason"] = result.get("fallback_reason") or fallback
+        result["fallback_reason"] = result.get("fallback_reason") or fallback or restart
         result["mode"] = read_mode
         result["bundle"] = bundle
         result["vm"] = {"name": dom.name(), "uuid": dom.UUIDString(), "state": self.state(dom)}
@@ -1249,15 +1259,28 @@ class KvmPlatform(Platform):
         What happens to an existing domain is engine/steps.plan_import's decision.
         """
         started = time.monotonic()
-        manifest = self._complete_manifest(bundle)
+        _steps.require_complete(bundle)
         # A hand-edited or damaged bundle is refused before any lookup or volume is made.
-        _bundle.Bundle(bundle, manifest).check_integrity()
+        bundle.check_integrity()
+        manifest = bundle.manifest
         if manifest.get("target_platform") not in (None, "kvm"):
             raise InputError(
-                "bundle %s was converted for %s, not kvm" % (bundle, manifest["target_platform"]),
+                "bundle %s was converted for %s, not kvm" % (bundle.dir, manifest["target_platform"]),
                 "convert the export bundle again with target_platform kvm",
             )
-        spec, changes = _spec.apply_maps(manifest["spec"], "kvm", network_map=options.get("network_map") or None)
+        spec, changes = _spec.apply_maps(
+            manifest["spec"],
+            "kvm",
+            network_map=options.get("network_map") or None,
+            storage_map=options.get("storage_map") or None,
+        )
+        # Each disk goes to the pool storage_map maps its storage to, else to `pool`.
+        mapped = {c["field"]: c["to"] for c in changes if c["reason"] == "storage_map"}
+        pools = {
+            d["id"]: mapped.get("disks[%d].storage" % i) or options.get("pool") or "default"
+            for i, d in enumerate(spec["disks"])
+        }
+        bundle = bundle.dir  # the helpers below read files relative to it
         name = options.get("name") or spec.get("name")
         # A name libvirt refuses, or a capacity a volume cannot hold exactly: say so now.
         check_target("kvm", name, manifest["disks"])
@@ -1276,25 +1299,11 @@ class KvmPlatform(Platform):
             result.update(self._rewrite_disks(existing, manifest, bundle, plan, options, check_mode))
         elif plan.action in ("create", "replace"):
             if plan.action == "replace":
-                result["replaced"] = self._remove_domain(existing, options, check_mode)
-            result.update(self._create(manifest, bundle, spec, name, want, options, check_mode))
+                result["replaced"] = self._remove_domain(existing, set(pools.values()), check_mode)
+            result.update(self._create(manifest, bundle, spec, name, want, dict(options, pools=pools), check_mode))
             existing = self.lookup(name)
         result.update(self._maybe_start(existing, options, check_mode, changed=result["changed"]))
         return _steps.finish_step(result, started, "import %s (%s)" % (name, plan.action))
-
-    def _complete_manifest(self, bundle):
-        manifest = _load_manifest(bundle)
-        if manifest is None:
-            raise InputError(
-                "%s has no manifest.json: it is not a bundle" % bundle,
-                "point at a directory written by export or convert",
-            )
-        if manifest.get("state") != "complete":
-            raise InputError(
-                "bundle %s is incomplete (the step writing it did not finish)" % bundle,
-                "re-run the export (and convert) that writes it",
-            )
-        return manifest
 
     def _maybe_start(self, dom, options, check_mode, changed=False):
         if not options.get("start") or dom is None or self._is_running(dom):
@@ -1312,8 +1321,8 @@ class KvmPlatform(Platform):
     def _volume_name(self, name, disk, fmt):
         return "%s-%s.%s" % (name, disk["id"], fmt)
 
-    def _remove_domain(self, dom, options, check_mode):
-        """Remove a domain being replaced, and its volumes in the target pool."""
+    def _remove_domain(self, dom, pool_names, check_mode):
+        """Remove a domain being replaced, and its volumes in the pools the import writes to."""
         name = dom.name()
         paths = [r["path"] for r in domain_disks(self.config_xml(dom), self.conn) if r["path"]]
         if check_mode:
@@ -1323,27 +1332,29 @@ class KvmPlatform(Platform):
         flags = libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
         flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         dom.undefineFlags(flags)
-        pool = find_pool(self.conn, options["pool"])
         removed = []
         for path in paths:
             try:
                 vol = self.conn.storageVolLookupByPath(path)
             except libvirt.libvirtError:
                 continue
-            if vol.storagePoolLookupByVolume().name() == pool.name():
+            if vol.storagePoolLookupByVolume().name() in pool_names:
                 vol.delete(0)
                 removed.append(path)
         return {"name": name, "volumes": removed}
 
     def _create(self, manifest, bundle, spec, name, want, options, check_mode):
-        pool = find_pool(self.conn, options.get("pool") or "default")
         fmt = options.get("volume_format") or "qcow2"
         if fmt not in ("qcow2", "raw"):
             raise InputError("volume_format %r is not supported on kvm" % fmt, "use qcow2 or raw")
-        pool.refresh(0)
+        pools = {}
+        for pool_name in sorted(set(options["pools"].values())):
+            pools[pool_name] = find_pool(self.conn, pool_name)
+            pools[pool_name].refresh(0)
         plan = []
-        need = 0
+        need = {}
         for disk in manifest["disks"]:
+            pool = pools[options["pools"][disk["id"]]]
             vname = self._volume_name(name, disk, fmt)
             try:
                 pool.storageVolLookupByName(vname)
@@ -1355,16 +1366,17 @@ class KvmPlatform(Platform):
                     "storage volume %s already exists in pool %s" % (vname, pool.name()),
                     "remove it, choose another name, or set replace=true",
                 )
-            plan.append({"disk": disk, "volume": vname, "exists": exists})
-            need += int(disk.get("allocated") or disk["capacity"])
-        available = pool.info()[3]
-        if need > available:
-            raise InputError(
-                "storage pool %s has %s free, the disks need up to %s"
-                % (pool.name(), human_bytes(available), human_bytes(need)),
-                "free space in the pool or import into another pool",
-                pool=pool.name(),
-            )
+            plan.append({"disk": disk, "volume": vname, "exists": exists, "pool": pool})
+            need[pool.name()] = need.get(pool.name(), 0) + int(disk.get("allocated") or disk["capacity"])
+        for pool_name, bytes_needed in need.items():
+            available = pools[pool_name].info()[3]
+            if bytes_needed > available:
+                raise InputError(
+                    "storage pool %s has %s free, the disks need up to %s"
+                    % (pool_name, human_bytes(available), human_bytes(bytes_needed)),
+                    "free space in the pool or import into another pool (pool, storage_map)",
+                    pool=pool_name,
+                )
         local = is_local_uri(self.uri)
         transfer = options.get("transfer") or "auto"
         if transfer == "path" and not local:
@@ -1375,7 +1387,7 @@ class KvmPlatform(Platform):
         stream = transfer == "stream" or (transfer == "auto" and not local)
         result = {
             "changed": True,
-            "volumes": [{"pool": pool.name(), "name": p["volume"], "format": fmt} for p in plan],
+            "volumes": [{"pool": p["pool"].name(), "name": p["volume"], "format": fmt} for p in plan],
             "bytes_written": 0,
             "deltas_applied": [],
             "transfer": "stream" if stream else "path",
@@ -1387,7 +1399,7 @@ class KvmPlatform(Platform):
         try:
             disks_map = {}
             for item in plan:
-                disk = item["disk"]
+                disk, pool = item["disk"], item["pool"]
                 if item["exists"]:
                     pool.storageVolLookupByName(item["volume"]).delete(0)
                 src = _bundle_path(bundle, disk["path"])
@@ -1414,7 +1426,8 @@ class KvmPlatform(Platform):
                 disks_map[disk["id"]] = {"path": path, "format": fmt}
                 progress.finish()
             if stream:
-                pool.refresh(0)  # libvirt made the volumes raw; let it see the uploaded format
+                for pool in pools.values():
+                    pool.refresh(0)  # libvirt made the volumes raw; let it see the uploaded format
             xml = _xml_from_spec(spec, disks_map, want, options.get("domain_type") or domain_type_for(self.conn))
             dom = self.conn.defineXML(with_cpu_mode(xml, options.get("cpu_mode")))
             write_provenance(dom, want)
@@ -1432,7 +1445,7 @@ class KvmPlatform(Platform):
                     pass
             if isinstance(exc, libvirt.libvirtError):
                 raise PlatformError(
-                    "cannot import %s into pool %s: %s" % (name, pool.name(), _msg(exc)),
+                    "cannot import %s into pool(s) %s: %s" % (name, ", ".join(pools), _msg(exc)),
                     "check the pool and the domain definition; nothing was left behind",
                 ) from exc
             raise

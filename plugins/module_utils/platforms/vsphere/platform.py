@@ -11,7 +11,6 @@ but needs VMware's proprietary VDDK, which users must provide themselves.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.client
 import json
@@ -25,6 +24,7 @@ import tempfile
 import time
 import urllib.parse
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _retry
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import (
     InputError,
     MissingLibraryError,
@@ -116,33 +116,9 @@ def _transient(exc):
 
 
 def retry(what, attempts=RETRY_ATTEMPTS, delay=RETRY_DELAY, sleep=time.sleep):
-    """Decorator: retry transient faults with doubling delay, then raise PlatformError.
-
-    ``what`` names the call in that error: a string, or a callable given the call's
-    arguments (so a method can name its file and host).
-    """
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            for attempt in range(1, attempts + 1):
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    if not _transient(exc):
-                        raise
-                    if attempt == attempts:
-                        name = what(*args, **kwargs) if callable(what) else what
-                        raise PlatformError(
-                            "%s failed %d times, last with %s: %s" % (name, attempts, type(exc).__name__, exc),
-                            "check that vSphere is reachable and not overloaded, then re-run",
-                        ) from exc
-                    sleep(delay * 2 ** (attempt - 1))
-            return None  # not reached
-
-        return inner
-
-    return wrap
+    """_retry.retry with vSphere's transient faults and advice."""
+    fix = "check that vSphere is reachable and not overloaded, then re-run"
+    return _retry.retry(_transient, what, fix, attempts=attempts, delay=delay, sleep=sleep)
 
 
 def fault_text(fault):
@@ -951,7 +927,10 @@ class VspherePlatform(Platform):
                 ),
                 "use another bundle directory for this VM",
             )
-        has_chain = bundle is not None and bool(bundle.manifest.get("sync")) and bundle.complete
+        # A bundle whose last run died half-way is continued from its last finished sync,
+        # unless it no longer agrees with itself (then a new chain, and the result says why).
+        restart = None if bundle is None or bundle.complete else _steps.resume_refusal(bundle)
+        has_chain = bundle is not None and bool(bundle.manifest.get("sync")) and not restart
         mode = _steps.check_export_mode(mode, powered_on, has_chain, vm.name, bundle_dir)
         first = not has_chain or options.get("full")
         cbt_on = bool(vm.config.changeTrackingEnabled)
@@ -964,6 +943,7 @@ class VspherePlatform(Platform):
             "frozen": False,
             "bytes_read": 0,
             "bytes_written": 0,
+            "fallback_reason": restart,
         }
         if check_mode:
             result["changed"] = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 
 import pytest
 
@@ -113,6 +114,10 @@ def world(tmp_path):
     bundle = Bundle.create(str(tmp_path / "b"), {"platform": "kvm", "id": "src-1", "name": "web01"}, spec, save=False)
     rel = "digests/disk0.blocks"
     record = {"id": "disk0", "capacity": len(data), "block_size": MIB, "digests": rel, "blocks": 3}
+    record.update(path="disks/disk0.raw", format="raw")
+    os.makedirs(bundle.resolve("disks"))
+    with open(bundle.resolve(record["path"]), "wb") as fh:
+        fh.write(data)
     record["digests_sha256"] = digests.save(bundle.resolve(rel))
     bundle.manifest["disks"] = [record]
     bundle.mark_complete()
@@ -170,3 +175,13 @@ def test_verify_records_its_result_and_trusts_it_once_the_target_runs(world):
     vm["provenance"] = dict(vm["provenance"], verified="0" * 64)
     with pytest.raises(InputError, match="shut it down before verifying digests"):
         platform.verify(bundle, "web01", {})
+
+
+def test_an_incomplete_bundle_is_continued_unless_it_disagrees_with_itself(world):
+    bundle, _platform = world
+    bundle.mark_incomplete()  # its last export died half-way, after a finished sync
+    assert steps.resume_refusal(bundle) is None
+    with open(bundle.digest_path("disk0"), "r+b") as fh:  # a digest list replaced, the manifest not
+        fh.write(b"\x01" * 32)
+    reason = steps.resume_refusal(bundle)
+    assert "left incomplete and no longer agrees with itself" in reason and "a new full copy" in reason
