@@ -332,7 +332,7 @@ def test_names_are_escaped_like_vcenter(lab, vsphere_si, run_module, tmp_path, m
 
     # The name as the user wrote it finds the VM again: verify, and a re-run that changes nothing.
     res = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, vm=name))
-    assert not res.get("failed") and res["moid"] == vm._moId and res["disks"][0]["mismatched"] == 0, res
+    assert not res.get("failed") and res["name"] == vm.name and res["disks"][0]["mismatched"] == 0, res
     res = run_module("vsphere_import", args)
     assert not res.get("failed") and res["changed"] is False and res["action"] == "none", res
     assert entries_with(ds_dir, tag) == {stored}
