@@ -28,10 +28,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descrip
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import PROFILES
 
-DEFAULT_FORMAT = {"kvm": "qcow2", "vsphere": "vmdk", "hyperv": "vhdx"}
-# vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
-DEFAULT_SUBFORMAT = {("vsphere", "vmdk"): "monolithicFlat", ("kvm", "vmdk"): "monolithicSparse"}
 SUFFIX = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx", "vpc": "vhd"}
 
 
@@ -70,10 +68,10 @@ class Converter:
         self.src = os.path.abspath(params["src"])
         self.dest = os.path.abspath(params["dest"])
         self.target = params["target_platform"]
-        self.fmt = params.get("disk_format") or DEFAULT_FORMAT[self.target]
+        self.fmt = params.get("disk_format") or PROFILES[self.target]["disk_format"]
         self.subformat = params.get("disk_subformat")
         if self.fmt == "vmdk" and not self.subformat:
-            self.subformat = DEFAULT_SUBFORMAT.get((self.target, "vmdk"), "monolithicSparse")
+            self.subformat = PROFILES[self.target]["vmdk_subformat"]
         if self.subformat and self.fmt != "vmdk":
             raise InputError(
                 "disk_subformat %s is only meaningful with disk_format vmdk" % self.subformat,
@@ -390,13 +388,14 @@ class Converter:
         }
 
     def _descriptors(self, out, spec):
-        """Write the target's descriptor beside the disks (none for Hyper-V yet)."""
+        """Write the descriptor the target's profile names beside the disks (Hyper-V: none)."""
         written = {}
+        kind = PROFILES[self.target]["descriptor"]
         disks = {d["id"]: {"path": out.disk_path(d), "format": d["format"]} for d in out.disks}
-        if self.target == "kvm":
+        if kind == "libvirt_xml":
             text = _descriptors.libvirt_xml_from_spec(spec, disks)
             written["libvirt_xml"] = self._write_text(out, "domain.xml", text)
-        elif self.target == "vsphere":
+        elif kind == "vmx":
             files = {d["id"]: os.path.relpath(out.disk_path(d), out.dir) for d in out.disks}
             text = _descriptors.vmx_from_spec(spec, files)
             written["vmx"] = self._write_text(out, "%s.vmx" % (spec.get("name") or "vm"), text)

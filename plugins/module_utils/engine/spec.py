@@ -15,6 +15,7 @@ import os
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import PROFILES
 
 SCHEMA_VERSION = 1
 
@@ -30,34 +31,9 @@ REMOVABLE_TYPES = ("cdrom", "floppy")
 REMOVABLE_BUSES = ("sata", "ide", "scsi", "fdc")
 OS_FAMILIES = ("linux", "windows", "other")
 
-# What each target platform can attach. Hyper-V: generation 2 (uefi) has only the
-# synthetic SCSI controller; generation 1 (bios) must boot from IDE.
-SUPPORT = {
-    "kvm": {
-        "buses": ("virtio", "scsi", "sata", "ide"),
-        "controllers": ("virtio-scsi",),
-        "nic_models": ("virtio", "e1000", "e1000e", "rtl8139"),
-        "default_bus": "virtio",
-        "default_controller": None,
-        "default_nic": "virtio",
-    },
-    "vsphere": {
-        "buses": ("scsi", "sata", "ide", "nvme"),
-        "controllers": ("pvscsi", "lsilogic", "lsisas1068", "buslogic"),
-        "nic_models": ("vmxnet3", "e1000", "e1000e"),
-        "default_bus": "scsi",
-        "default_controller": "pvscsi",
-        "default_nic": "vmxnet3",
-    },
-    "hyperv": {
-        "buses": ("scsi", "ide"),
-        "controllers": (),
-        "nic_models": ("hyperv",),
-        "default_bus": "scsi",
-        "default_controller": None,
-        "default_nic": "hyperv",
-    },
-}
+# What each target platform can attach: the facts live in platforms/base.PROFILES.
+_HARDWARE = ("buses", "controllers", "nic_models", "default_bus", "default_controller", "default_nic")
+SUPPORT = {name: {k: profile[k] for k in _HARDWARE} for name, profile in PROFILES.items()}
 
 # Guest OS hints: vSphere guestId -> family and libvirt osinfo id. The spec's
 # guest_os.id uses vSphere guestIds because VMX and OVF carry them already; osinfo

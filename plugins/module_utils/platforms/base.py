@@ -25,12 +25,33 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputE
 #   inventory and as its datastore folder).
 PROFILES = {
     "kvm": {
+        "buses": ("virtio", "scsi", "sata", "ide"),
+        "controllers": ("virtio-scsi",),
+        "nic_models": ("virtio", "e1000", "e1000e", "rtl8139"),
+        "default_bus": "virtio",
+        "default_controller": None,
+        "default_nic": "virtio",
+        # What convert writes for it: the disk format (and vmdk subformat if asked for
+        # vmdk) and the descriptor beside the disks.
+        "disk_format": "qcow2",
+        "vmdk_subformat": "monolithicSparse",
+        "descriptor": "libvirt_xml",
         # qcow2 and raw volumes hold any multiple of 512 bytes (qemu's sector).
         "capacity_multiple": 512,
         # libvirt refuses a '/' in a domain name (it becomes a file name in /etc/libvirt).
         "name": {"max_length": None, "forbidden": "/", "escaped": {}, "what": "a libvirt domain name", "by": "libvirt"},
     },
     "vsphere": {
+        "buses": ("scsi", "sata", "ide", "nvme"),
+        "controllers": ("pvscsi", "lsilogic", "lsisas1068", "buslogic"),
+        "nic_models": ("vmxnet3", "e1000", "e1000e"),
+        "default_bus": "scsi",
+        "default_controller": "pvscsi",
+        "default_nic": "vmxnet3",
+        # vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
+        "disk_format": "vmdk",
+        "vmdk_subformat": "monolithicFlat",
+        "descriptor": "vmx",
         # A VMDK descriptor counts its extent in 512-byte sectors.
         "capacity_multiple": 512,
         "name": {
@@ -42,6 +63,17 @@ PROFILES = {
         },
     },
     "hyperv": {
+        # Generation 2 (uefi) has only the synthetic SCSI controller; generation 1 (bios)
+        # must boot from IDE (engine/spec.apply_maps).
+        "buses": ("scsi", "ide"),
+        "controllers": (),
+        "nic_models": ("hyperv",),
+        "default_bus": "scsi",
+        "default_controller": None,
+        "default_nic": "hyperv",
+        "disk_format": "vhdx",
+        "vmdk_subformat": "monolithicSparse",
+        "descriptor": None,  # no descriptor file: the import builds the VM from the spec
         # VHDX holds multiples of its logical sector (512); VHD (vpc) rounds a size up
         # to its CHS geometry, so only VHDX keeps an exact capacity.
         "capacity_multiple": 512,
