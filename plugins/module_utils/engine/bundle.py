@@ -18,7 +18,7 @@ import os
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file, part_path, publish
 
 VERSION = 1
 KIND = "vmigrate.v2v/bundle"
@@ -411,3 +411,60 @@ class Bundle:
 
     def copy_manifest(self):
         return copy.deepcopy(self.manifest)
+
+
+class DeltaFile:
+    """The bytes of one incremental sync of one disk, kept in the bundle.
+
+    ``disks/<id>.delta-<index>.raw`` is as large as the disk and holds data only at the
+    changed offsets (a sparse file: what was not written reads as zeros, costs nothing),
+    so an import applies exactly those ranges to an earlier target (blocks.apply_delta).
+    It is written under a .part name and appears only when finish() records it.
+    """
+
+    def __init__(self, bundle_dir, disk_id, index, size):
+        self.rel = "disks/%s.delta-%d.raw" % (disk_id, index)
+        self.path = os.path.join(bundle_dir, self.rel)
+        self.index = index
+        self.tmp = part_path(self.path)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fh = open(self.tmp, "wb")
+        self.fh.truncate(size)
+        self.written = 0
+
+    def write(self, offset, data):
+        os.pwrite(self.fh.fileno(), data, offset)
+        self.written += len(data)
+
+    def tee(self, pieces):
+        """Pass (offset, bytes) pieces through, keeping a copy of each."""
+        for offset, data in pieces:
+            self.write(offset, data)
+            yield offset, data
+
+    def finish(self, record, extents):
+        """Publish the file and append it to the disk ``record``'s deltas; with no
+        ``extents`` (nothing changed) there is no delta and the file goes."""
+        self.fh.close()
+        if not extents:
+            self.discard()
+            return None
+        publish(self.tmp, self.path)
+        delta = {
+            "index": self.index,
+            "path": self.rel,
+            "format": "raw",
+            "extents": [list(e) for e in extents],
+            "bytes": sum(e[1] for e in extents),
+            "bytes_written": self.written,
+        }
+        record.setdefault("deltas", []).append(delta)
+        return delta
+
+    def discard(self):
+        if not self.fh.closed:
+            self.fh.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass

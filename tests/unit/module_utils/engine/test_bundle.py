@@ -298,3 +298,22 @@ def test_wrong_format_names_the_disk(tmp_path):
     with pytest.raises(DiskError) as err:
         b.check_integrity()
     assert "bundle %s, disk disk0 (fields disks[0].path, disks[0].format)" % b.dir in str(err.value)
+
+
+def test_delta_file_keeps_only_changed_ranges(tmp_path):
+    record = {"id": "disk0"}
+    delta = _bundle.DeltaFile(str(tmp_path), "disk0", 2, 4 * MiB)
+    pieces = [(65536, b"a" * 100), (3 * MiB, b"b" * 4096)]
+    assert list(delta.tee(iter(pieces))) == pieces
+    entry = delta.finish(record, [[65536, 100], [3 * MiB, 4096]])
+    assert record["deltas"] == [entry]
+    assert entry["index"] == 2 and entry["path"] == "disks/disk0.delta-2.raw" and entry["bytes"] == 4196
+    path = tmp_path / entry["path"]
+    assert os.path.getsize(path) == 4 * MiB and not os.path.exists(str(path) + ".part")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    assert data[65536 : 65536 + 100] == b"a" * 100 and data[:65536] == bytes(65536)
+
+    empty = {"id": "disk0"}
+    assert _bundle.DeltaFile(str(tmp_path), "disk0", 3, 1024).finish(empty, []) is None
+    assert "deltas" not in empty and sorted(os.listdir(tmp_path / "disks")) == ["disk0.delta-2.raw"]
