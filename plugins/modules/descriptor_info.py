@@ -163,7 +163,7 @@ missing_disks:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import read_descriptor  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors.ovf import read_descriptor  # noqa: E402
 
 
 def main():

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 
 libvirt = pytest.importorskip("libvirt")
 URI = "qemu:///system"

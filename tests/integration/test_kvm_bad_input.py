@@ -85,8 +85,8 @@ def domains(lab, libvirt_conn, tag):
     ``disks`` is a list of (size_mib, writer) where writer(path) fills the image; every
     domain, disk file and target volume named after the test's tag is removed afterwards.
     """
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 
     made = {"domains": [], "files": []}
     src_dir = lab["pool_paths"][lab["pools"]["source"]]

@@ -147,8 +147,8 @@ def test_cold_kvm_to_kvm(lab, libvirt_conn, names, run_playbook):
 
 
 def make_source(lab, conn, names):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 
     subprocess.run(
         ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", lab["guest_image"], names["src_disk"]], check=True

@@ -24,10 +24,10 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 
 DEFAULT_FORMAT = {"kvm": "qcow2", "vsphere": "vmdk", "hyperv": "vhdx"}
 # vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.

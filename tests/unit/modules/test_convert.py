@@ -138,7 +138,7 @@ def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
     with open(os.path.join(dest, xml_name)) as fh:
         xml_text = fh.read()
     assert disk["path"] in xml_text
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 
     described = _descriptors.spec_from_libvirt_xml(xml_text)
     assert described["nics"][0]["model"] == "virtio" and described["nics"][0]["mac"] == "00:50:56:12:34:56"

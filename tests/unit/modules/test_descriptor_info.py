@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MiB = 1 << 20

@@ -33,10 +33,10 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform, check_target
 
 try:

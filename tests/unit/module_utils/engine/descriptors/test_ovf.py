@@ -10,8 +10,8 @@ import tarfile
 import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as D
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as D
 
 MiB = 1 << 20
 
