@@ -27,7 +27,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _descriptors
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import vmx as _vmx
 
 DEFAULT_FORMAT = {"kvm": "qcow2", "vsphere": "vmdk", "hyperv": "vhdx"}
 # vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
@@ -394,11 +395,11 @@ class Converter:
         written = {}
         disks = {d["id"]: {"path": out.disk_path(d), "format": d["format"]} for d in out.disks}
         if self.target == "kvm":
-            text = _descriptors.libvirt_xml_from_spec(spec, disks)
+            text = _libvirt_xml.libvirt_xml_from_spec(spec, disks)
             written["libvirt_xml"] = self._write_text(out, "domain.xml", text)
         elif self.target == "vsphere":
             files = {d["id"]: os.path.relpath(out.disk_path(d), out.dir) for d in out.disks}
-            text = _descriptors.vmx_from_spec(spec, files)
+            text = _vmx.vmx_from_spec(spec, files)
             written["vmx"] = self._write_text(out, "%s.vmx" % (spec.get("name") or "vm"), text)
         return written
 

@@ -1,92 +1,18 @@
-"""Descriptor translations on real sample files, with disks made by qemu-img."""
+"""OVF and OVA translations on an ovftool-written sample, with disks made by qemu-img."""
 
 import hashlib
 import io
-import json
 import os
 import subprocess
 import tarfile
 
 import pytest
+from descriptor_samples import MiB, carried, qemu_img, virtual_size
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as D
-
-MiB = 1 << 20
-
-# As written by ESXi 7.0 U3 for a hardware version 19 VM (keys in ESXi's order).
-ESXI7_VMX = """\
-.encoding = "UTF-8"
-config.version = "8"
-virtualHW.version = "19"
-vmci0.present = "TRUE"
-floppy0.present = "FALSE"
-svga.vramSize = "8388608"
-memSize = "2048"
-tools.upgrade.policy = "manual"
-sched.cpu.units = "mhz"
-vm.createDate = "1667312345678901"
-scsi0.virtualDev = "pvscsi"
-scsi0.present = "TRUE"
-sata0.present = "TRUE"
-sata0:0.deviceType = "cdrom-image"
-sata0:0.fileName = "/vmfs/volumes/6361a7c3-2f5b1c7e-2b4e-001b21a8c0de/iso/debian-11.5.0-amd64-netinst.iso"
-sata0:0.present = "TRUE"
-scsi0:0.deviceType = "scsi-hardDisk"
-scsi0:0.fileName = "web01.vmdk"
-sched.scsi0:0.shares = "normal"
-sched.scsi0:0.throughputCap = "off"
-scsi0:0.present = "TRUE"
-scsi0:1.deviceType = "scsi-hardDisk"
-scsi0:1.fileName = "web01_1.vmdk"
-scsi0:1.present = "TRUE"
-scsi0:2.deviceType = "scsi-hardDisk"
-scsi0:2.fileName = "web01_2.vmdk"
-scsi0:2.present = "TRUE"
-ethernet0.virtualDev = "vmxnet3"
-ethernet0.networkName = "VM Network"
-ethernet0.addressType = "vpx"
-ethernet0.generatedAddress = "00:50:56:9a:3b:7c"
-ethernet0.uptCompatibility = "TRUE"
-ethernet0.present = "TRUE"
-ethernet1.virtualDev = "e1000e"
-ethernet1.networkName = "Backup"
-ethernet1.addressType = "static"
-ethernet1.address = "00:50:56:01:02:03"
-ethernet1.present = "TRUE"
-displayName = "web01"
-guestOS = "debian11-64"
-toolScripts.afterPowerOn = "TRUE"
-toolScripts.afterResume = "TRUE"
-toolScripts.beforeSuspend = "TRUE"
-toolScripts.beforePowerOff = "TRUE"
-tools.syncTime = "FALSE"
-uuid.bios = "42 1c 5f 0e 3c 0b 2b 3a-9d 4f 52 8a 1d 9e 2f 11"
-vc.uuid = "50 1c 7e 2a 11 22 33 44-55 66 77 88 99 aa bb cc"
-sched.cpu.min = "0"
-sched.cpu.shares = "normal"
-sched.mem.min = "0"
-sched.mem.minSize = "0"
-sched.mem.shares = "normal"
-firmware = "efi"
-uefi.secureBoot.enabled = "TRUE"
-numvcpus = "4"
-cpuid.coresPerSocket = "2"
-annotation = "Web front end|0AOwner: ops |22team A|22"
-nvram = "web01.nvram"
-pciBridge0.present = "TRUE"
-svga.present = "TRUE"
-pciBridge4.present = "TRUE"
-pciBridge4.virtualDev = "pcieRootPort"
-pciBridge4.functions = "8"
-ethernet0.pciSlotNumber = "160"
-ethernet1.pciSlotNumber = "192"
-scsi0.pciSlotNumber = "224"
-sata0.pciSlotNumber = "33"
-monitor.phys_bits_used = "45"
-softPowerOff = "FALSE"
-"""
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _ovf
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import read as _read
 
 # As written by `ovftool vi://.../web01 web01.ovf` (ovftool 4.4, vSphere 7), trimmed of
 # the EULA; DiskSection sizes in GiB units and a MiB-unit second disk.
@@ -216,217 +142,6 @@ ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOpti
 </Envelope>
 """
 
-# As kept by libvirt 9 for a virt-install'ed q35 + OVMF guest (inactive XML).
-LIBVIRT_XML = """\
-<domain type='kvm'>
-  <name>db01</name>
-  <uuid>7d3f1b2a-9c8e-4f6d-a5b4-0c1d2e3f4a5b</uuid>
-  <title>Database</title>
-  <description>PostgreSQL 15 primary</description>
-  <metadata>
-    <libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0">
-      <libosinfo:os id="http://debian.org/debian/12"/>
-    </libosinfo:libosinfo>
-  </metadata>
-  <memory unit='KiB'>4194304</memory>
-  <currentMemory unit='KiB'>4194304</currentMemory>
-  <vcpu placement='static'>4</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
-    <loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>
-    <nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/nvram/db01_VARS.fd</nvram>
-  </os>
-  <features><acpi/><apic/><smm state='on'/></features>
-  <cpu mode='host-passthrough' check='none' migratable='on'>
-    <topology sockets='1' dies='1' cores='2' threads='2'/>
-  </cpu>
-  <clock offset='utc'/>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source file='@DIR@/db01.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-      <boot order='1'/>
-      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
-    </disk>
-    <disk type='volume' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source pool='fast' volume='db01-data'/>
-      <target dev='sda' bus='scsi'/>
-      <address type='drive' controller='0' bus='0' target='0' unit='0'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='@DIR@/db01-wal.img'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <driver name='qemu' type='raw'/>
-      <target dev='sdb' bus='sata'/>
-      <readonly/>
-    </disk>
-    <controller type='scsi' index='0' model='virtio-scsi'/>
-    <controller type='sata' index='0'/>
-    <interface type='network'>
-      <mac address='52:54:00:6B:3C:58'/>
-      <source network='default'/>
-      <model type='virtio'/>
-    </interface>
-    <interface type='bridge'>
-      <mac address='52:54:00:6b:3c:59'/>
-      <source bridge='br0'/>
-      <model type='e1000e'/>
-    </interface>
-    <serial type='pty'><target type='isa-serial' port='0'><model name='isa-serial'/></target></serial>
-    <console type='pty'><target type='serial' port='0'/></console>
-  </devices>
-</domain>
-"""
-
-
-def qemu_img(*args):
-    subprocess.run(["qemu-img"] + list(args), check=True, capture_output=True)
-
-
-def virtual_size(path):
-    out = subprocess.run(["qemu-img", "info", "--output=json", path], check=True, capture_output=True).stdout
-    return json.loads(out)["virtual-size"]
-
-
-@pytest.fixture
-def esxi_dir(tmp_path):
-    (tmp_path / "web01.vmx").write_text(ESXI7_VMX)
-    qemu_img("create", "-f", "vmdk", "-o", "subformat=monolithicSparse", str(tmp_path / "web01.vmdk"), "64M")
-    qemu_img("create", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(tmp_path / "web01_1.vmdk"), "32M")
-    # web01_2.vmdk is deliberately absent
-    return tmp_path
-
-
-def carried(spec, disk_keys=("bus", "controller", "capacity", "format", "boot_order"), removable=True, title=True):
-    """The fields a descriptor format carries, for round-trip comparison."""
-    return {
-        "name": spec["name"],
-        "uuid": spec["uuid"],
-        "firmware": spec["firmware"],
-        "cpu": spec["cpu"],
-        "memory_mib": spec["memory_mib"],
-        "disks": [{k: d[k] for k in disk_keys} for d in spec["disks"]],
-        "nics": [{k: n[k] for k in ("mac", "network", "model")} for n in spec["nics"]],
-        "removable": spec["removable"] if removable else [{"type": r["type"]} for r in spec["removable"]],
-        "guest_os": {k: spec["guest_os"][k] for k in ("family", "id")},
-        "description": spec["annotations"]["description"],
-        "title": spec["annotations"]["title"] if title else None,
-    }
-
-
-# ---------------------------------------------------------------- VMX
-
-
-def test_esxi7_vmx(esxi_dir):
-    spec, missing = D.read_descriptor(str(esxi_dir / "web01.vmx"))
-    _spec.validate(spec)
-    assert spec["name"] == "web01"
-    assert spec["uuid"] == "501c7e2a-1122-3344-5566-778899aabbcc"  # vc.uuid (instance UUID) wins
-    assert spec["firmware"] == {"type": "uefi", "secure_boot": True}
-    assert spec["cpu"] == {"sockets": 2, "cores": 2, "threads": 1}
-    assert spec["memory_mib"] == 2048
-    assert [(d["id"], d["bus"], d["controller"], d["format"]) for d in spec["disks"]] == [
-        ("disk0", "scsi", "pvscsi", "vmdk"),
-        ("disk1", "scsi", "pvscsi", "vmdk"),
-        ("disk2", "scsi", "pvscsi", "vmdk"),
-    ]
-    # capacities come from the real images
-    assert spec["disks"][0]["capacity"] == virtual_size(str(esxi_dir / "web01.vmdk")) == 64 * MiB
-    assert spec["disks"][1]["capacity"] == virtual_size(str(esxi_dir / "web01_1.vmdk")) == 32 * MiB
-    assert spec["disks"][2]["capacity"] is None
-    assert missing == [str(esxi_dir / "web01_2.vmdk")]
-    assert spec["disks"][0]["source"] == {"path": str(esxi_dir / "web01.vmdk")}
-    assert spec["nics"] == [
-        {"mac": "00:50:56:9a:3b:7c", "network": "VM Network", "network_type": None, "model": "vmxnet3"},
-        {"mac": "00:50:56:01:02:03", "network": "Backup", "network_type": None, "model": "e1000e"},
-    ]
-    assert spec["removable"] == [
-        {
-            "type": "cdrom",
-            "bus": "sata",
-            "path": "/vmfs/volumes/6361a7c3-2f5b1c7e-2b4e-001b21a8c0de/iso/debian-11.5.0-amd64-netinst.iso",
-        }
-    ]
-    assert spec["guest_os"]["id"] == "debian11_64Guest" and spec["guest_os"]["family"] == "linux"
-    assert spec["annotations"]["description"] == 'Web front end\nOwner: ops "team A"'
-    assert spec["origin"] == {"platform": "vmx", "ref": str(esxi_dir / "web01.vmx")}
-
-
-def test_vmx_flat_extent_missing_is_reported(esxi_dir):
-    os.unlink(esxi_dir / "web01_1-flat.vmdk")
-    spec, missing = D.read_descriptor(str(esxi_dir / "web01.vmx"))
-    assert missing == [str(esxi_dir / "web01_1.vmdk"), str(esxi_dir / "web01_2.vmdk")]
-    assert spec["disks"][1]["capacity"] is None
-
-
-def test_vmx_round_trip(esxi_dir):
-    spec = D.read_descriptor(str(esxi_dir / "web01.vmx"))[0]
-    spec["disks"] = spec["disks"][:2]
-    spec["disks"][0]["boot_order"] = 1
-    spec["disks"][1].update(bus="sata", controller=None)
-    spec["nics"][0]["mac"] = "52:54:00:12:34:56"  # a MAC outside VMware's range survives
-    spec["removable"].append({"type": "floppy", "bus": "fdc", "path": str(esxi_dir / "boot.flp")})
-    text = D.vmx_from_spec(spec, {"disk0": "web01.vmdk", "disk1": str(esxi_dir / "web01_1.vmdk")})
-    assert 'ethernet0.checkMACAddress = "FALSE"' in text
-    out = esxi_dir / "copy.vmx"
-    out.write_text(text)
-    back, missing = D.read_descriptor(str(out))
-    assert missing == []
-    assert carried(back, title=False) == carried(spec, title=False)
-
-
-def test_vmx_from_spec_needs_vsphere_devices():
-    spec = _spec.new_spec(name="k", disks=[{"id": "disk0", "bus": "virtio", "capacity": MiB}])
-    with pytest.raises(InputError, match=r"disks\[0\]\.bus 'virtio' cannot be written for vsphere.*apply_maps"):
-        D.vmx_from_spec(spec, {"disk0": "k.vmdk"})
-    mapped = _spec.apply_maps(spec, "vsphere")[0]
-    assert 'scsi0.virtualDev = "pvscsi"' in D.vmx_from_spec(mapped, {"disk0": "k.vmdk"})
-
-
-def test_vmx_ide_channels():
-    spec = _spec.new_spec(
-        name="old",
-        disks=[{"id": "disk%d" % i, "bus": "ide", "capacity": MiB} for i in range(3)],
-        removable=[{"type": "cdrom", "bus": "ide", "path": "/iso/x.iso"}],
-    )
-    text = D.vmx_from_spec(spec, {"disk%d" % i: "d%d.vmdk" % i for i in range(3)})
-    assert [ln.split(".")[0] for ln in text.splitlines() if ln.endswith('.present = "TRUE"') and ":" in ln] == [
-        "ide0:0",
-        "ide0:1",
-        "ide1:0",
-        "ide1:1",
-    ]
-    back = D.spec_from_vmx(text, None)
-    assert [d["bus"] for d in back["disks"]] == ["ide"] * 3 and back["removable"][0]["path"] == "/iso/x.iso"
-    spec["disks"].append({"id": "disk3", "bus": "ide", "capacity": MiB})
-    spec = _spec.new_spec(**{k: v for k, v in spec.items() if k != "schema"})
-    with pytest.raises(InputError, match="more than 4 IDE devices"):
-        D.vmx_from_spec(spec, {"disk%d" % i: "d%d.vmdk" % i for i in range(4)})
-
-
-def test_malformed_vmx_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.vmx"
-    path.write_text('.encoding = "UTF-8"\ndisplayName = "x"\nthis line is broken\n')
-    with pytest.raises(InputError) as err:
-        D.read_descriptor(str(path))
-    assert "VMX file %s line 3" % path in err.value.message
-    assert err.value.details["line"] == 3
-    path.write_text('displayName = "x\nmemsize = "1"\n')
-    with pytest.raises(InputError, match=r"line 1 has an unterminated quoted value"):
-        D.read_descriptor(str(path))
-    path.write_text('config.version = "8"\nmemsize = "1024"\n')
-    with pytest.raises(InputError, match="has no displayName"):
-        D.read_descriptor(str(path))
-
-
-# ---------------------------------------------------------------- OVF / OVA
-
 
 @pytest.fixture
 def ovf_dir(tmp_path):
@@ -443,7 +158,7 @@ def ovf_dir(tmp_path):
 
 
 def test_ovftool_ovf(ovf_dir):
-    spec, missing = D.read_descriptor(str(ovf_dir / "app01.ovf"))
+    spec, missing = _read.read_descriptor(str(ovf_dir / "app01.ovf"))
     _spec.validate(spec)
     assert missing == []
     assert spec["name"] == "app01"
@@ -474,13 +189,13 @@ def test_ovftool_ovf(ovf_dir):
 
 def test_ovf_missing_disk_is_reported(ovf_dir):
     os.unlink(ovf_dir / "app01-disk2.vmdk")
-    spec, missing = D.read_descriptor(str(ovf_dir / "app01.ovf"))
+    spec, missing = _read.read_descriptor(str(ovf_dir / "app01.ovf"))
     assert missing == [str(ovf_dir / "app01-disk2.vmdk")]
     assert spec["disks"][1]["capacity"] == 1 << 30  # the OVF states it
 
 
 def test_ovf_round_trip(ovf_dir):
-    spec = D.read_descriptor(str(ovf_dir / "app01.ovf"))[0]
+    spec = _read.read_descriptor(str(ovf_dir / "app01.ovf"))[0]
     spec["uuid"] = "6f1e2d3c-4b5a-4968-8776-655443322110"
     spec["firmware"]["secure_boot"] = True
     spec["disks"][1].update(bus="nvme", controller=None)
@@ -492,10 +207,10 @@ def test_ovf_round_trip(ovf_dir):
         "disk1": str(ovf_dir / "app01-disk2.vmdk"),
         "disk2": str(ovf_dir / "app01-disk1.vmdk"),
     }
-    text = D.ovf_from_spec(spec, files)
+    text = _ovf.ovf_from_spec(spec, files)
     out = ovf_dir / "copy.ovf"
     out.write_text(text)
-    back, missing = D.read_descriptor(str(out))
+    back, missing = _read.read_descriptor(str(out))
     assert missing == []
     keys = ("bus", "controller", "capacity", "format")
     assert carried(back, disk_keys=keys) == carried(spec, disk_keys=keys)
@@ -505,7 +220,7 @@ def test_ovf_round_trip(ovf_dir):
     assert "<rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>" in text
     assert '<Disk ovf:capacity="64" ovf:capacityAllocationUnits="byte * 2^20"' in text
     assert 'ovf:size="%d"' % os.path.getsize(files["disk0"]) in text
-    assert D.spec_from_ovf(text, None)["disks"][0]["source"] == {"path": "app01-disk1.vmdk"}
+    assert _ovf.spec_from_ovf(text, None)["disks"][0]["source"] == {"path": "app01-disk1.vmdk"}
 
 
 def test_ovf2_storage_and_ethernet_items(tmp_path):
@@ -532,7 +247,7 @@ def test_ovf2_storage_and_ethernet_items(tmp_path):
      <epasd:ResourceType>10</epasd:ResourceType></EthernetPortItem>
   </VirtualHardwareSection></VirtualSystem></Envelope>"""
     (tmp_path / "v2.ovf").write_text(ovf2)
-    spec, missing = D.read_descriptor(str(tmp_path / "v2.ovf"))
+    spec, missing = _read.read_descriptor(str(tmp_path / "v2.ovf"))
     assert spec["name"] == "v2" and spec["memory_mib"] == 512 and spec["cpu"]["sockets"] == 2
     assert spec["guest_os"]["family"] == "linux"  # from CIM id 96 (Debian 64-bit)
     assert [(d["bus"], d["capacity"], d["format"]) for d in spec["disks"]] == [("ide", 2 << 30, "qcow2")]
@@ -546,23 +261,23 @@ def test_malformed_ovf_names_file_and_line(ovf_dir):
     path.write_text(broken)
     line = broken.splitlines().index("  </DiskSectionX>") + 1
     with pytest.raises(InputError) as err:
-        D.read_descriptor(str(path))
+        _read.read_descriptor(str(path))
     assert "OVF descriptor %s is not well-formed XML: mismatched tag at line %d" % (path, line) in err.value.message
     path.write_text(OVFTOOL_OVF.replace('ovf:capacity="64"', 'ovf:capacity="lots"'))
     with pytest.raises(InputError, match=r"OVF descriptor .*app01\.ovf: Disk capacity is 'lots'"):
-        D.read_descriptor(str(path))
+        _read.read_descriptor(str(path))
     path.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><Envelope>&a;</Envelope>')
     with pytest.raises(InputError, match="declares XML entities"):
-        D.read_descriptor(str(path))
+        _read.read_descriptor(str(path))
 
 
 def make_ova(ovf_dir):
-    spec = D.read_descriptor(str(ovf_dir / "app01.ovf"))[0]
+    spec = _read.read_descriptor(str(ovf_dir / "app01.ovf"))[0]
     files = [str(ovf_dir / "app01-disk1.vmdk"), str(ovf_dir / "app01-disk2.vmdk")]
-    text = D.ovf_from_spec(spec, {"disk0": files[0], "disk1": files[1]})
+    text = _ovf.ovf_from_spec(spec, {"disk0": files[0], "disk1": files[1]})
     ova = ovf_dir / "out" / "app01.ova"
     ova.parent.mkdir()
-    D.write_ova(str(ova), text, files)
+    _ovf.write_ova(str(ova), text, files)
     return spec, ova
 
 
@@ -580,7 +295,7 @@ def test_ova_write_and_read(ovf_dir, tmp_path):
 
     # in place: nothing written, disks referenced inside the archive
     listing = sorted(os.listdir(ova.parent))
-    back, missing = D.read_descriptor(str(ova))
+    back, missing = _read.read_descriptor(str(ova))
     assert sorted(os.listdir(ova.parent)) == listing and missing == []
     assert back["origin"] == {"platform": "ova", "ref": str(ova)}
     assert back["disks"][0]["source"] == {"ova": str(ova), "member": "app01-disk1.vmdk"}
@@ -589,7 +304,7 @@ def test_ova_write_and_read(ovf_dir, tmp_path):
 
     # extracted: real files whose bytes equal the originals
     dest = tmp_path / "extract"
-    back, missing = D.read_ova(str(ova), str(dest))
+    back, missing = _ovf.read_ova(str(ova), str(dest))
     assert missing == [] and sorted(os.listdir(dest)) == ["app01-disk1.vmdk", "app01-disk2.vmdk", "app01.ovf"]
     assert (dest / "app01-disk1.vmdk").read_bytes() == disk
     assert back["disks"][0]["source"] == {"path": str(dest / "app01-disk1.vmdk")}
@@ -620,14 +335,14 @@ def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path):
     rewrite_tar(ova, bad, corrupt)
     dest = tmp_path / "x"
     with pytest.raises(InputError) as err:
-        D.read_ova(str(bad), str(dest))
+        _ovf.read_ova(str(bad), str(dest))
     assert "OVA %s: app01-disk2.vmdk does not match its manifest SHA256 digest" % bad in err.value.message
     assert err.value.details["file"] == "app01-disk2.vmdk"
     assert not (dest / "app01-disk2.vmdk").exists() and not (dest / "app01-disk2.vmdk.part").exists()
     with pytest.raises(InputError, match="app01-disk2.vmdk does not match"):
-        D.read_descriptor(str(bad))
+        _read.read_descriptor(str(bad))
     # without verification the descriptor can still be described
-    spec = D.read_descriptor(str(bad), verify_manifest=False)[0]
+    spec = _read.read_descriptor(str(bad), verify_manifest=False)[0]
     assert spec["name"] == "app01"
 
     def sha1_wrong(name, data):
@@ -637,7 +352,7 @@ def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path):
 
     rewrite_tar(ova, bad, sha1_wrong)
     with pytest.raises(InputError, match="app01.ovf does not match its manifest SHA1 digest"):
-        D.read_descriptor(str(bad))
+        _read.read_descriptor(str(bad))
 
 
 def test_ova_path_traversal_refused(tmp_path):
@@ -649,113 +364,5 @@ def test_ova_path_traversal_refused(tmp_path):
             tar.addfile(info, io.BytesIO(b"abc"))
     dest = tmp_path / "x"
     with pytest.raises(InputError, match=r"unsafe member '\.\./\.\./etc/evil'"):
-        D.read_ova(str(bad), str(dest))
+        _ovf.read_ova(str(bad), str(dest))
     assert not dest.exists() and not (tmp_path.parent / "etc").exists()
-
-
-# ---------------------------------------------------------------- libvirt
-
-
-@pytest.fixture
-def libvirt_dir(tmp_path):
-    qemu_img("create", "-f", "qcow2", str(tmp_path / "db01.qcow2"), "64M")
-    qemu_img("create", "-f", "raw", str(tmp_path / "db01-wal.img"), "16M")
-    (tmp_path / "db01.xml").write_text(LIBVIRT_XML.replace("@DIR@", str(tmp_path)))
-    return tmp_path
-
-
-def test_libvirt_q35_ovmf_domain(libvirt_dir):
-    spec, missing = D.read_descriptor(str(libvirt_dir / "db01.xml"))
-    _spec.validate(spec)
-    assert missing == []
-    assert spec["name"] == "db01" and spec["uuid"] == "7d3f1b2a-9c8e-4f6d-a5b4-0c1d2e3f4a5b"
-    assert spec["firmware"] == {"type": "uefi", "secure_boot": True}
-    assert spec["cpu"] == {"sockets": 1, "cores": 2, "threads": 2}
-    assert spec["memory_mib"] == 4096
-    assert [(d["bus"], d["controller"], d["format"], d["capacity"], d["boot_order"]) for d in spec["disks"]] == [
-        ("virtio", None, "qcow2", 64 * MiB, 1),
-        ("scsi", "virtio-scsi", "raw", None, None),  # a pool volume: libvirt knows its size
-        ("virtio", None, "raw", 16 * MiB, None),
-    ]
-    assert spec["disks"][1]["source"] == {"pool": "fast", "volume": "db01-data"}
-    assert spec["disks"][1]["storage"] == "fast"
-    assert spec["nics"] == [
-        {"mac": "52:54:00:6b:3c:58", "network": "default", "network_type": None, "model": "virtio"},
-        {"mac": "52:54:00:6b:3c:59", "network": "br0", "network_type": "bridge", "model": "e1000e"},
-    ]
-    assert spec["removable"] == [{"type": "cdrom", "bus": "sata", "path": None}]
-    assert spec["guest_os"] == {
-        "family": "linux",
-        "id": "debian12_64Guest",
-        "osinfo": "http://debian.org/debian/12",
-        "description": None,
-    }
-    assert spec["annotations"] == {"description": "PostgreSQL 15 primary", "title": "Database"}
-
-
-def test_libvirt_round_trip_and_provenance(libvirt_dir):
-    spec = D.read_descriptor(str(libvirt_dir / "db01.xml"))[0]
-    disks = {
-        "disk0": {"path": str(libvirt_dir / "db01.qcow2"), "format": "qcow2"},
-        "disk1": {"pool": "fast", "volume": "db01-data", "format": "raw"},
-        "disk2": {"path": str(libvirt_dir / "db01-wal.img"), "format": "raw"},
-    }
-    prov = {"source_id": "vm-42", "source_platform": "vsphere", "checkpoint": {"changeId": "52 7a/4"}, "n": 3}
-    text = D.libvirt_xml_from_spec(spec, disks, provenance=prov)
-    out = libvirt_dir / "copy.xml"
-    out.write_text(text)
-    back, missing = D.read_descriptor(str(out))
-    assert missing == []
-    assert carried(back) == carried(spec)
-    assert [d["source"] for d in back["disks"]] == [d["source"] for d in spec["disks"]]
-    assert [(n["network"], n["network_type"]) for n in back["nics"]] == [("default", None), ("br0", "bridge")]
-    assert D.read_provenance(text) == prov
-    assert D.read_provenance(LIBVIRT_XML) is None
-    assert '<type arch="x86_64" machine="q35">hvm</type>' in text and '<smm state="on" />' in text
-
-
-def test_libvirt_xml_refuses_what_kvm_lacks():
-    spec = _spec.new_spec(
-        name="v",
-        disks=[{"id": "disk0", "bus": "scsi", "controller": "pvscsi", "capacity": MiB}],
-        nics=[{"model": "vmxnet3", "network": "VM Network"}],
-    )
-    with pytest.raises(InputError, match=r"disks\[0\]\.controller 'pvscsi' cannot be written for kvm"):
-        D.libvirt_xml_from_spec(spec, {"disk0": {"path": "/x"}})
-    mapped = _spec.apply_maps(spec, "kvm")[0]
-    with pytest.raises(InputError, match=r"no storage given for disks\[0\] \(disk0\)"):
-        D.libvirt_xml_from_spec(mapped, {})
-    uefi_ide = _spec.new_spec(name="v", firmware={"type": "uefi"}, removable=[{"type": "cdrom", "bus": "ide"}])
-    with pytest.raises(InputError, match=r"removable\[0\]\.bus is ide, which machine q35 lacks"):
-        D.libvirt_xml_from_spec(uefi_ide, {})
-    assert 'machine="pc"' in D.libvirt_xml_from_spec(_spec.new_spec(name="v", removable=[{"bus": "ide"}]), {})
-
-
-def test_malformed_libvirt_xml_names_file(tmp_path):
-    path = tmp_path / "dom.xml"
-    path.write_text("<domain type='kvm'>\n  <name>x</name>\n  <memory unit='KiB'>1</memory\n</domain>\n")
-    with pytest.raises(InputError) as err:
-        D.read_descriptor(str(path))
-    assert "libvirt domain XML %s is not well-formed XML" % path in err.value.message
-    assert "line 4" in err.value.message
-    path.write_text("<domain><name>x</name><memory unit='parsecs'>1</memory></domain>")
-    with pytest.raises(InputError, match="memory has unknown unit 'parsecs'"):
-        D.read_descriptor(str(path))
-
-
-def test_detect_format(tmp_path, esxi_dir, libvirt_dir):
-    assert D.detect_format(str(esxi_dir / "web01.vmx")) == "vmx"
-    renamed = tmp_path / "noext"
-    renamed.write_text(ESXI7_VMX)
-    assert D.detect_format(str(renamed)) == "vmx"
-    assert D.detect_format(str(libvirt_dir / "db01.xml")) == "libvirt"
-    other = tmp_path / "pom.xml"
-    other.write_text("<project/>")
-    with pytest.raises(InputError, match="neither an OVF Envelope nor a libvirt <domain>"):
-        D.read_descriptor(str(other))
-    with pytest.raises(InputError, match="does not exist"):
-        D.read_descriptor(str(tmp_path / "nope.vmx"))
-    junk = tmp_path / "junk.bin"
-    junk.write_bytes(b"\x00\x01binary")
-    with pytest.raises(InputError, match="is not a VMX, OVF, OVA or libvirt domain XML"):
-        D.read_descriptor(str(junk))
