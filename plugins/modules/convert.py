@@ -18,7 +18,7 @@ description:
     has none, computed while C(qemu-img) converts, by a second reader of the same source.
   - The network and storage maps are applied to the spec; a disk bus, controller or NIC model the
     target lacks becomes the target's default, and every such change is returned in RV(changes).
-  - When the C(_descriptors) module_utils can, a libvirt domain XML (O(target_platform=kvm)) or a VMX
+  - When the C(engine/descriptors) module_utils can, a libvirt domain XML (O(target_platform=kvm)) or a VMX
     (O(target_platform=vsphere)) is written into O(dest) too.
   - The output manifest says C(complete) only when everything is in place. A re-run on an output made
     from the same input with the same options changes nothing and reports C(changed=false).

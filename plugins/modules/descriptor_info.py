@@ -163,7 +163,7 @@ missing_disks:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import read_descriptor  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import read as _descriptor_read  # noqa: E402
 
 
 def main():
@@ -175,7 +175,9 @@ def main():
         supports_check_mode=True,
     )
     try:
-        spec, missing = read_descriptor(module.params["path"], verify_manifest=module.params["verify_manifest"])
+        spec, missing = _descriptor_read.read_descriptor(
+            module.params["path"], verify_manifest=module.params["verify_manifest"]
+        )
     except Exception as exc:  # noqa: BLE001 - one failure shape for every error
         fail_from_exception(module, exc)
     module.exit_json(changed=False, format=spec["origin"]["platform"], spec=spec, missing_disks=missing)

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 
 libvirt = pytest.importorskip("libvirt")
 URI = "qemu:///system"
@@ -40,7 +40,7 @@ def carried(spec):
 
 
 def define_and_read_back(conn, spec, disks, provenance):
-    xml = _descriptors.libvirt_xml_from_spec(spec, disks, provenance=provenance)
+    xml = _libvirt_xml.libvirt_xml_from_spec(spec, disks, provenance=provenance)
     dom = conn.defineXML(xml)
     try:
         back_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -68,9 +68,9 @@ def test_uefi_secure_boot_domain(conn, tmp_path):
     )
     prov = {"source_id": "vm-42", "source_platform": "vsphere", "checkpoint": {"changeId": "52 1e/7"}}
     back_xml = define_and_read_back(conn, spec, {"disk0": {"path": disk, "format": "qcow2"}}, prov)
-    back = _descriptors.spec_from_libvirt_xml(back_xml)
+    back = _libvirt_xml.spec_from_libvirt_xml(back_xml)
     assert carried(back) == carried(spec)
-    assert _descriptors.read_provenance(back_xml) == prov
+    assert _libvirt_xml.read_provenance(back_xml) == prov
 
 
 def test_bios_domain_with_scsi_volume_and_bridge(conn, tmp_path):
@@ -95,9 +95,9 @@ def test_bios_domain_with_scsi_volume_and_bridge(conn, tmp_path):
     )
     disks = {"disk0": {"path": disk, "format": "qcow2"}, "disk1": {"pool": "vmigrate-none", "volume": "data.raw"}}
     back_xml = define_and_read_back(conn, spec, disks, None)
-    back = _descriptors.spec_from_libvirt_xml(back_xml)
+    back = _libvirt_xml.spec_from_libvirt_xml(back_xml)
     expected = carried(spec)
     expected["uuid"] = back["uuid"]  # libvirt made one up
     assert back["uuid"]
     assert carried(back) == expected
-    assert _descriptors.read_provenance(back_xml) is None
+    assert _libvirt_xml.read_provenance(back_xml) is None

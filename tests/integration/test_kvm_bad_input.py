@@ -85,8 +85,8 @@ def domains(lab, libvirt_conn, tag):
     ``disks`` is a list of (size_mib, writer) where writer(path) fills the image; every
     domain, disk file and target volume named after the test's tag is removed afterwards.
     """
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 
     made = {"domains": [], "files": []}
     src_dir = lab["pool_paths"][lab["pools"]["source"]]
@@ -103,7 +103,7 @@ def domains(lab, libvirt_conn, tag):
             spec_disks.append(_spec.new_disk(id="disk%d" % i, bus="virtio", format=fmt, capacity=size * unit))
             paths["disk%d" % i] = {"path": path, "format": fmt}
         spec = _spec.new_spec(name=name, memory_mib=128, disks=spec_disks, nics=[])
-        xml = _descriptors.libvirt_xml_from_spec(spec, paths, domain_type=lab["domain_type"])
+        xml = _libvirt_xml.libvirt_xml_from_spec(spec, paths, domain_type=lab["domain_type"])
         xml = xml.replace(' mode="host-passthrough"', "")
         dom = libvirt_conn.defineXML(xml)
         made["domains"].append(name)

@@ -147,8 +147,8 @@ def test_cold_kvm_to_kvm(lab, libvirt_conn, names, run_playbook):
 
 
 def make_source(lab, conn, names):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 
     subprocess.run(
         ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", lab["guest_image"], names["src_disk"]], check=True
@@ -159,7 +159,7 @@ def make_source(lab, conn, names):
         disks=[_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=32 * MIB)],
         nics=[_spec.new_nic(mac="52:54:00:76:6d:02", network=lab["network"], model="virtio")],
     )
-    xml = _descriptors.libvirt_xml_from_spec(
+    xml = _libvirt_xml.libvirt_xml_from_spec(
         spec, {"disk0": {"path": names["src_disk"], "format": "qcow2"}}, domain_type=domain_type(lab)
     )
     xml = xml.replace(' mode="host-passthrough"', "")

@@ -24,10 +24,11 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import vmx as _vmx
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import PROFILES
 
 SUFFIX = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx", "vpc": "vhd"}
@@ -393,11 +394,11 @@ class Converter:
         kind = PROFILES[self.target]["descriptor"]
         disks = {d["id"]: {"path": out.disk_path(d), "format": d["format"]} for d in out.disks}
         if kind == "libvirt_xml":
-            text = _descriptors.libvirt_xml_from_spec(spec, disks)
+            text = _libvirt_xml.libvirt_xml_from_spec(spec, disks)
             written["libvirt_xml"] = self._write_text(out, "domain.xml", text)
         elif kind == "vmx":
             files = {d["id"]: os.path.relpath(out.disk_path(d), out.dir) for d in out.disks}
-            text = _descriptors.vmx_from_spec(spec, files)
+            text = _vmx.vmx_from_spec(spec, files)
             written["vmx"] = self._write_text(out, "%s.vmx" % (spec.get("name") or "vm"), text)
         return written
 

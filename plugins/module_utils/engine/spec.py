@@ -5,7 +5,7 @@
 
 The spec is a plain dict so that modules can return it and bundles can store it as
 JSON. docs/spec.md documents every field; the file-format translations live in
-_descriptors.py.
+engine/descriptors/ (one module per format).
 """
 
 from __future__ import annotations

@@ -138,9 +138,9 @@ def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
     with open(os.path.join(dest, xml_name)) as fh:
         xml_text = fh.read()
     assert disk["path"] in xml_text
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 
-    described = _descriptors.spec_from_libvirt_xml(xml_text)
+    described = _libvirt_xml.spec_from_libvirt_xml(xml_text)
     assert described["nics"][0]["model"] == "virtio" and described["nics"][0]["mac"] == "00:50:56:12:34:56"
     assert described["disks"][0]["capacity"] in (None, SIZE)
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import ovf as _ovf
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import read as _descriptor_read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MiB = 1 << 20
@@ -111,12 +112,12 @@ def test_vmx_with_a_missing_disk(vm_dir):
 
 
 def test_ova_is_read_in_place(vm_dir, tmp_path_factory):
-    spec = _descriptors.read_descriptor(str(vm_dir / "web01.vmx"))[0]
+    spec = _descriptor_read.read_descriptor(str(vm_dir / "web01.vmx"))[0]
     spec["disks"] = spec["disks"][:1]
     out = tmp_path_factory.mktemp("ova")
     disk = str(vm_dir / "web01.vmdk")
-    ovf = _descriptors.ovf_from_spec(spec, {"disk0": disk})
-    _descriptors.write_ova(str(out / "web01.ova"), ovf, [disk])
+    ovf = _ovf.ovf_from_spec(spec, {"disk0": disk})
+    _ovf.write_ova(str(out / "web01.ova"), ovf, [disk])
     before = snapshot(out)
     ok, res = run(out / "web01.ova")
     assert ok, res

@@ -34,10 +34,10 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import descriptors as _descriptors
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, Platform, check_target
 
 try:
@@ -595,11 +595,11 @@ def _save_manifest(bundle_dir, manifest):
 
 
 def _spec_from_xml(xml_text):
-    return _descriptors.spec_from_libvirt_xml(xml_text)
+    return _libvirt_xml.spec_from_libvirt_xml(xml_text)
 
 
 def _xml_from_spec(spec, disks, provenance, domain_type):
-    return _descriptors.libvirt_xml_from_spec(spec, disks, provenance=provenance, domain_type=domain_type)
+    return _libvirt_xml.libvirt_xml_from_spec(spec, disks, provenance=provenance, domain_type=domain_type)
 
 
 # --- the platform -------------------------------------------------------------------------
