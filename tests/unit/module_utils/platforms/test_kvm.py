@@ -9,7 +9,7 @@ import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import source as _kvm
 
 DOMAIN = """<domain type='kvm'><name>web01</name><devices>
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>

@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import target as _vsphere
 
 
 def test_datastore_paths():
