@@ -16,8 +16,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.source import KvmPlatform
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.target import VspherePlatform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform
 
 MIB = 1024 * 1024
 
