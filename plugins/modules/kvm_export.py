@@ -132,12 +132,13 @@ summary:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, run_step  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _kvm_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_kvm.argument_spec(
+        argument_spec=_kvm_connection.argument_spec(
             **export_options(
                 transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
                 cleanup_checkpoints=dict(type="bool", default=False),
@@ -148,7 +149,7 @@ def main():
     p = module.params
     run_step(
         module,
-        _kvm.KvmPlatform,
+        KvmPlatform,
         lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
     )
 

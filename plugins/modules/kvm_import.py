@@ -157,12 +157,13 @@ summary:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import import_options, import_step  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _kvm_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_kvm.argument_spec(
+        argument_spec=_kvm_connection.argument_spec(
             **import_options(
                 pool=dict(type="str", default="default"),
                 volume_format=dict(type="str", default="qcow2", choices=["qcow2", "raw"]),
@@ -174,7 +175,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    import_step(module, _kvm.KvmPlatform)
+    import_step(module, KvmPlatform)
 
 
 if __name__ == "__main__":

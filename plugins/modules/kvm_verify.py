@@ -100,12 +100,13 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step, verify_options  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _kvm_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_kvm.argument_spec(**verify_options(boot_marker=dict(type="str"))),
+        argument_spec=_kvm_connection.argument_spec(**verify_options(boot_marker=dict(type="str"))),
         supports_check_mode=True,
     )
     p = module.params
@@ -114,7 +115,7 @@ def main():
         bundle = Bundle.load(p["bundle"])
         return platform.verify(bundle, p["vm"] or bundle.manifest["spec"]["name"], p, module.check_mode)
 
-    run_step(module, _kvm.KvmPlatform, verify)
+    run_step(module, KvmPlatform, verify)
 
 
 if __name__ == "__main__":

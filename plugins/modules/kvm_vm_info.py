@@ -76,12 +76,15 @@ vms:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _kvm_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_kvm.argument_spec(vms=dict(type="list", elements="str", default=[], aliases=["name", "uuid"])),
+        argument_spec=_kvm_connection.argument_spec(
+            vms=dict(type="list", elements="str", default=[], aliases=["name", "uuid"])
+        ),
         supports_check_mode=True,
     )
 
@@ -89,7 +92,7 @@ def main():
         doms = [platform.find_vm(ref) for ref in module.params["vms"]] or platform._domains()
         return {"changed": False, "vms": [platform.info(d) for d in doms]}
 
-    run_step(module, _kvm.KvmPlatform, describe)
+    run_step(module, KvmPlatform, describe)
 
 
 if __name__ == "__main__":

@@ -137,12 +137,13 @@ sync_index:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, run_step  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_vsphere.argument_spec(
+        argument_spec=_vsphere_connection.argument_spec(
             **export_options(enable_cbt=dict(type="bool", default=False), use_cbt=dict(type="bool", default=True))
         ),
         supports_check_mode=True,
@@ -150,7 +151,7 @@ def main():
     p = module.params
     run_step(
         module,
-        _vsphere.VspherePlatform,
+        VspherePlatform,
         lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
     )
 

@@ -139,12 +139,13 @@ bytes_written:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import import_options, import_step  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_vsphere.argument_spec(
+        argument_spec=_vsphere_connection.argument_spec(
             **import_options(
                 datastore=dict(type="str"),
                 folder=dict(type="str"),
@@ -154,7 +155,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    import_step(module, _vsphere.VspherePlatform)
+    import_step(module, VspherePlatform)
 
 
 if __name__ == "__main__":

@@ -90,11 +90,14 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step, verify_options  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
 
 
 def main():
-    module = AnsibleModule(argument_spec=_vsphere.argument_spec(**verify_options()), supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=_vsphere_connection.argument_spec(**verify_options()), supports_check_mode=True
+    )
     # A boot check powers the VM on: not in check mode.
     options = dict(module.params, boot_check=module.params["boot_check"] and not module.check_mode)
 
@@ -102,7 +105,7 @@ def main():
         bundle = Bundle.load(options["bundle"])
         return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options, module.check_mode)
 
-    run_step(module, _vsphere.VspherePlatform, verify)
+    run_step(module, VspherePlatform, verify)
 
 
 if __name__ == "__main__":

@@ -105,20 +105,22 @@ vms:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import platform as _vsphere  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inventory import vm_facts  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=_vsphere.argument_spec(vms=dict(type="list", elements="str", default=[])),
+        argument_spec=_vsphere_connection.argument_spec(vms=dict(type="list", elements="str", default=[])),
         supports_check_mode=True,
     )
-    if not _vsphere.HAS_PYVMOMI:
-        module.fail_json(msg=missing_required_lib("pyvmomi"), exception=str(_vsphere.PYVMOMI_IMPORT_ERROR))
+    if not _vsphere_connection.HAS_PYVMOMI:
+        module.fail_json(msg=missing_required_lib("pyvmomi"), exception=str(_vsphere_connection.PYVMOMI_IMPORT_ERROR))
     try:
-        with _vsphere.VspherePlatform(module.params) as platform:
+        with VspherePlatform(module.params) as platform:
             if module.params["vms"]:
-                vms = [_vsphere.vm_facts(platform.find_vm(ref)) for ref in module.params["vms"]]
+                vms = [vm_facts(platform.find_vm(ref)) for ref in module.params["vms"]]
             else:
                 vms = platform.list_vms()
     except Exception as exc:

@@ -9,7 +9,10 @@ import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import platform as _kvm
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _connection
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import inventory as _inventory
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import source as _source
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import target as _target
 
 DOMAIN = """<domain type='kvm'><name>web01</name><devices>
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
@@ -21,7 +24,7 @@ DOMAIN = """<domain type='kvm'><name>web01</name><devices>
 
 
 def test_domain_disks_skips_removable_and_keeps_order():
-    disks = _kvm.domain_disks(DOMAIN)
+    disks = _inventory.domain_disks(DOMAIN)
     assert [(d["id"], d["target"], d["path"], d["format"]) for d in disks] == [
         ("disk0", "vda", "/var/lib/libvirt/images/web01.qcow2", "qcow2"),
         ("disk1", "vdb", "/dev/vg/data", "raw"),
@@ -29,7 +32,7 @@ def test_domain_disks_skips_removable_and_keeps_order():
 
 
 def test_backup_xml_pull_mode_incremental():
-    root = ET.fromstring(_kvm.backup_xml("/run/s.sock", ["vda", "vdb"], "/tmp/x", incremental="vmigrate-1"))
+    root = ET.fromstring(_source.backup_xml("/run/s.sock", ["vda", "vdb"], "/tmp/x", incremental="vmigrate-1"))
     assert root.get("mode") == "pull"
     assert root.findtext("incremental") == "vmigrate-1"
     assert root.find("server").attrib == {"transport": "unix", "socket": "/run/s.sock"}
@@ -37,37 +40,37 @@ def test_backup_xml_pull_mode_incremental():
         "/tmp/x/vda.scratch",
         "/tmp/x/vdb.scratch",
     ]
-    full = ET.fromstring(_kvm.backup_xml("/run/s.sock", ["vda"], "/tmp/x"))
+    full = ET.fromstring(_source.backup_xml("/run/s.sock", ["vda"], "/tmp/x"))
     assert full.find("incremental") is None
 
 
 def test_checkpoint_xml_bitmaps():
-    root = ET.fromstring(_kvm.checkpoint_xml("vmigrate-2", ["vda"]))
+    root = ET.fromstring(_source.checkpoint_xml("vmigrate-2", ["vda"]))
     assert root.findtext("name") == "vmigrate-2"
     assert root.find("disks/disk").attrib == {"name": "vda", "checkpoint": "bitmap"}
 
 
 def test_provenance_round_trip_attributes_and_children():
     prov = {"source_id": "abc", "sync_index": 3, "state": "complete", "checkpoint": None, "disks": {"disk0": "f"}}
-    parsed = _kvm.parse_provenance(_kvm.provenance_xml(prov))
+    parsed = _inventory.parse_provenance(_inventory.provenance_xml(prov))
     assert parsed == {"source_id": "abc", "sync_index": 3, "state": "complete", "disks": {"disk0": "f"}}
     # The form engine/descriptors writes into a defined domain reads the same.
     text = '<v2v:provenance xmlns:v2v="%s" source_id="abc"><v2v:sync_index>3</v2v:sync_index></v2v:provenance>'
-    assert _kvm.parse_provenance(text % _kvm.NS) == {"source_id": "abc", "sync_index": 3}
+    assert _inventory.parse_provenance(text % _inventory.NS) == {"source_id": "abc", "sync_index": 3}
     # Older targets wrote every value as an attribute string.
-    assert _kvm.parse_provenance('<provenance source_id="abc" sync_index="3"/>') == {
+    assert _inventory.parse_provenance('<provenance source_id="abc" sync_index="3"/>') == {
         "source_id": "abc",
         "sync_index": "3",
     }
-    assert _kvm.parse_provenance("") is None
+    assert _inventory.parse_provenance("") is None
 
 
 def test_with_cpu_mode():
     xml = "<domain><cpu mode='host-passthrough' check='none'><topology sockets='1'/></cpu></domain>"
-    cpu = ET.fromstring(_kvm.with_cpu_mode(xml, "default")).find("cpu")
+    cpu = ET.fromstring(_target.with_cpu_mode(xml, "default")).find("cpu")
     assert "mode" not in cpu.attrib and cpu.find("topology") is not None
-    assert ET.fromstring(_kvm.with_cpu_mode(xml, "host-model")).find("cpu").get("mode") == "host-model"
-    assert _kvm.with_cpu_mode(xml, None) == xml
+    assert ET.fromstring(_target.with_cpu_mode(xml, "host-model")).find("cpu").get("mode") == "host-model"
+    assert _target.with_cpu_mode(xml, None) == xml
 
 
 @pytest.mark.parametrize(
@@ -80,11 +83,11 @@ def test_with_cpu_mode():
     ],
 )
 def test_is_local_uri(uri, local):
-    assert _kvm.is_local_uri(uri) is local
+    assert _connection.is_local_uri(uri) is local
 
 
 def test_merge_runs_clips_to_size():
-    assert _kvm._merge_runs({0, 1, 3, 4}, 1024, 4 * 1024 + 100) == [[0, 2048], [3072, 1124]]
+    assert _source._merge_runs({0, 1, 3, 4}, 1024, 4 * 1024 + 100) == [[0, 2048], [3072, 1124]]
 
 
 class BytesReader:
@@ -102,13 +105,13 @@ def test_write_delta_holds_changed_blocks_and_updates_digests(tmp_path):
     data[bs : 2 * bs] = b"a" * bs
     data[5 * bs : 5 * bs + 10] = b"b" * 10
     digests = _blocks.DigestList.for_size(len(data), bs)
-    runs = _kvm._merge_runs({1, 2, 5}, bs, len(data))
+    runs = _source._merge_runs({1, 2, 5}, bs, len(data))
     path = str(tmp_path / "d.raw")
-    stats = _kvm._write_delta(BytesReader(bytes(data)), runs, path, len(data), digests)
+    stats = _source._write_delta(BytesReader(bytes(data)), runs, path, len(data), digests)
     assert stats == {"bytes_read": 3 * bs, "bytes_written": 2 * bs}  # block 2 is zeros: a hole
     assert os.path.getsize(path) == len(data)
     assert digests[1] == blake3(bytes(data[bs : 2 * bs])).digest()
     assert digests[2] == _blocks.ZERO_DIGEST
     assert digests[5] == blake3(bytes(data[5 * bs : 6 * bs])).digest()
-    pieces = list(_kvm._read_pieces(path, runs))
+    pieces = list(_target._read_pieces(path, runs))
     assert b"".join(p for _o, p in pieces) == bytes(data[bs : 3 * bs]) + bytes(data[5 * bs : 6 * bs])
