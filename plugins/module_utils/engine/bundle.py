@@ -156,6 +156,21 @@ def write_json_atomic(path, data):
         fh.write("\n")
 
 
+def new_manifest(source, spec, target_platform=None, disks=None):
+    """The manifest of a bundle no step has finished yet (state incomplete)."""
+    return {
+        "version": VERSION,
+        "kind": KIND,
+        "state": "incomplete",
+        "source": dict(source),
+        "target_platform": target_platform,
+        "spec": spec,
+        "disks": list(disks or []),
+        "sync": [],
+        "created": {"checkpoints": [], "snapshots": []},
+    }
+
+
 def load_manifest(directory):
     return Bundle.load(directory).manifest
 
@@ -185,17 +200,7 @@ class Bundle:
     @classmethod
     def create(cls, directory, source, spec, target_platform=None, disks=None, save=True):
         """A new bundle in state incomplete (saved at once unless ``save`` is false)."""
-        manifest = {
-            "version": VERSION,
-            "kind": KIND,
-            "state": "incomplete",
-            "source": dict(source),
-            "target_platform": target_platform,
-            "spec": spec,
-            "disks": list(disks or []),
-            "sync": [],
-            "created": {"checkpoints": [], "snapshots": []},
-        }
+        manifest = new_manifest(source, spec, target_platform, disks)
         bundle = cls(directory, manifest)
         if save:
             os.makedirs(bundle.dir, exist_ok=True)

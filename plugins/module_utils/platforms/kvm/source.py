@@ -226,36 +226,33 @@ def _merge_runs(indices, block_size, size):
     return runs
 
 
-def _write_delta(reader, runs, delta_path, size, digests, progress=None):
-    """Copy the block-aligned ``runs`` of ``reader`` into a sparse raw delta file.
+def _write_delta(reader, runs, delta, digests, progress=None):
+    """Copy the block-aligned ``runs`` of ``reader`` into ``delta`` (a bundle.DeltaFile).
 
-    The delta file is as large as the disk and holds data only in ``runs`` (zero
-    blocks are left as holes, which read back as zeros); ``digests`` is updated for
+    Zero blocks are left as holes, which read back as zeros; ``digests`` is updated for
     every block of the runs. Returns bytes read and written.
     """
     bs = digests.block_size
     stats = {"bytes_read": 0, "bytes_written": 0}
     chunk = max(bs, (_disk.MAX_REQUEST // bs) * bs)
-    with atomic_file(delta_path) as fh:
-        fh.truncate(size)
-        for start, length in runs:
-            for off in range(start, start + length, chunk):
-                n = min(chunk, start + length - off)
-                data = reader.pread(n, off)
-                stats["bytes_read"] += n
-                view = memoryview(data)
-                # Runs are block-aligned, so each block lies whole in this chunk.
-                for bstart in range(0, n, bs):
-                    blen = min(bs, n - bstart)
-                    index = (off + bstart) // bs
-                    if data.startswith(bytes(blen), bstart):
-                        digests[index] = _blocks.ZERO_DIGEST
-                        continue
-                    digests[index] = _blocks.block_digest(view[bstart : bstart + blen])
-                    os.pwrite(fh.fileno(), view[bstart : bstart + blen], off + bstart)
-                    stats["bytes_written"] += blen
-                if progress is not None:
-                    progress.advance(n)
+    for start, length in runs:
+        for off in range(start, start + length, chunk):
+            n = min(chunk, start + length - off)
+            data = reader.pread(n, off)
+            stats["bytes_read"] += n
+            view = memoryview(data)
+            # Runs are block-aligned, so each block lies whole in this chunk.
+            for bstart in range(0, n, bs):
+                blen = min(bs, n - bstart)
+                index = (off + bstart) // bs
+                if data.startswith(bytes(blen), bstart):
+                    digests[index] = _blocks.ZERO_DIGEST
+                    continue
+                digests[index] = _blocks.block_digest(view[bstart : bstart + blen])
+                delta.write(off + bstart, view[bstart : bstart + blen])
+                stats["bytes_written"] += blen
+            if progress is not None:
+                progress.advance(n)
     return stats
 
 
@@ -383,23 +380,13 @@ class KvmSource(KvmInventory):
         return None
 
     def _new_manifest(self, run):
-        dom = run.dom
-        return {
-            "version": 1,
-            "kind": "vmigrate.v2v/bundle",
-            "state": "incomplete",
-            "source": {
-                "platform": "kvm",
-                "id": dom.UUIDString(),
-                "name": dom.name(),
-                "connection": {"uri": self.uri},
-            },
-            "target_platform": None,
-            "spec": run.spec,
-            "disks": [],
-            "sync": [],
-            "created": {"checkpoints": [], "snapshots": []},
+        source = {
+            "platform": "kvm",
+            "id": run.dom.UUIDString(),
+            "name": run.dom.name(),
+            "connection": {"uri": self.uri},
         }
+        return _bundle.new_manifest(source, run.spec)
 
     def _disk_record(self, rec, spec_disk, size, block_size):
         return {
@@ -767,21 +754,17 @@ class KvmSource(KvmInventory):
         runs = _merge_runs(blocks, bs, size)
         if not runs:
             return False
-        rel = os.path.join("disks", "%s.delta-%d.raw" % (drec["id"], index))
         progress = Progress("delta %s %s #%d" % (run.dom.name(), drec["id"], index), sum(r[1] for r in runs))
-        stats = _write_delta(reader, runs, os.path.join(bundle, rel), size, digests, progress)
+        delta = _bundle.DeltaFile(bundle, drec["id"], index, size)
+        try:
+            stats = _write_delta(reader, runs, delta, digests, progress)
+        except BaseException:
+            delta.discard()
+            raise
         totals["bytes_read"] += stats["bytes_read"]
         totals["bytes_written"] += stats["bytes_written"]
-        drec.setdefault("deltas", []).append(
-            {
-                "index": index,
-                "path": rel,
-                "format": "raw",
-                "extents": runs,
-                "bytes": sum(r[1] for r in runs),
-                "bytes_written": stats["bytes_written"],
-            }
-        )
+        # The delta records the runs read (whole digest blocks), zero blocks included.
+        delta.finish(drec, runs)
         drec["digests_sha256"] = digests.save(os.path.join(bundle, drec["digests"]))
         drec["progress"] = progress.finish()
         return True

@@ -15,7 +15,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Prog
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle, DeltaFile
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
     HTTP_CHUNK,
     DatastoreFile,
@@ -293,7 +293,7 @@ class VsphereSource(VsphereInventory):
                     changed_extents = None
                 else:
                     old = bundle.load_digests(record)
-                    delta = _DeltaFile(bundle.dir, disk_id, sync_index, capacity)
+                    delta = DeltaFile(bundle.dir, disk_id, sync_index, capacity)
                     try:
                         if areas is not None:
                             pieces = delta.tee(self._read_pieces(reader, areas, progress))
@@ -400,50 +400,3 @@ def _remove_quietly(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-class _DeltaFile:
-    """The bytes of one incremental sync, kept in the bundle as a sparse raw file.
-
-    Same layout as the KVM export's deltas (disks/<id>.delta-<index>.raw, as large as the
-    disk, data only in ``extents``), so kvm_import can bring an earlier target up to date
-    with only these bytes; the bundle's base image is updated in place too.
-    """
-
-    def __init__(self, bundle_dir, disk_id, index, size):
-        self.rel = "disks/%s.delta-%d.raw" % (disk_id, index)
-        self.path = os.path.join(bundle_dir, self.rel)
-        self.index = index
-        self.tmp = part_path(self.path)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fh = open(self.tmp, "wb")
-        self.fh.truncate(size)
-        self.written = 0
-
-    def tee(self, pieces):
-        for offset, data in pieces:
-            os.pwrite(self.fh.fileno(), data, offset)
-            self.written += len(data)
-            yield offset, data
-
-    def finish(self, record, extents):
-        self.fh.close()
-        if not extents:
-            _remove_quietly(self.tmp)
-            return
-        publish(self.tmp, self.path)
-        record.setdefault("deltas", []).append(
-            {
-                "index": self.index,
-                "path": self.rel,
-                "format": "raw",
-                "extents": [list(e) for e in extents],
-                "bytes": sum(e[1] for e in extents),
-                "bytes_written": self.written,
-            }
-        )
-
-    def discard(self):
-        if not self.fh.closed:
-            self.fh.close()
-        _remove_quietly(self.tmp)

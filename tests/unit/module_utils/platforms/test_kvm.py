@@ -9,6 +9,7 @@ import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _connection
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import inventory as _inventory
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import source as _source
@@ -106,8 +107,11 @@ def test_write_delta_holds_changed_blocks_and_updates_digests(tmp_path):
     data[5 * bs : 5 * bs + 10] = b"b" * 10
     digests = _blocks.DigestList.for_size(len(data), bs)
     runs = _source._merge_runs({1, 2, 5}, bs, len(data))
-    path = str(tmp_path / "d.raw")
-    stats = _source._write_delta(BytesReader(bytes(data)), runs, path, len(data), digests)
+    delta = _bundle.DeltaFile(str(tmp_path), "disk0", 2, len(data))
+    stats = _source._write_delta(BytesReader(bytes(data)), runs, delta, digests)
+    record = {"id": "disk0"}
+    delta.finish(record, runs)
+    path = str(tmp_path / record["deltas"][0]["path"])
     assert stats == {"bytes_read": 3 * bs, "bytes_written": 2 * bs}  # block 2 is zeros: a hole
     assert os.path.getsize(path) == len(data)
     assert digests[1] == blake3(bytes(data[bs : 2 * bs])).digest()

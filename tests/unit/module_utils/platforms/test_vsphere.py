@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 
 import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _connection
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import source as _source
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import target as _target
 
 
@@ -100,26 +98,3 @@ def test_vmdk_descriptor_is_qemu_img_s(tmp_path):
     with open(tmp_path / "web01-flat.vmdk", "wb") as fh:
         fh.truncate(64 * 1024 * 1024)
     assert _disk.info(str(tmp_path / "web01.vmdk"), "vmdk")["virtual-size"] == 64 * 1024 * 1024
-
-
-def test_delta_file_keeps_only_changed_ranges(tmp_path):
-    record = {"id": "disk0"}
-    delta = _source._DeltaFile(str(tmp_path), "disk0", 2, 4 * 1024 * 1024)
-    pieces = [(65536, b"a" * 100), (3 * 1024 * 1024, b"b" * 4096)]
-    assert list(delta.tee(iter(pieces))) == pieces
-    delta.finish(record, [[65536, 100], [3 * 1024 * 1024, 4096]])
-    delta.discard()
-    (entry,) = record["deltas"]
-    assert entry["index"] == 2 and entry["path"] == "disks/disk0.delta-2.raw" and entry["bytes"] == 4196
-    path = tmp_path / entry["path"]
-    assert os.path.getsize(path) == 4 * 1024 * 1024 and not os.path.exists(str(path) + ".part")
-    with open(path, "rb") as fh:
-        data = fh.read()
-    assert data[65536 : 65536 + 100] == b"a" * 100 and data[:65536] == bytes(65536)
-
-    empty = {"id": "disk0"}
-    nothing = _source._DeltaFile(str(tmp_path), "disk0", 3, 1024)
-    nothing.finish(empty, [])
-    nothing.discard()
-    assert "deltas" not in empty
-    assert not os.path.exists(tmp_path / "disks" / "disk0.delta-3.raw")
