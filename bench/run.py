@@ -4,6 +4,7 @@
 (a) convert with digests in flight vs plain `qemu-img convert`, same input and output
 (b) a large sparse disk holding little data vs a small disk full of the same data
 (c) digest throughput per core vs the disk's own sequential read/write speed (dd)
+(e) end to end on the lab (bench/e2e.py): not in the default parts; --only e, or make bench
 
 Nothing here is asserted; the figures go to stdout and bench/results/latest.txt.
 """
@@ -24,32 +25,14 @@ from functools import partial
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
+import e2e  # noqa: E402
+from common import LINES, GiB, MiB, fill_random, say, settle, timed  # noqa: E402
+
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _files  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.convert import Converter  # noqa: E402
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-LINES = []
-
-
-def say(text=""):
-    print(text, flush=True)
-    LINES.append(text)
-
-
-def fill_random(path, size, data_ranges):
-    """A sparse raw file of ``size`` with random bytes in ``data_ranges`` [(offset, length)]."""
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-        for off, length in data_ranges:
-            fh.seek(off)
-            for done in range(0, length, 16 * MiB):
-                fh.write(os.urandom(min(16 * MiB, length - done)))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def bundle_with(raw, workdir, name, size, digests=False):
@@ -74,12 +57,6 @@ def bundle_with(raw, workdir, name, size, digests=False):
     return b.dir
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def qemu_img_convert(src, dst, fmt, sub, cache="unsafe", fsync=False):
     opts = ["-o", "subformat=" + sub] if sub else []
     subprocess.run(["qemu-img", "convert", "-t", cache, "-f", "raw", "-O", fmt] + opts + [src, dst], check=True)
@@ -93,11 +70,6 @@ def durable_mode(workdir, fmt, sub):
     if (fmt == "vmdk" and sub != "monolithicFlat") or not _disk._supports_direct_io(workdir):
         return "unsafe", True
     return "none", False
-
-
-def settle():
-    """Write back dirty pages left by the previous run so they do not slow the next one."""
-    subprocess.run(["sync"], check=True)
 
 
 def project_convert(src_bundle, dest, target, fmt, sub):
@@ -244,7 +216,10 @@ def main():
     ap.add_argument(
         "--results", default=os.path.join(ROOT, "bench", "results", "latest.txt"), help="where to write the figures"
     )
-    ap.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    ap.add_argument(
+        "--only", choices=["a", "b", "c", "e"], action="append", help="run only these parts (e: end to end, the lab)"
+    )
+    e2e.add_arguments(ap)
     args = ap.parse_args()
     parts = args.only or ["a", "b", "c"]
     workdir = os.path.abspath(args.dir)
@@ -268,6 +243,8 @@ def main():
             bench_sparse(workdir, args.sparse_data_mib * MiB, args.sparse_gib * GiB, args.repeat)
         if "c" in parts:
             bench_digest(workdir, raw, size)
+        if "e" in parts:
+            e2e.run(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     say("load average at end: %.2f %.2f %.2f" % os.getloadavg())

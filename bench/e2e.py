@@ -1,0 +1,651 @@
+"""(e) End to end on the lab: the rows of issue 10's table, each beside its floor in one run.
+
+A KVM source domain (the lab's domain type, no OS, 1 vCPU) with one qcow2 disk of
+--e2e-capacity-gib holding --e2e-data-mib of random data in 8 pieces, made with
+qemu-img in the lab's source pool. The modules run through ansible-playbook (the
+collection as a user runs it); their results are collected by
+bench/callback_plugins/bench_results.py, so no extra task runs inside the timed playbook.
+
+ 1  cold KVM -> KVM (export, convert, import, verify without boot) as one playbook vs
+    durable `qemu-img convert -t none` + `qemu-img compare`; the modules' own seconds
+ 2  source bytes read by that migration (strace of every process under the playbook)
+ 3  cold KVM -> vSphere (vcsim): bytes uploaded and read back vs allocated data
+ 4  warm full copy of the running domain (backup job, NBD pull) vs nbdcopy and
+    qemu-img convert reading an NBD export of the same domain
+ 5  incremental after 2,560 scattered 4 KiB guest writes vs the dirty bitmap
+ 6  final sync at cutover: 3 MiB of guest writes, the domain shut off, the last export
+ 7  scaling of row 1 with data and capacity
+
+Everything made is named bench-e-<tag>-... and removed at the end. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+
+from common import GiB, MiB, fill_random, say, settle, timed
+
+try:
+    import libvirt
+    import libvirt_qemu
+except ImportError:  # only part (e) needs them: run() says so
+    libvirt = libvirt_qemu = None
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FACTS = os.environ.get("VMIGRATE_LAB_FACTS") or os.path.join(ROOT, "tests", "lab", "state", "lab.json")
+ANSIBLE_PLAYBOOK = os.path.join(ROOT, ".venv", "bin", "ansible-playbook")
+PIECES = 8
+WRITE = 4096  # one scattered guest write
+
+
+def add_arguments(ap):
+    ap.add_argument("--e2e-capacity-gib", type=int, default=4, help="(e) capacity of the source disk (default 4)")
+    ap.add_argument("--e2e-data-mib", type=int, default=1024, help="(e) random data in it, 8 pieces (default 1024)")
+    ap.add_argument("--e2e-writes", type=int, default=2560, help="(e5) scattered 4 KiB guest writes (default 2560)")
+    ap.add_argument("--e2e-final-mib", type=int, default=3, help="(e6) MiB written before cutover (default 3)")
+    ap.add_argument("--e2e-scale-data-mib", type=int, default=256, help="(e7) the second data size of the scaling grid")
+    ap.add_argument(
+        "--e2e-scale-capacity-gib", type=int, default=16, help="(e7) the second capacity of the scaling grid"
+    )
+
+
+def mib(n):
+    return n / MiB
+
+
+class Source:
+    """A source domain and its disk: ``pieces`` [(offset, length)] hold the random data."""
+
+    def __init__(self, name, path, capacity, pieces, allocated):
+        self.name, self.path, self.capacity = name, path, capacity
+        self.pieces, self.allocated = pieces, allocated
+
+    @property
+    def label(self):
+        return "%d MiB in %d GiB" % (self.allocated // MiB, self.capacity // GiB)
+
+
+class Bench:
+    """The lab, the work directory and what this run made (removed by cleanup())."""
+
+    def __init__(self, args, workdir):
+        with open(FACTS, encoding="utf-8") as fh:
+            self.lab = json.load(fh)
+        self.args = args
+        self.dir = os.path.join(workdir, "e")
+        os.makedirs(self.dir)
+        self.tag = "bench-e-" + uuid.uuid4().hex[:6]
+        self.uri = self.lab["libvirt_uri"]
+        libvirt.registerErrorHandler(lambda *_: None, None)  # lookups of what is gone are expected
+        self.conn = libvirt.open(self.uri)
+        self.domain_type = os.environ.get("VMIGRATE_KVM_DOMAIN_TYPE") or self.lab["domain_type"]
+        self.src_dir = self.lab["pool_paths"][self.lab["pools"]["source"]]
+        self.target_pool = self.lab["pools"]["target"]
+        self.domains, self.files, self.vsphere_vms = [], [], []
+        self.seq = 0
+
+    # -- sources and clean-up --
+
+    def make_source(self, data, capacity):
+        """A defined, shut-off domain with a qcow2 disk of ``capacity`` holding ``data`` random bytes."""
+        name = "%s-src-%dm-%dg" % (self.tag, data // MiB, capacity // GiB)
+        path = os.path.join(self.src_dir, name + ".qcow2")
+        step, piece = capacity // PIECES, data // PIECES
+        lead = min(MiB, step - piece)  # sector 0 stays zero: SeaBIOS finds no boot sector and waits
+        pieces = [(i * step + lead, piece) for i in range(PIECES)]
+        raw = os.path.join(self.dir, name + ".raw")
+        fill_random(raw, capacity, pieces)
+        self.files.append(path)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path], check=True)
+        os.unlink(raw)
+        xml = (
+            "<domain type='%s'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>"
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            "<source file='%s'/><target dev='vda' bus='virtio'/></disk></devices></domain>"
+        ) % (self.domain_type, name, path)
+        self.domains.append(name)
+        self.conn.defineXML(xml)
+        return Source(name, path, capacity, pieces, allocated_bytes(path))
+
+    def drop_domain(self, name, volumes=True):
+        """Destroy and undefine ``name`` (checkpoints too); with ``volumes``, delete its disks."""
+        try:
+            dom = self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            return
+        paths = [d.get("file") for d in ET.fromstring(dom.XMLDesc(0)).iterfind("devices/disk/source")]
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        for path in paths if volumes else []:
+            remove_volume(self.conn, path)
+
+    def drop_vsphere_vm(self, name):
+        from pyVim.task import WaitForTask
+        from pyVmomi import vim
+
+        with self.vsphere() as si:
+            content = si.RetrieveContent()
+            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+            vms = [vm for vm in view.view if vm.name == name]
+            view.Destroy()
+            for vm in vms:
+                if vm.runtime.powerState == "poweredOn":
+                    WaitForTask(vm.PowerOffVM_Task())
+                WaitForTask(vm.Destroy_Task())
+        # vcsim keeps uploaded files it does not know as the VM's: remove the VM's folder.
+        shutil.rmtree(os.path.join(self.lab["vcsim"]["datastore_dir"], name), ignore_errors=True)
+
+    @contextlib.contextmanager
+    def vsphere(self):
+        import ssl
+
+        from pyVim.connect import Disconnect, SmartConnect
+
+        vc = self.lab["vcsim"]
+        si = SmartConnect(
+            host=vc["hostname"],
+            port=vc["port"],
+            user=vc["username"],
+            pwd=vc["password"],
+            sslContext=ssl.create_default_context(cafile=vc["ca_path"]),
+        )
+        try:
+            yield si
+        finally:
+            Disconnect(si)
+
+    def cleanup(self):
+        """Remove everything this run made; what cannot be removed is said, not raised."""
+        actions = [(self.drop_vsphere_vm, n) for n in self.vsphere_vms]
+        actions += [(lambda n: self.drop_domain(n, volumes=False), n) for n in self.domains]
+        actions += [(lambda p: remove_volume(self.conn, p), p) for p in self.files]
+        for action, what in actions:
+            try:
+                action(what)
+            except Exception as exc:  # keep cleaning the rest
+                say("     clean-up: could not remove %s: %s (remove it by hand)" % (what, exc))
+        self.conn.close()
+
+    # -- playbooks --
+
+    def play(self, tasks, strace_to=None):
+        """Run ``tasks`` as one playbook; return (whole process seconds, {task name: result})."""
+        self.seq += 1
+        path = os.path.join(self.dir, "play-%d.yml" % self.seq)
+        out = os.path.join(self.dir, "results-%d.json" % self.seq)
+        doc = [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1)  # JSON is YAML
+        env = dict(
+            os.environ,
+            ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+            ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "bench", "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="vmigrate.v2v.migration_summary,bench_results",
+            ANSIBLE_NOCOLOR="1",
+            VMIGRATE_BENCH_RESULTS=out,
+        )
+        cmd = [ANSIBLE_PLAYBOOK, path]
+        if strace_to:
+            cmd = strace_cmd(strace_to) + cmd
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        results = {}
+        if os.path.exists(out):
+            with open(out, encoding="utf-8") as fh:
+                results = json.load(fh)
+            os.unlink(out)
+        os.unlink(path)
+        if proc.returncode != 0:
+            raise RuntimeError("playbook failed (rc %d):\n%s" % (proc.returncode, (proc.stdout + proc.stderr)[-4000:]))
+        return seconds, results
+
+    def kvm_task(self, task, module, **args):
+        return {"name": task, "vmigrate.v2v." + module: dict(args, uri=self.uri)}
+
+    def vsphere_task(self, task, module, **args):
+        vc = self.lab["vcsim"]
+        conn = {k: vc[k] for k in ("hostname", "port", "username", "password", "ca_path", "datacenter")}
+        return {"name": task, "vmigrate.v2v." + module: dict(args, validate_certs=True, **conn)}
+
+    def export_task(self, src, bundle, mode):
+        return self.kvm_task("export", "kvm_export", vm=src.name, bundle=bundle, mode=mode)
+
+    def kvm_migration(self, src, work, dst):
+        """Cold KVM -> KVM: the four steps of playbooks/kvm_to_kvm.yml, without the boot check."""
+        return [
+            self.export_task(src, work + "/export", "cold"),
+            {
+                "name": "convert",
+                "vmigrate.v2v.convert": {"src": work + "/export", "dest": work + "/kvm", "target_platform": "kvm"},
+            },
+            self.kvm_task(
+                "import",
+                "kvm_import",
+                bundle=work + "/kvm",
+                name=dst,
+                pool=self.target_pool,
+                domain_type=self.domain_type,
+                cpu_mode="default",
+            ),
+            self.kvm_task("verify", "kvm_verify", bundle=work + "/kvm", vm=dst, boot_check=False),
+        ]
+
+    def run_kvm_migration(self, src, strace_to=None):
+        """One cold KVM -> KVM migration of ``src``; its target and bundles are removed afterwards."""
+        work = os.path.join(self.dir, "kvm")
+        dst = "%s-dst" % self.tag
+        if dst not in self.domains:
+            self.domains.append(dst)
+        settle()
+        try:
+            return self.play(self.kvm_migration(src, work, dst), strace_to=strace_to)
+        finally:
+            self.drop_domain(dst)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def floor_convert_compare(self, src):
+        """Durable qemu-img convert of the source disk + qemu-img compare, whole processes."""
+        out = os.path.join(self.dir, "floor.qcow2")
+        settle()
+        convert = ["qemu-img", "convert", "-t", "none", "-f", "qcow2", "-O", "qcow2", src.path, out]
+        compare = ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src.path, out]
+        seconds = timed(lambda: (sh(convert), sh(compare)))
+        os.unlink(out)
+        return seconds
+
+
+# -- helpers --
+
+
+def sh(argv):
+    return subprocess.run(argv, check=True, capture_output=True)
+
+
+def allocated_bytes(path):
+    """Guest bytes the image holds data for (qemu-img map): what a copy must read."""
+    out = subprocess.run(
+        ["qemu-img", "map", "-U", "--output=json", path], check=True, capture_output=True, text=True
+    ).stdout
+    return sum(e["length"] for e in json.loads(out) if e.get("data"))
+
+
+def remove_volume(conn, path):
+    """Delete a disk file, through libvirt when it is a volume of a pool (so the pool forgets it)."""
+    if not path:
+        return
+    try:
+        conn.storageVolLookupByPath(path).delete(0)
+    except libvirt.libvirtError:
+        pass
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def strace_cmd(out):
+    # -f: child processes and threads; -Y: each line names the program; -y: file
+    # descriptors with their paths; -s 0: no data.
+    return [
+        "strace", "-f", "-qq", "-Y", "-y", "-s", "0", "--seccomp-bpf",
+        "-e", "trace=read,pread64,readv,preadv,preadv2",
+        "-o", out,
+    ]  # fmt: skip
+
+
+# 123<qemu-img> pread64(9</path>, ""..., 65536, 0) = 65536
+# 123<qemu-img> pread64(9</path>,  <unfinished ...>   and later   123<qemu-img> <... pread64 resumed>...) = 65536
+_CALL = re.compile(r"^(\d+)<([^>]*)> \w+\(\d+<([^>]*)>,(.*)$")
+_RESUMED = re.compile(r"^(\d+)<[^>]*> <\.\.\. \w+ resumed>.*\) = (\d+)$")
+_RESULT = re.compile(r"\) = (\d+)$")
+
+
+def bytes_read_from(trace, path):
+    """{program: bytes it read from ``path``}, summed over the traced read calls."""
+    totals, pending = {}, {}
+    with open(trace, errors="replace") as fh:
+        for line in fh:
+            line = line.rstrip("\n")
+            m = _CALL.match(line)
+            if m:
+                pid, prog, fd_path, rest = m.groups()
+                done = _RESULT.search(rest)
+                if done and fd_path == path:
+                    totals[prog] = totals.get(prog, 0) + int(done.group(1))
+                elif rest.endswith("<unfinished ...>"):
+                    pending[pid] = (prog, fd_path)
+                continue
+            m = _RESUMED.match(line)
+            if m and m.group(1) in pending:
+                prog, fd_path = pending.pop(m.group(1))
+                if fd_path == path:
+                    totals[prog] = totals.get(prog, 0) + int(m.group(2))
+    return totals
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def step_seconds(runs):
+    """{step: median seconds} over the runs' results."""
+    return {s: median([r[s]["seconds"] for r in runs]) for s in runs[0]}
+
+
+# -- the running domain --
+
+
+def start(bench, src):
+    dom = bench.conn.lookupByName(src.name)
+    dom.create()
+    return dom
+
+
+def monitor(dom, command, hmp=False):
+    flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
+    return libvirt_qemu.qemuMonitorCommand(dom, command, flags)
+
+
+def qom_backend(dom):
+    """QOM path of the disk's virtio backend (where qemu-io writes as the guest does)."""
+    alias = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/alias").get("name")
+    return "/machine/peripheral/%s/virtio-backend" % alias
+
+
+def guest_writes(dom, src, offsets, pattern):
+    """4 KiB writes through the guest's block backend, so dirty bitmaps see them.
+
+    libvirt (like virsh) reports success even when qemu-io fails, and QEMU 7.2 prints
+    qemu-io's report in the domain's log, not the reply: so a reply is an error unless it
+    is the report, and the data is read back from the image afterwards.
+    """
+    backend = qom_backend(dom)
+    for off in offsets:
+        reply = monitor(dom, 'qemu-io -d %s "write -P 0x%x %d %d"' % (backend, pattern, off, WRITE), hmp=True)
+        if reply.strip() and "wrote %d/%d bytes" % (WRITE, WRITE) not in reply:
+            raise RuntimeError("guest write at %d on %s failed: %s" % (off, dom.name(), reply.strip()))
+    # Read back (shared, read-only: QEMU holds the image): every block holds the pattern.
+    cmd = ["qemu-io", "-U", "-r", "-f", "qcow2", src.path]
+    for off in offsets:
+        cmd += ["-c", "read -P 0x%x %d %d" % (pattern, off, WRITE)]
+    out = sh(cmd).stdout.decode()
+    bad = out.count("Pattern verification failed")
+    if bad or out.count("read %d/%d bytes" % (WRITE, WRITE)) != len(offsets):
+        raise RuntimeError("%d of %d guest writes on %s did not land in %s" % (bad, len(offsets), dom.name(), src.path))
+
+
+def scattered(src, count, seed):
+    """``count`` distinct 4 KiB-aligned offsets inside the data pieces (repeatable)."""
+    slots = [(off + i * WRITE) for off, length in src.pieces for i in range(length // WRITE)]
+    return sorted(random.Random(seed).sample(slots, count))
+
+
+def dirty_bytes(dom, bitmap):
+    """(dirty bytes, granularity) of the named dirty bitmap, from QEMU."""
+    nodes = json.loads(monitor(dom, '{"execute": "query-named-block-nodes"}'))["return"]
+    for node in nodes:
+        for bm in node.get("dirty-bitmaps") or []:
+            if bm.get("name") == bitmap:
+                return bm["count"], bm["granularity"]
+    raise RuntimeError("no dirty bitmap %s on domain %s" % (bitmap, dom.name()))
+
+
+@contextlib.contextmanager
+def backup_export(dom, target="vda"):
+    """An NBD export of the running domain's disk: our own pull-mode backup job (virsh)."""
+    sockdir = tempfile.mkdtemp(prefix="bench-e-backup-")
+    # QEMU creates the socket, as its own user (see platforms/kvm BackupJob).
+    with open("/run/libvirt/qemu/%s.pid" % dom.name()) as fh:
+        st = os.stat("/proc/%d" % int(fh.read().strip()))
+    os.chown(sockdir, st.st_uid, st.st_gid)
+    sock = os.path.join(sockdir, "nbd.sock")
+    xml = os.path.join(sockdir, "backup.xml")
+    with open(xml, "w") as fh:
+        fh.write(
+            "<domainbackup mode='pull'><server transport='unix' socket='%s'/><disks>"
+            "<disk name='%s' backup='yes' type='file'><scratch file='%s/%s.scratch'/></disk>"
+            "</disks></domainbackup>" % (sock, target, sockdir, target)
+        )
+    virsh = ["virsh", "-q", "-c", dom.connect().getURI()]
+    subprocess.run(virsh + ["backup-begin", dom.name(), xml], check=True, capture_output=True)
+    try:
+        yield "nbd+unix:///%s?socket=%s" % (target, sock)
+    finally:
+        subprocess.run(virsh + ["domjobabort", dom.name()], check=False, capture_output=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+# -- the rows --
+
+
+def row_cold_kvm(bench, src, repeat, quiet=False):
+    """(1) cold KVM -> KVM migration vs durable qemu-img convert + compare, medians."""
+    plays, floors, runs = [], [], []
+    for _ in range(repeat):
+        seconds, results = bench.run_kvm_migration(src)
+        plays.append(seconds)
+        runs.append(results)
+        floors.append(bench.floor_convert_compare(src))
+    row = {"play": median(plays), "floor": median(floors), "steps": step_seconds(runs), "runs": runs}
+    if quiet:
+        return row
+    say(
+        "(e1) cold KVM -> KVM, one playbook: export, convert, import, verify (no boot); %s; median of %d"
+        % (src.label, repeat)
+    )
+    say(
+        "     vmigrate %.1f s | floor: qemu-img convert -t none + qemu-img compare %.1f s | %.2fx (goal <= 1.15x)"
+        % (row["play"], row["floor"], row["play"] / row["floor"])
+    )
+    steps = row["steps"]
+    own = sum(steps.values())
+    say(
+        "     modules' own seconds: %s = %.1f s; the rest, Ansible and module start-up: %.1f s (goal <= 3 s)"
+        % (" + ".join("%s %.1f" % (s, t) for s, t in steps.items()), own, row["play"] - own)
+    )
+    return row
+
+
+def row_source_reads(bench, src):
+    """(2) bytes of the source file read by one cold migration, counted by strace."""
+    if not shutil.which("strace"):
+        say("(e2) source bytes read: not measured, strace is not installed (apt-get install strace)")
+        return
+    trace = os.path.join(bench.dir, "strace.txt")
+    _, results = bench.run_kvm_migration(src, strace_to=trace)
+    by_program = bytes_read_from(trace, src.path)
+    os.unlink(trace)
+    traced = sum(by_program.values())
+    say("(e2) source bytes read by one cold KVM -> KVM migration; allocated data %.0f MiB" % mib(src.allocated))
+    say(
+        "     strace, read calls on the source file by every process under ansible-playbook: "
+        "%.0f MiB = %.2fx allocated (goal 1x)" % (mib(traced), traced / src.allocated)
+    )
+    say("     by program: %s" % ", ".join("%s %.0f MiB" % (p, mib(n)) for p, n in sorted(by_program.items())))
+    say(
+        "     the steps' own bytes_read (what each reports, from the source or elsewhere): %s"
+        % ", ".join("%s %.0f MiB" % (s, mib(r["bytes_read"])) for s, r in results.items())
+    )
+
+
+def row_vsphere(bench, src, kvm_play):
+    """(3) cold KVM -> vSphere (vcsim): bytes uploaded and read back vs allocated, time vs row 1."""
+    work = os.path.join(bench.dir, "vsphere")
+    vm = "%s-vs" % bench.tag
+    bench.vsphere_vms.append(vm)
+    tasks = [
+        bench.export_task(src, work + "/export", "cold"),
+        {
+            "name": "convert",
+            "vmigrate.v2v.convert": {"src": work + "/export", "dest": work + "/vsphere", "target_platform": "vsphere"},
+        },
+        bench.vsphere_task(
+            "import", "vsphere_import", bundle=work + "/vsphere", name=vm, datastore=bench.lab["vcsim"]["datastore"]
+        ),
+        bench.vsphere_task("verify", "vsphere_verify", bundle=work + "/vsphere", vm=vm, boot_check=False),
+    ]
+    settle()
+    try:
+        seconds, results = bench.play(tasks)
+    finally:
+        bench.drop_vsphere_vm(vm)
+        shutil.rmtree(work, ignore_errors=True)
+    up, back = results["import"]["bytes_written"], results["verify"]["bytes_read"]
+    say("(e3) cold KVM -> vSphere (vcsim), one playbook: export, convert, import, verify (no boot); once")
+    say(
+        "     uploaded %.0f MiB = %.2fx allocated, read back %.0f MiB = %.2fx (goal <= 1.1x each; capacity %.0f MiB)"
+        % (mib(up), up / src.allocated, mib(back), back / src.allocated, mib(src.capacity))
+    )
+    say(
+        "     %.1f s whole process = %.2fx cold KVM -> KVM; modules' own seconds: %s"
+        % (seconds, seconds / kvm_play, ", ".join("%s %.1f" % (s, r["seconds"]) for s, r in results.items()))
+    )
+
+
+def row_warm_full(bench, src, dom, bundle):
+    """(4) warm full copy through the backup job vs nbdcopy / qemu-img reading an NBD export."""
+    floors = {}
+    with backup_export(dom) as uri:
+        raw, qcow = os.path.join(bench.dir, "nbd.raw"), os.path.join(bench.dir, "nbd.qcow2")
+        settle()
+        floors["nbdcopy --flush (raw file)"] = timed(lambda: sh(["nbdcopy", "--flush", uri, raw]))
+        settle()
+        convert = ["qemu-img", "convert", "-t", "none", "-f", "raw", "-O", "qcow2", uri, qcow]
+        floors["qemu-img convert -t none -O qcow2"] = timed(lambda: sh(convert))
+        for p in (raw, qcow):
+            os.unlink(p)
+    settle()
+    seconds, results = bench.play([bench.export_task(src, bundle, "warm")])
+    exp = results["export"]
+    say("(e4) warm full copy of the running domain (libvirt backup job, NBD pull); %s" % src.label)
+    say(
+        "     kvm_export (%s) %.1f s, %.0f MiB read at %.0f MiB/s (playbook %.1f s)"
+        % (exp["kind"], exp["seconds"], mib(exp["bytes_read"]), mib(exp["bytes_read"]) / exp["seconds"], seconds)
+    )
+    for label, t in floors.items():
+        say(
+            "     floor, same domain, own backup job: %-36s %.1f s: kvm_export at %.2fx its rate (goal >= 0.8x)"
+            % (label, t, t / exp["seconds"])
+        )
+    return exp
+
+
+def row_incremental(bench, src, dom, bundle, full):
+    """(5) incremental after scattered guest writes vs the dirty bitmap's count."""
+    n = bench.args.e2e_writes
+    guest_writes(dom, src, scattered(src, n, seed=4), 0x5A)
+    dirty, gran = dirty_bytes(dom, full["checkpoint"])
+    settle()
+    seconds, results = bench.play([bench.export_task(src, bundle, "incremental")])
+    inc = results["export"]
+    moved = max(inc["bytes_read"], inc["bytes_written"])
+    say(
+        "(e5) incremental after %.1f MiB changed in %d scattered 4 KiB guest writes (%.1f%% of the data)"
+        % (mib(n * WRITE), n, 100.0 * n * WRITE / src.allocated)
+    )
+    say("     dirty bitmap since the full copy: %.1f MiB at %d KiB granularity" % (mib(dirty), gran // 1024))
+    say(
+        "     kvm_export (%s): read %.1f MiB, wrote %.1f MiB = %.2fx the dirty bytes (goal <= 1.1x)"
+        % (inc["kind"], mib(inc["bytes_read"]), mib(inc["bytes_written"]), moved / dirty)
+    )
+    say(
+        "     %.1f s = %.2fx the warm full copy's %.1f s (goal <= 0.05x; playbook %.1f s)"
+        % (inc["seconds"], inc["seconds"] / full["seconds"], full["seconds"], seconds)
+    )
+    return inc
+
+
+def row_final_sync(bench, src, dom, bundle, last, kvm_play):
+    """(6) guest writes, shut off, the final export: bytes read vs changed, time vs row 1."""
+    n = bench.args.e2e_final_mib * MiB // WRITE
+    guest_writes(dom, src, scattered(src, n, seed=6), 0xA5)
+    dirty, _ = dirty_bytes(dom, last["checkpoint"])
+    # Pulled out like a plug: the writes went to clusters already allocated, so the file
+    # holds them without any metadata QEMU would have flushed at a clean shutdown.
+    dom.destroy()
+    settle()
+    seconds, results = bench.play([bench.export_task(src, bundle, "incremental")])
+    fin = results["export"]
+    say(
+        "(e6) final sync at cutover: %.0f MiB in %d scattered 4 KiB guest writes, then the domain shut off (destroyed)"
+        % (mib(n * WRITE), n)
+    )
+    say("     (the dirty bitmap counted %.1f MiB, at its granularity, before the shut-off)" % mib(dirty))
+    say(
+        "     kvm_export (%s, source off): read %.1f MiB = %.1fx the changed bytes, wrote %.1f MiB"
+        % (fin["kind"], mib(fin["bytes_read"]), fin["bytes_read"] / (n * WRITE), mib(fin["bytes_written"]))
+    )
+    say(
+        "     module %.1f s = %.2fx, playbook %.1f s = %.2fx the cold KVM -> KVM migration's %.1f s (goal <= 0.1x)"
+        % (fin["seconds"], fin["seconds"] / kvm_play, seconds, seconds / kvm_play, kvm_play)
+    )
+
+
+def row_scaling(bench, main_src, main_row, repeat):
+    """(7) row 1 at two data sizes and two capacities, as ratios."""
+    a = bench.args
+    datas = sorted({a.e2e_scale_data_mib * MiB, main_src.allocated})
+    caps = sorted({a.e2e_scale_capacity_gib * GiB, main_src.capacity})
+    grid = {}
+    for data in datas:
+        for cap in caps:
+            if (data, cap) == (main_src.allocated, main_src.capacity):
+                grid[data, cap] = main_row
+                continue
+            src = bench.make_source(data, cap)
+            grid[data, cap] = row_cold_kvm(bench, src, repeat, quiet=True)
+            bench.drop_domain(src.name)
+    say("(e7) cost of row 1 with data and capacity: whole process s (floor s), median of %d" % repeat)
+    say("     %-10s" % "data" + "".join("%24s" % ("%d GiB capacity" % (c // GiB)) for c in caps))
+    for data in datas:
+        cells = ["%.1f (%.1f)" % (grid[data, c]["play"], grid[data, c]["floor"]) for c in caps]
+        say("     %-10s" % ("%d MiB" % (data // MiB)) + "".join("%24s" % x for x in cells))
+    if len(datas) == 2:
+        for c in caps:
+            lo, hi = grid[datas[0], c], grid[datas[1], c]
+            say(
+                "     %dx the data at %d GiB: vmigrate %.2fx, floor %.2fx"
+                % (datas[1] // datas[0], c // GiB, hi["play"] / lo["play"], hi["floor"] / lo["floor"])
+            )
+    if len(caps) == 2:
+        for d in datas:
+            lo, hi = grid[d, caps[0]], grid[d, caps[1]]
+            say(
+                "     %dx the capacity with %d MiB: vmigrate %.2fx, floor %.2fx (goal: ~1x, cost follows data)"
+                % (caps[1] // caps[0], d // MiB, hi["play"] / lo["play"], hi["floor"] / lo["floor"])
+            )
+
+
+def run(args, workdir):
+    if libvirt is None:
+        raise SystemExit("part (e) needs libvirt-python (libvirt, libvirt_qemu); run it from the project's .venv")
+    if not os.path.exists(FACTS):
+        raise SystemExit("part (e) needs the lab: %s is missing (tests/lab/lab up)" % FACTS)
+    bench = Bench(args, workdir)
+    say("(e) end to end on the lab (%s, domain type %s), names %s-*" % (bench.uri, bench.domain_type, bench.tag))
+    try:
+        src = bench.make_source(args.e2e_data_mib * MiB, args.e2e_capacity_gib * GiB)
+        cold = row_cold_kvm(bench, src, args.repeat)
+        row_source_reads(bench, src)
+        row_vsphere(bench, src, cold["play"])
+        bundle = os.path.join(bench.dir, "warm")
+        dom = start(bench, src)
+        full = row_warm_full(bench, src, dom, bundle)
+        inc = row_incremental(bench, src, dom, bundle, full)
+        row_final_sync(bench, src, dom, bundle, inc, cold["play"])
+        bench.drop_domain(src.name)
+        row_scaling(bench, src, cold, args.repeat)
+    finally:
+        bench.cleanup()
