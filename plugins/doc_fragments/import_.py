@@ -33,6 +33,10 @@ options:
     description:
       - Source storage (pool, datastore or directory) to target storage (pool or datastore) per disk.
     type: dict
+  start:
+    description: Power the target on after the import (when it is off).
+    type: bool
+    default: false
 notes:
   - What happens to an existing VM of that name is decided the same way on every platform, from the
     provenance it carries - see RV(action).

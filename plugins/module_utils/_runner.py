@@ -41,6 +41,7 @@ def import_options(**extra):
         replace=dict(type="bool", default=False),
         network_map=dict(type="dict"),
         storage_map=dict(type="dict"),
+        start=dict(type="bool", default=False),
     )
     spec.update(extra)
     return spec

@@ -61,10 +61,6 @@ options:
     type: str
     default: auto
     choices: [auto, path, stream]
-  start:
-    description: Start the domain after the import.
-    type: bool
-    default: false
 attributes:
   check_mode:
     support: full
@@ -118,16 +114,16 @@ rewritten:
   elements: str
 volumes:
   description: Volumes created (or, in check mode, that would be) - pool, name, format.
-  returned: always
+  returned: when a domain was created
   type: list
   elements: dict
 bytes_written:
-  description: Bytes written into the target volumes.
+  description: Bytes written into the target volumes (0 when none).
   returned: always
   type: int
 deltas_applied:
   description: Incremental deltas applied - disk, index, bytes_written.
-  returned: always
+  returned: when deltas were applied
   type: list
   elements: dict
 provenance:
@@ -141,8 +137,8 @@ transfer:
   returned: when volumes were created
   type: str
 started:
-  description: Whether the domain was started.
-  returned: always
+  description: True when O(start) started the domain.
+  returned: when the domain was started
   type: bool
 replaced:
   description: The domain (and volumes) removed because O(replace=true).
@@ -170,7 +166,6 @@ def main():
                 domain_type=dict(type="str", choices=["kvm", "qemu"]),
                 cpu_mode=dict(type="str", choices=["host-passthrough", "host-model", "maximum", "default"]),
                 transfer=dict(type="str", default="auto", choices=["auto", "path", "stream"]),
-                start=dict(type="bool", default=False),
             )
         ),
         supports_check_mode=True,

@@ -29,7 +29,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import vmx as _vmx
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import PROFILES
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import PROFILES
 
 SUFFIX = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx", "vpc": "vhd"}
 

@@ -15,7 +15,7 @@ import os
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import PROFILES
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import PROFILES
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +31,7 @@ REMOVABLE_TYPES = ("cdrom", "floppy")
 REMOVABLE_BUSES = ("sata", "ide", "scsi", "fdc")
 OS_FAMILIES = ("linux", "windows", "other")
 
-# What each target platform can attach: the facts live in platforms/base.PROFILES.
+# What each target platform can attach: the facts live in platforms/profiles.PROFILES.
 _HARDWARE = ("buses", "controllers", "nic_models", "default_bus", "default_controller", "default_nic")
 SUPPORT = {name: {k: profile[k] for k in _HARDWARE} for name, profile in PROFILES.items()}
 

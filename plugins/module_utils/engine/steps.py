@@ -19,6 +19,8 @@ import uuid
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms import profiles as _profiles
 
 # The one provenance shape every target carries (libvirt <metadata>, vSphere
 # extraConfig, Hyper-V Notes). `fingerprint` is the content: the digest lists of the
@@ -134,6 +136,50 @@ class ImportPlan:
 
     def as_dict(self):
         return {"action": self.action, "reason": self.reason, "disks": self.disks}
+
+
+def run_import(platform, bundle, options, check_mode=False):
+    """The import step, the same on every platform: check the bundle against itself,
+    translate the spec for the target, check the name and capacities it can hold, then
+    do what plan_import decides with the platform's target primitives (create_vm,
+    remove_vm, update_disks, write_provenance, start_vm)."""
+    started = time.monotonic()
+    require_complete(bundle)
+    # A hand-edited or damaged bundle is refused before anything is looked up or made.
+    bundle.check_integrity()
+    manifest = bundle.manifest
+    if manifest.get("target_platform") not in (None, platform.name):
+        raise InputError(
+            "bundle %s was converted for %s, not %s" % (bundle.dir, manifest["target_platform"], platform.name),
+            "convert the export bundle again with target_platform %s" % platform.name,
+        )
+    network_map = options.get("network_map") or None
+    spec, changes = _spec.apply_maps(
+        manifest["spec"], platform.name, network_map, options.get("storage_map") or None, strict=bool(network_map)
+    )
+    name = options.get("name") or spec["name"]
+    # A name the platform refuses, or a capacity its disks cannot hold exactly: say so now.
+    _profiles.check_target(platform.name, name, [bundle.disk(d["id"]) for d in spec["disks"]])
+    spec["name"] = name
+    spec["uuid"] = None  # a new VM: the source keeps its identity
+    vm = platform.lookup(name)
+    found = platform.read_provenance(vm) if vm is not None else None
+    plan = plan_import(manifest, name, vm is not None, found, bool(options.get("replace")))
+    result = import_result(plan, name, changes)
+    if plan.action == "record" and not check_mode:
+        platform.write_provenance(vm, plan.want)
+    elif plan.action in ("deltas", "rewrite"):
+        result.update(platform.update_disks(vm, spec, bundle, plan, options, check_mode))
+    elif plan.action in ("create", "replace"):
+        if plan.action == "replace":
+            result["replaced"] = platform.remove_vm(vm, spec, options, check_mode)
+        result.update(platform.create_vm(name, spec, bundle, plan.want, options, check_mode))
+        vm = None if check_mode else platform.lookup(name)
+    if options.get("start") and vm is not None and platform.power_state(vm) == "off":
+        if not check_mode:
+            platform.start_vm(vm)
+        result.update(changed=True, started=True)
+    return finish_step(result, started, "import %s (%s)" % (name, plan.action))
 
 
 def import_result(plan, name, spec_changes):

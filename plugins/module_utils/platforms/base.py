@@ -12,120 +12,6 @@ from __future__ import annotations
 
 import abc
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-
-# Facts about each target platform, as data; check_target() applies them before an
-# import writes anything.
-# - capacity_multiple: the byte granularity a disk's capacity can have there. A size
-#   that is not a multiple would be rounded up by the format (the guest would see a
-#   bigger disk) or refused half-way, so it is refused up front.
-# - name: what a VM name may be. ``forbidden`` characters are refused; ``escaped``
-#   characters are written the way the platform writes them in its own names and
-#   datastore paths (vCenter stores the VM called ``a/b`` as ``a%2fb``, in its
-#   inventory and as its datastore folder).
-PROFILES = {
-    "kvm": {
-        "buses": ("virtio", "scsi", "sata", "ide"),
-        "controllers": ("virtio-scsi",),
-        "nic_models": ("virtio", "e1000", "e1000e", "rtl8139"),
-        "default_bus": "virtio",
-        "default_controller": None,
-        "default_nic": "virtio",
-        # What convert writes for it: the disk format (and vmdk subformat if asked for
-        # vmdk) and the descriptor beside the disks.
-        "disk_format": "qcow2",
-        "vmdk_subformat": "monolithicSparse",
-        "descriptor": "libvirt_xml",
-        # qcow2 and raw volumes hold any multiple of 512 bytes (qemu's sector).
-        "capacity_multiple": 512,
-        # libvirt refuses a '/' in a domain name (it becomes a file name in /etc/libvirt).
-        "name": {"max_length": None, "forbidden": "/", "escaped": {}, "what": "a libvirt domain name", "by": "libvirt"},
-    },
-    "vsphere": {
-        "buses": ("scsi", "sata", "ide", "nvme"),
-        "controllers": ("pvscsi", "lsilogic", "lsisas1068", "buslogic"),
-        "nic_models": ("vmxnet3", "e1000", "e1000e"),
-        "default_bus": "scsi",
-        "default_controller": "pvscsi",
-        "default_nic": "vmxnet3",
-        # vSphere imports a monolithicFlat vmdk: a descriptor plus a raw extent it can upload.
-        "disk_format": "vmdk",
-        "vmdk_subformat": "monolithicFlat",
-        "descriptor": "vmx",
-        # A VMDK descriptor counts its extent in 512-byte sectors.
-        "capacity_multiple": 512,
-        "name": {
-            "max_length": 80,
-            "forbidden": "",
-            "escaped": {"%": "%25", "/": "%2f", "\\": "%5c"},
-            "what": "a vSphere VM name",  # 80 characters as given, before escaping
-            "by": "vSphere",
-        },
-    },
-    "hyperv": {
-        # Generation 2 (uefi) has only the synthetic SCSI controller; generation 1 (bios)
-        # must boot from IDE (engine/spec.apply_maps).
-        "buses": ("scsi", "ide"),
-        "controllers": (),
-        "nic_models": ("hyperv",),
-        "default_bus": "scsi",
-        "default_controller": None,
-        "default_nic": "hyperv",
-        "disk_format": "vhdx",
-        "vmdk_subformat": "monolithicSparse",
-        "descriptor": None,  # no descriptor file: the import builds the VM from the spec
-        # VHDX holds multiples of its logical sector (512); VHD (vpc) rounds a size up
-        # to its CHS geometry, so only VHDX keeps an exact capacity.
-        "capacity_multiple": 512,
-        "name": {"max_length": None, "forbidden": "", "escaped": {}, "what": "a Hyper-V VM name", "by": "Hyper-V"},
-    },
-}
-
-
-def escape_name(platform, name):
-    """``name`` as the platform writes it (vSphere: '%' -> %25, '/' -> %2f, '\\' -> %5c)."""
-    escaped = PROFILES[platform]["name"]["escaped"]
-    return "".join(escaped.get(ch, ch) for ch in name)
-
-
-def check_target(platform, name, disks):
-    """Refuse, before anything is written, a VM name or disk capacity ``platform`` cannot hold.
-
-    ``disks`` are manifest disk records ({"id", "capacity"}). Raises InputError naming
-    the name or the disk, and the fix.
-    """
-    profile = PROFILES[platform]
-    rule = profile["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(
-            "the VM name %r is empty: %s needs at least one character" % (name, rule["what"]),
-            "give a name (option name, or the spec's name)",
-        )
-    bad = sorted({ch for ch in name if ch in rule["forbidden"]})
-    if bad:
-        raise InputError(
-            "the VM name %r contains %s, which is not allowed in %s (%s refuses it)"
-            % (name, " ".join(repr(c) for c in bad), rule["what"], rule["by"]),
-            "give another name (option name), e.g. %r" % "".join("-" if ch in bad else ch for ch in name),
-        )
-    if rule["max_length"] and len(name) > rule["max_length"]:
-        raise InputError(
-            "the VM name %r is %d characters long; %s has at most %d (%s refuses a longer one)"
-            % (name, len(name), rule["what"], rule["max_length"], rule["by"]),
-            "give a shorter name (option name)",
-        )
-    multiple = profile["capacity_multiple"]
-    for disk in disks:
-        capacity = int(disk.get("capacity") or 0)
-        if capacity % multiple:
-            raise InputError(
-                "disk %s has a capacity of %d bytes, not a multiple of %d: %s disks cannot hold that size "
-                "exactly (the guest would see a bigger disk)" % (disk.get("id"), capacity, multiple, platform),
-                "grow the source disk to %d bytes (qemu-img resize, or in the source hypervisor) and export again"
-                % (-(-capacity // multiple) * multiple),
-            )
-
-
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 
 # Seconds a boot check waits for its sign of life, the same on every platform (a TCG
@@ -199,10 +85,32 @@ class Platform(abc.ABC):
 
     # -- target --
 
-    @abc.abstractmethod
     def import_vm(self, bundle, options, check_mode=False):
-        """Create or update the target from a loaded Bundle as engine/steps.plan_import
-        decides; a result dict starting with engine/steps.import_result."""
+        """The import step is the engine's (steps.run_import), on the primitives below."""
+        return steps.run_import(self, bundle, options, check_mode)
+
+    @abc.abstractmethod
+    def create_vm(self, name, spec, bundle, prov, options, check_mode):
+        """Make a new VM ``name`` from ``spec`` (translated for this platform) and the
+        bundle's disks (applying its deltas up to ``prov['sync_index']``), carrying
+        ``prov``. Never leaves a half-made VM that looks complete; returns result keys
+        (bytes_written, what was made)."""
+
+    @abc.abstractmethod
+    def remove_vm(self, vm, spec, options, check_mode):
+        """Remove a VM being replaced and the disks this import would write to; returns
+        what was (or would be) removed."""
+
+    @abc.abstractmethod
+    def update_disks(self, vm, spec, bundle, plan, options, check_mode):
+        """Bring an existing VM's disks to the bundle: ``plan.action`` is ``deltas``
+        (apply ``plan.deltas``, where the platform can) or ``rewrite`` (write the disks in
+        ``plan.disks`` whole). Marks the VM with steps.mark_updating first and writes
+        ``plan.want`` last; returns result keys."""
+
+    @abc.abstractmethod
+    def start_vm(self, vm):
+        """Power the VM on (the import's ``start`` option)."""
 
     @abc.abstractmethod
     def read_provenance(self, vm):

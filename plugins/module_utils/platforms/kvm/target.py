@@ -9,17 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import check_target
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.connection import (
     error_message,
     is_local_uri,
@@ -29,7 +26,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.invento
     KvmInventory,
     domain_disks,
     find_pool,
-    read_provenance,
     write_provenance,
 )
 
@@ -89,72 +85,36 @@ def _xml_from_spec(spec, disks, provenance, domain_type):
 class KvmTarget(KvmInventory):
     """KVM as a target: import, and what verify reads (a part of KvmPlatform)."""
 
-    def import_vm(self, bundle, options, check_mode=False):
-        """Create the target domain from ``bundle``, or bring an existing one up to date.
+    # -- the target primitives engine/steps.run_import uses --
 
-        options: name, pool, volume_format, network_map, replace, start, domain_type,
-        cpu_mode, transfer (auto|path|stream: how volumes are filled, as for export).
-        What happens to an existing domain is engine/steps.plan_import's decision.
-        """
-        started = time.monotonic()
-        _steps.require_complete(bundle)
-        # A hand-edited or damaged bundle is refused before any lookup or volume is made.
-        bundle.check_integrity()
-        manifest = bundle.manifest
-        if manifest.get("target_platform") not in (None, "kvm"):
-            raise InputError(
-                "bundle %s was converted for %s, not kvm" % (bundle.dir, manifest["target_platform"]),
-                "convert the export bundle again with target_platform kvm",
-            )
-        spec, changes = _spec.apply_maps(
-            manifest["spec"],
-            "kvm",
-            network_map=options.get("network_map") or None,
-            storage_map=options.get("storage_map") or None,
-        )
-        # Each disk goes to the pool storage_map maps its storage to, else to `pool`.
-        mapped = {c["field"]: c["to"] for c in changes if c["reason"] == "storage_map"}
-        pools = {
-            d["id"]: mapped.get("disks[%d].storage" % i) or options.get("pool") or "default"
-            for i, d in enumerate(spec["disks"])
-        }
-        bundle = bundle.dir  # the helpers below read files relative to it
-        name = options.get("name") or spec.get("name")
-        # A name libvirt refuses, or a capacity a volume cannot hold exactly: say so now.
-        check_target("kvm", name, manifest["disks"])
-        spec["name"] = name
-        spec["uuid"] = None  # a new domain: the source keeps its UUID
-        existing = self.lookup(name)
-        found = read_provenance(existing) if existing is not None else None
-        plan = _steps.plan_import(manifest, name, existing is not None, found, bool(options.get("replace")))
-        want = plan.want
-        result = dict(_steps.import_result(plan, name, changes), volumes=[], deltas_applied=[])
-        if plan.action == "record" and not check_mode:
-            write_provenance(existing, want)
-        elif plan.action == "deltas":
-            result.update(self._apply_deltas(existing, manifest, bundle, plan, check_mode))
-        elif plan.action == "rewrite":
-            result.update(self._rewrite_disks(existing, manifest, bundle, plan, options, check_mode))
-        elif plan.action in ("create", "replace"):
-            if plan.action == "replace":
-                result["replaced"] = self._remove_domain(existing, set(pools.values()), check_mode)
-            result.update(self._create(manifest, bundle, spec, name, want, dict(options, pools=pools), check_mode))
-            existing = self.lookup(name)
-        result.update(self._maybe_start(existing, options, check_mode, changed=result["changed"]))
-        return _steps.finish_step(result, started, "import %s (%s)" % (name, plan.action))
+    def create_vm(self, name, spec, bundle, prov, options, check_mode):
+        """Volumes first, filled and with the deltas applied, then the domain (see _create)."""
+        pools = self._pools(spec, options)
+        return self._create(bundle.manifest, bundle.dir, spec, name, prov, dict(options, pools=pools), check_mode)
 
-    def _maybe_start(self, dom, options, check_mode, changed=False):
-        if not options.get("start") or dom is None or self._is_running(dom):
-            return {"changed": changed, "started": False}
-        if not check_mode:
-            try:
-                dom.create()
-            except libvirt.libvirtError as exc:
-                raise PlatformError(
-                    "domain %s was imported but does not start: %s" % (dom.name(), error_message(exc)),
-                    "see the libvirt log (/var/log/libvirt/qemu/%s.log)" % dom.name(),
-                ) from exc
-        return {"changed": True, "started": True}
+    def remove_vm(self, vm, spec, options, check_mode):
+        return self._remove_domain(vm, set(self._pools(spec, options).values()), check_mode)
+
+    def update_disks(self, vm, spec, bundle, plan, options, check_mode):
+        if plan.action == "deltas":
+            return self._apply_deltas(vm, bundle.manifest, bundle.dir, plan, check_mode)
+        return self._rewrite_disks(vm, bundle.manifest, bundle.dir, plan, options, check_mode)
+
+    def start_vm(self, vm):
+        try:
+            vm.create()
+        except libvirt.libvirtError as exc:
+            raise PlatformError(
+                "domain %s was imported but does not start: %s" % (vm.name(), error_message(exc)),
+                "see the libvirt log (/var/log/libvirt/qemu/%s.log)" % vm.name(),
+            ) from exc
+
+    @staticmethod
+    def _pools(spec, options):
+        """{disk id: pool}: the pool storage_map maps a disk's storage to, else ``pool``."""
+        mapped = set((options.get("storage_map") or {}).values())
+        default = options.get("pool") or "default"
+        return {d["id"]: d["storage"] if d.get("storage") in mapped else default for d in spec["disks"]}
 
     def _volume_name(self, name, disk, fmt):
         return "%s-%s.%s" % (name, disk["id"], fmt)

@@ -11,7 +11,7 @@ import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import escape_name
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import escape_name
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
     get_props,
     split_ds_path,

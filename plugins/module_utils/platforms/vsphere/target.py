@@ -18,9 +18,9 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputE
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT, check_target, escape_name
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import escape_name
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
     HTTP_CHUNK,
     DatastoreFile,
@@ -36,7 +36,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inv
     INCOMPLETE_KEY,
     PROVENANCE_KEY,
     VsphereInventory,
-    read_provenance,
     vm_disks,
 )
 
@@ -71,63 +70,23 @@ def vmdk_descriptor(capacity, extent_name, adapter_type="lsilogic"):
 class VsphereTarget(VsphereInventory):
     """vSphere as a target: import, what verify reads, the boot check (a part of VspherePlatform)."""
 
-    def import_vm(self, bundle, options, check_mode=False):
-        """Create the target VM from a bundle, or bring an earlier import up to date.
+    # -- the target primitives engine/steps.run_import uses --
+
+    def create_vm(self, name, spec, bundle, prov, options, check_mode):
+        """Upload the disks, then create the VM.
 
         Order, so that nothing half-made looks complete: the VM folder first gets a
         ``vmigrate.partial`` marker, then every disk (descriptor + flat extent), then the
         VM is created (its provenance says it is complete) and the marker removed. A
-        failure removes what this run uploaded; a re-run finding the marker starts over.
+        failure removes what this run uploaded (and the folder, when it made it).
         """
-        started = time.monotonic()
-        result = self._import(bundle, options, check_mode)
-        return _steps.finish_step(result, started, "import %s (%s)" % (result["name"], result["action"]))
-
-    def _import(self, bundle, options, check_mode):
-        if not bundle.complete:
-            raise InputError(
-                "bundle %s is incomplete (its last step did not finish)" % bundle.dir,
-                "re-run the export (and convert) that writes it",
-            )
-        # A hand-edited or damaged bundle is refused before anything is looked up or uploaded;
-        # the digest comparison while uploading stays as a second guard (disk data changed).
-        bundle.check_integrity()
-        spec, changes = _spec.apply_maps(
-            bundle.manifest["spec"],
-            "vsphere",
-            network_map=options.get("network_map"),
-            storage_map=options.get("storage_map"),
-            strict=bool(options.get("network_map")) and options.get("strict_maps", True),
-        )
-        name = options.get("name") or spec["name"]
-        check_target("vsphere", name, [bundle.disk(d["id"]) for d in spec["disks"]])
         # vSphere's own form of the name: the VM's name and its datastore folder and files
         # (a/b -> a%2fb), as vCenter writes them for a VM created in its client.
         vsphere_name = escape_name("vsphere", name)
-        vm = self.lookup(vsphere_name)
-        found = read_provenance(vm) if vm is not None else None
-        decision = _steps.plan_import(bundle.manifest, name, vm is not None, found, bool(options.get("replace")))
-        prov = decision.want
-        result = _steps.import_result(decision, name, changes)
+        plan = self._plan(vsphere_name, spec, bundle, options)
+        result = {"disks": [{"id": p["id"], "file": p["file"]} for p in plan["disks"]]}
         if vsphere_name != name:
             result["vsphere_name"] = vsphere_name
-        if decision.action == "none":
-            result["moid"] = vm._moId
-            return result
-        if decision.action == "record":
-            result["moid"] = vm._moId
-            if not check_mode:
-                self.write_provenance(vm, prov)
-            return result
-        if decision.action in ("deltas", "rewrite"):
-            return self._update_vm(vm, bundle, spec, decision, result, check_mode)
-        if decision.action == "replace":
-            result["replaced"] = vm._moId
-            if check_mode:
-                return result
-            self._destroy(vm)
-        plan = self._plan(vsphere_name, spec, bundle, options)
-        result["disks"] = [{"id": p["id"], "file": p["file"]} for p in plan["disks"]]
         if check_mode:
             return result
         uploaded = []
@@ -153,6 +112,18 @@ class VsphereTarget(VsphereInventory):
         result["transfer"] = stats
         result["bytes_written"] = sum(s["bytes"] for s in stats)
         return result
+
+    def remove_vm(self, vm, spec, options, check_mode):
+        moid = vm._moId
+        if not check_mode:
+            self._destroy(vm)
+        return moid
+
+    def update_disks(self, vm, spec, bundle, plan, options, check_mode):
+        return self._update_vm(vm, bundle, spec, plan, {}, check_mode)
+
+    def start_vm(self, vm):
+        wait_task(vm.PowerOnVM_Task(), "power on %s" % vm.name, self.conn.timeout)
 
     def _plan(self, name, spec, bundle, options):
         """Datastores, networks and files for a new VM; every lookup fails before any upload."""

@@ -12,6 +12,7 @@ import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
@@ -35,9 +36,11 @@ class MemoryReader:
 
 
 class FakePlatform(Platform):
-    """A hypervisor in a dict: {name: {"spec": ..., "disks": [bytearray], "state": ...}}."""
+    """A hypervisor in a dict: {name: {"spec": ..., "disks": [bytearray], "state": ...}}.
 
-    name = "fake"
+    It holds what a KVM target holds (the engine translates specs by platform name)."""
+
+    name = "kvm"
 
     def __init__(self, vms):
         super().__init__({})
@@ -70,8 +73,33 @@ class FakePlatform(Platform):
     def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
         raise NotImplementedError
 
-    def import_vm(self, bundle, options, check_mode=False):
-        raise NotImplementedError
+    def _disks_of(self, bundle, ids=None):
+        out = []
+        for record in bundle.disks:
+            with open(bundle.disk_path(record), "rb") as fh:
+                out.append(bytearray(fh.read()) if ids is None or record["id"] in ids else None)
+        return out
+
+    def create_vm(self, name, spec, bundle, prov, options, check_mode):
+        if not check_mode:
+            self.vms[name] = {"spec": spec, "disks": self._disks_of(bundle), "state": "off", "provenance": prov}
+        return {"bytes_written": sum(r["capacity"] for r in bundle.disks)}
+
+    def remove_vm(self, vm, spec, options, check_mode):
+        if not check_mode:
+            del self.vms[vm]
+        return vm
+
+    def update_disks(self, vm, spec, bundle, plan, options, check_mode):
+        if not check_mode:
+            self.write_provenance(vm, steps.mark_updating(plan))
+            new = self._disks_of(bundle, plan.disks)
+            self.vms[vm]["disks"] = [n if n is not None else o for n, o in zip(new, self.vms[vm]["disks"], strict=True)]
+            self.write_provenance(vm, plan.want)
+        return {"rewritten": plan.disks}
+
+    def start_vm(self, vm):
+        self.vms[vm]["state"] = "running"
 
     def read_provenance(self, vm):
         return self.vms[vm].get("provenance")
@@ -101,7 +129,7 @@ def test_platform_implements_the_whole_interface(cls):
         assert have == want, "%s.%s%s differs from the interface's %s" % (cls.__name__, name, have, want)
 
 
-SPEC = {"name": "web01", "cpu": {"sockets": 1, "cores": 2, "threads": 1}, "memory_mib": 256, "nics": []}
+SPEC = _spec.new_spec(name="web01", cpu={"sockets": 1, "cores": 2, "threads": 1}, memory_mib=256)
 
 
 @pytest.fixture
@@ -110,7 +138,7 @@ def world(tmp_path):
     data = bytearray(3 * MIB)
     data[MIB : MIB + 5] = b"hello"
     digests = _blocks.digest_disk(MemoryReader(data), MIB)
-    spec = dict(SPEC, disks=[{"id": "disk0", "capacity": len(data)}], firmware={"type": "bios"})
+    spec = dict(SPEC, disks=[_spec.new_disk(id="disk0", capacity=len(data), format="raw")])
     bundle = Bundle.create(str(tmp_path / "b"), {"platform": "kvm", "id": "src-1", "name": "web01"}, spec, save=False)
     rel = "digests/disk0.blocks"
     record = {"id": "disk0", "capacity": len(data), "block_size": MIB, "digests": rel, "blocks": 3}
@@ -185,3 +213,31 @@ def test_an_incomplete_bundle_is_continued_unless_it_disagrees_with_itself(world
         fh.write(b"\x01" * 32)
     reason = steps.resume_refusal(bundle)
     assert "left incomplete and no longer agrees with itself" in reason and "a new full copy" in reason
+
+
+def test_import_decides_the_same_way_on_any_platform(world):
+    bundle, platform = world
+    del platform.vms["web01"]
+    first = platform.import_vm(bundle, {"start": True})
+    assert first["action"] == "create" and first["changed"] and platform.vms["web01"]["state"] == "running"
+    assert platform.vms["web01"]["provenance"]["fingerprint"] == steps.content_fingerprint(bundle.manifest)
+    platform.vms["web01"]["state"] = "off"
+    again = platform.import_vm(bundle, {})
+    assert again["action"] == "none" and not again["changed"] and again["summary"].endswith("(nothing to do)")
+    # The source's disk changed and a new full export of it arrived: the changed disk is rewritten.
+    data = bytearray(3 * MIB)
+    data[:4] = b"new!"
+    with open(bundle.disk_path("disk0"), "wb") as fh:
+        fh.write(data)
+    record = bundle.disk("disk0")
+    record["digests_sha256"] = _blocks.digest_disk(MemoryReader(data), MIB).save(bundle.digest_path(record))
+    bundle.manifest["sync"] = [{"index": 1, "chain": "another"}]
+    bundle.save()
+    updated = platform.import_vm(bundle, {})
+    assert updated["action"] == "rewrite" and updated["rewritten"] == ["disk0"]
+    assert bytes(platform.vms["web01"]["disks"][0][:4]) == b"new!"
+    # A VM of that name from another source is refused, then replaced on request.
+    platform.vms["web01"]["provenance"] = dict(platform.vms["web01"]["provenance"], source_id="other")
+    with pytest.raises(InputError, match="replace=true"):
+        platform.import_vm(bundle, {})
+    assert platform.import_vm(bundle, {"replace": True})["action"] == "replace"

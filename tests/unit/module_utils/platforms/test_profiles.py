@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import PROFILES, check_target, escape_name
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import PROFILES, check_target, escape_name
 
 MIB = 1024 * 1024
 
