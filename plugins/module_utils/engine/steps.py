@@ -378,7 +378,8 @@ def finish_step(result, started, what):
 
 
 def finish_export(result, name, started):
-    what = "%s %s export of %s" % (result.get("mode") or "", result.get("kind") or "", name)
+    words = [w for w in (result.get("mode"), result.get("kind")) if w]
+    what = "%s export of %s" % (" ".join(sorted(set(words), key=words.index)), name)
     return finish_step(result, started, what.strip())
 
 
