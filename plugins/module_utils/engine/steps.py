@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, V2VError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
@@ -132,10 +132,7 @@ class ImportPlan:
 
     @property
     def changes(self):
-        return self.action not in ("none",)
-
-    def as_dict(self):
-        return {"action": self.action, "reason": self.reason, "disks": self.disks}
+        return self.action != "none"
 
 
 def run_import(platform, bundle, options, check_mode=False):
@@ -345,8 +342,6 @@ def resume_refusal(bundle):
     replaced but the manifest not yet saved): then a new chain starts and the export says
     why in ``fallback_reason``.
     """
-    from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import V2VError
-
     try:
         bundle.check_integrity()
     except V2VError as exc:
@@ -378,9 +373,11 @@ def finish_step(result, started, what):
 
 
 def finish_export(result, name, started):
-    words = [w for w in (result.get("mode"), result.get("kind")) if w]
-    what = "%s export of %s" % (" ".join(sorted(set(words), key=words.index)), name)
-    return finish_step(result, started, what.strip())
+    """finish_step for an export: "warm incremental export of web01" ("cold export"
+    when KVM's kind and mode are the same word)."""
+    mode, kind = result.get("mode"), result.get("kind")
+    words = [w for w in (mode, kind if kind != mode else None) if w]
+    return finish_step(result, started, "%s export of %s" % (" ".join(words), name))
 
 
 def require_complete(bundle):
