@@ -33,6 +33,16 @@ def export_options(**extra):
     return spec
 
 
+def export_step(module, platform_class):
+    """The whole main() of an export module after its argument_spec."""
+    p = module.params
+    run_step(
+        module,
+        platform_class,
+        lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
+    )
+
+
 def import_options(**extra):
     """Doc fragment vmigrate.v2v.import_."""
     spec = dict(
@@ -71,6 +81,20 @@ def verify_options(**extra):
     )
     spec.update(extra)
     return spec
+
+
+def verify_step(module, platform_class):
+    """The whole main() of a verify module after its argument_spec. A boot check that
+    starts the target itself (not a twin) does not run in check mode."""
+    options = dict(module.params)
+    if module.check_mode and platform_class.boot_check_starts_target:
+        options["boot_check"] = False
+
+    def step(platform):
+        bundle = Bundle.load(options["bundle"])
+        return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options, module.check_mode)
+
+    run_step(module, platform_class, step)
 
 
 def run_step(module, platform_class, step):

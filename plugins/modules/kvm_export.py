@@ -131,7 +131,7 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, run_step  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, export_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _kvm_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform  # noqa: E402
 
@@ -146,12 +146,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    run_step(
-        module,
-        KvmPlatform,
-        lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
-    )
+    export_step(module, KvmPlatform)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,7 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step, verify_options  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import verify_options, verify_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _kvm_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform  # noqa: E402
 
@@ -109,13 +108,7 @@ def main():
         argument_spec=_kvm_connection.argument_spec(**verify_options(boot_marker=dict(type="str"))),
         supports_check_mode=True,
     )
-    p = module.params
-
-    def verify(platform):
-        bundle = Bundle.load(p["bundle"])
-        return platform.verify(bundle, p["vm"] or bundle.manifest["spec"]["name"], p, module.check_mode)
-
-    run_step(module, KvmPlatform, verify)
+    verify_step(module, KvmPlatform)
 
 
 if __name__ == "__main__":

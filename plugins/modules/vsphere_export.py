@@ -113,11 +113,11 @@ cbt:
   type: bool
 bytes_read:
   description: Bytes read from the datastore in this sync.
-  returned: when a sync ran
+  returned: always
   type: int
 bytes_written:
   description: Bytes written into the bundle in this sync.
-  returned: when a sync ran
+  returned: always
   type: int
 disks:
   description: Per disk, file, bytes read and written, changeId recorded, progress summary.
@@ -136,7 +136,7 @@ sync_index:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, run_step  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import export_options, export_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
 
@@ -148,12 +148,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    run_step(
-        module,
-        VspherePlatform,
-        lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
-    )
+    export_step(module, VspherePlatform)
 
 
 if __name__ == "__main__":

@@ -88,8 +88,7 @@ bytes_read:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import run_step, verify_options  # noqa: E402
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import verify_options, verify_step  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
 
@@ -98,14 +97,7 @@ def main():
     module = AnsibleModule(
         argument_spec=_vsphere_connection.argument_spec(**verify_options()), supports_check_mode=True
     )
-    # A boot check powers the VM on: not in check mode.
-    options = dict(module.params, boot_check=module.params["boot_check"] and not module.check_mode)
-
-    def verify(platform):
-        bundle = Bundle.load(options["bundle"])
-        return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options, module.check_mode)
-
-    run_step(module, VspherePlatform, verify)
+    verify_step(module, VspherePlatform)
 
 
 if __name__ == "__main__":

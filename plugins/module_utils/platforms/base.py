@@ -28,6 +28,9 @@ class Platform(abc.ABC):
     """
 
     name = "abstract"
+    # True when boot_check starts the target itself (vSphere), not a twin of it (KVM):
+    # then verify skips it in check mode.
+    boot_check_starts_target = False
 
     def __init__(self, params):
         self.params = params

@@ -25,6 +25,7 @@ class VspherePlatform(VsphereSource, VsphereTarget, Platform):
     """One vSphere connection (one datacenter); a source (export) and a target (import, verify)."""
 
     name = "vsphere"
+    boot_check_starts_target = True
 
     @classmethod
     def missing_library(cls):
