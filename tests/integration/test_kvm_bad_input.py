@@ -524,3 +524,31 @@ def test_domain_name_with_slash_is_refused_up_front(lab, libvirt_conn, domains, 
     # Only this test's names: other tests may use the lab's target pool at the same time.
     assert [v for v in volumes(libvirt_conn, target_pool) if v.startswith("lab-bad-dst-%s" % tag)] == []
     assert not [d for d in domain_names(libvirt_conn) if d.startswith("lab-bad-dst-%s" % tag)]
+
+
+def test_storage_map_puts_each_disk_in_its_pool(lab, libvirt_conn, domains, run_module, tmp_path, tag):
+    # Two disks in the source pool's directory; storage_map sends them to the target pool
+    # although the import's `pool` names the source pool.
+    dom, disks = domains("smap", [(16, write_pattern(3, 0x21)), (16, write_pattern(2, 0x42))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"vm": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    src_dir = lab["pool_paths"][lab["pools"]["source"]]
+    target_pool = lab["pools"]["target"]
+    dst = "lab-bad-dst-%s" % tag
+    imp = {"bundle": bundle, "name": dst, "pool": lab["pools"]["source"], "storage_map": {src_dir: target_pool}}
+    imp.update(cpu_mode="default", domain_type=lab["domain_type"])
+    r = run_module("kvm_import", imp)
+    assert not r.get("failed") and r["action"] == "create", r
+    assert [c["to"] for c in r["spec_changes"] if c["reason"] == "storage_map"] == [target_pool, target_pool]
+    pool = libvirt_conn.storagePoolLookupByName(target_pool)
+    pool.refresh(0)
+    for i, disk in enumerate(disks):
+        vol = pool.storageVolLookupByName("%s-disk%d.qcow2" % (dst, i))
+        assert qemu_img_compare(disk, "qcow2", vol.path(), "qcow2").returncode == 0
+    source_pool = libvirt_conn.storagePoolLookupByName(lab["pools"]["source"])
+    source_pool.refresh(0)
+    assert not [v.name() for v in source_pool.listAllVolumes(0) if v.name().startswith(dst)]
+    # A re-run changes nothing.
+    again = run_module("kvm_import", imp)
+    assert again["changed"] is False and again["action"] == "none", again
