@@ -89,8 +89,9 @@ def main():
     )
 
     def describe(platform):
-        doms = [platform.find_vm(ref) for ref in module.params["vms"]] or platform._domains()
-        return {"changed": False, "vms": [platform.info(d) for d in doms]}
+        if module.params["vms"]:
+            return {"changed": False, "vms": [platform.info(platform.find_vm(ref)) for ref in module.params["vms"]]}
+        return {"changed": False, "vms": platform.info_all()}
 
     run_step(module, KvmPlatform, describe)
 

@@ -174,14 +174,14 @@ def test_bad_input(lab, libvirt_conn, names, run_module, tmp_path):
     make_source(lab, libvirt_conn, names)
     bundle = str(tmp_path / "export")
     assert not run_module("kvm_export", {"name": names["src"], "bundle": bundle}).get("failed")
-    vols = volumes(libvirt_conn, lab["pools"]["target"], "lab-")
+    vols = volumes(libvirt_conn, lab["pools"]["target"], "lab-dst-" + names["tag"])
     r = run_module("kvm_import", {"bundle": bundle, "name": names["dst"], "pool": "lab-no-such-pool"})
     assert r["failed"] and "storage pool 'lab-no-such-pool' does not exist" in r["msg"]
     # A same-named domain that did not come from this source is refused, and kept.
     r = run_module("kvm_import", {"bundle": bundle, "name": names["src"], "pool": lab["pools"]["target"]})
     assert r["failed"] and "already exists" in r["msg"] and "replace=true" in r["msg"]
     assert libvirt_conn.lookupByName(names["src"])
-    assert volumes(libvirt_conn, lab["pools"]["target"], "lab-") == vols
+    assert volumes(libvirt_conn, lab["pools"]["target"], "lab-dst-" + names["tag"]) == vols
     with pytest.raises(libvirt.libvirtError):
         libvirt_conn.lookupByName(names["dst"])
 

@@ -179,7 +179,23 @@ class KvmInventory:
     """
 
     def list_vms(self):
-        return [{"name": d.name(), "uuid": d.UUIDString(), "state": self.state(d)} for d in self._domains()]
+        return self._each_domain(lambda d: {"name": d.name(), "uuid": d.UUIDString(), "state": self.state(d)})
+
+    def info_all(self):
+        """info() of every domain."""
+        return self._each_domain(self.info)
+
+    def _each_domain(self, fn):
+        """fn(domain) for every domain that still exists when it is asked: a transient
+        domain (a boot check's twin, another tool's) may go between listing and asking."""
+        out = []
+        for dom in self._domains():
+            try:
+                out.append(fn(dom))
+            except libvirt.libvirtError as exc:
+                if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return out
 
     def _domains(self):
         try:
