@@ -227,16 +227,13 @@ def _merge_runs(indices, block_size, size):
 
 
 def _read_extents(reader, extents, stats, progress=None):
-    """(offset, bytes) pieces of ``reader`` over ``extents``, counting bytes_read in ``stats``."""
-    chunk = _disk.MAX_REQUEST
-    for start, length in extents:
-        for off in range(start, start + length, chunk):
-            n = min(chunk, start + length - off)
-            data = reader.pread(n, off)
-            stats["bytes_read"] += n
-            if progress is not None:
-                progress.advance(n)
-            yield off, data
+    """(offset, bytes) pieces of ``reader`` over ``extents`` (the next read in flight while
+    the caller writes), counting bytes_read in ``stats``."""
+    for off, data, n in _blocks._read_ahead(reader, extents, _disk.MAX_REQUEST, 512):
+        stats["bytes_read"] += n
+        if progress is not None:
+            progress.advance(n)
+        yield off, bytes(data[:n]) if len(data) != n else data
 
 
 def _base_path(bundle_dir, drec):
@@ -266,9 +263,9 @@ def _write_delta(bundle_dir, drec, reader, extents, delta, digests, progress=Non
     """Copy ``extents`` of ``reader`` into ``delta`` (a bundle.DeltaFile) and into the base.
 
     The base image (the bundle's copy of the disk as of the last sync) gets the same
-    bytes, so it stays the disk as of this sync; apply_delta hashes every digest block
-    a piece covers whole from the piece and re-reads a partly covered block from the
-    base after the writes (the rest of that block did not change since the last sync,
+    bytes, so it stays the disk as of this sync; blocks.write_with_digests hashes every
+    digest block a piece covers whole from the piece and re-reads a partly covered block
+    from the base after the writes (the rest of that block did not change since the last sync,
     so the base's bytes are the source's). Extents may have any 512-aligned bounds.
     Returns bytes read (from the source) and written (into the delta).
     """
@@ -281,9 +278,9 @@ def _write_delta(bundle_dir, drec, reader, extents, delta, digests, progress=Non
             yield off, data
 
     before = delta.written
-    _blocks.apply_delta(
-        _base_path(bundle_dir, drec), drec["format"], tee(_read_extents(reader, extents, stats, progress)), digests
-    )
+    with _disk.open_guest(_base_path(bundle_dir, drec), drec["format"], writable=True) as base:
+        _blocks.write_with_digests(base, tee(_read_extents(reader, extents, stats, progress)), digests)
+        base.flush()
     return {"bytes_read": stats["bytes_read"], "bytes_written": delta.written - before}
 
 
