@@ -452,3 +452,67 @@ def apply_delta(target_path, fmt, pieces, digests=None, progress=None):
                 digests[index] = fresh[index]
     stats["blocks"] = len(fed)
     return stats
+
+
+def _digest_or_zero(data):
+    return ZERO_DIGEST if data.startswith(_zeros(len(data))) else block_digest(data)
+
+
+def write_with_digests(target, pieces, digests, chunk=CHUNK, workers=None):
+    """Write (offset, bytes) pieces of any 512-aligned bounds into the open writable image
+    ``target`` and update ``digests`` (the target's DigestList) for every block they touch.
+
+    A block a piece covers whole is hashed from the piece. A block only partly covered is
+    hashed from ``target`` after all the writes: its other bytes are the target's own (the
+    caller guarantees they did not change on the source, e.g. because a dirty bitmap says
+    every change lies in the pieces). Those blocks are read back in runs of adjacent blocks
+    of up to ``chunk`` bytes and hashed on threads. The caller flushes. Returns
+    {"bytes_written", "blocks", "blocks_reread"}.
+    """
+    bs = digests.block_size
+    size = target.size
+    if len(digests) != block_count(size, bs):
+        raise InputError(
+            "digest list has %d blocks but %s needs %d" % (len(digests), _name(target), block_count(size, bs)),
+            "use the digest list of this disk",
+        )
+    written = 0
+    partial = set()
+    futures = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for offset, data in pieces:
+            n = len(data)
+            if offset < 0 or offset + n > size:
+                raise DiskError(
+                    "piece at %d..%d lies outside %s (%d bytes)" % (offset, offset + n, _name(target), size),
+                    "check the delta belongs to this disk",
+                )
+            if n == 0:
+                continue
+            target.pwrite(data, offset)
+            written += n
+            view = memoryview(data)
+            for index in range(offset // bs, (offset + n - 1) // bs + 1):
+                bstart = index * bs
+                blen = min(bs, size - bstart)
+                if bstart >= offset and bstart + blen <= offset + n:
+                    partial.discard(index)
+                    futures[index] = pool.submit(_digest_or_zero, bytes(view[bstart - offset : bstart - offset + blen]))
+                else:
+                    # Re-read after the writes (a later piece may cover the rest of it).
+                    partial.add(index)
+                    futures.pop(index, None)
+        per_read = max(1, min(chunk, getattr(target, "preferred_chunk", chunk)) // bs)
+        run = []
+        for index in sorted(partial) + [None]:
+            if run and (index is None or index != run[-1] + 1 or len(run) == per_read):
+                start = run[0] * bs
+                buf = target.pread(min(len(run) * bs, size - start), start)
+                for i in run:
+                    futures[i] = pool.submit(_digest_or_zero, buf[(i - run[0]) * bs : (i - run[0]) * bs + bs])
+                run = []
+            if index is not None:
+                run.append(index)
+        for index, future in futures.items():
+            digests[index] = future.result()
+    return {"bytes_written": written, "blocks": len(futures), "blocks_reread": len(partial)}

@@ -473,3 +473,16 @@ class DeltaFile:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def delta_pieces(path, extents, chunk=None):
+    """(offset, bytes) pieces of the delta file ``path`` over its ``extents``, for blocks.apply_delta."""
+    chunk = chunk or 32 * 1024 * 1024
+    with open(path, "rb") as fh:
+        for start, length in extents:
+            for off in range(start, start + length, chunk):
+                n = min(chunk, start + length - off)
+                data = os.pread(fh.fileno(), n, off)
+                if len(data) < n:  # a sparse tail that was never written: zeros
+                    data += bytes(n - len(data))
+                yield off, data

@@ -477,7 +477,7 @@ def _require_nbd():
 class QemuNbdImage(NbdReader):
     """An image of any format exported by a private qemu-nbd on a unix socket."""
 
-    def __init__(self, path, fmt, writable=False):
+    def __init__(self, path, fmt, writable=False, bitmap=None):
         _require_nbd()
         _must_exist(path)
         qemu_nbd = shutil.which("qemu-nbd")
@@ -491,11 +491,16 @@ class QemuNbdImage(NbdReader):
         # writeback cache + an explicit flush at the end; zero writes become holes so a
         # written target stays sparse.
         cmd += ["--read-only"] if not writable else ["--cache=writeback", "--discard=unmap", "--detect-zeroes=unmap"]
+        # -B exports a persistent qcow2 dirty bitmap as the meta context qemu:dirty-bitmap:<name>
+        # (an enabled bitmap only on a read-only export).
+        cmd += ["--bitmap=" + bitmap] if bitmap else []
+        contexts = ["base:allocation"] + (["qemu:dirty-bitmap:" + bitmap] if bitmap else [])
         self.proc = subprocess.Popen(
             cmd + [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         h = nbd.NBD()
-        h.add_meta_context("base:allocation")
+        for ctx in contexts:
+            h.add_meta_context(ctx)
         deadline = time.monotonic() + NBD_START_TIMEOUT
         try:
             while True:
@@ -513,7 +518,8 @@ class QemuNbdImage(NbdReader):
                     except nbd.Error:
                         _close_handle(h)
                         h = nbd.NBD()
-                        h.add_meta_context("base:allocation")
+                        for ctx in contexts:
+                            h.add_meta_context(ctx)
                 if time.monotonic() > deadline:
                     raise DiskError("qemu-nbd did not start for %s within %ds" % (path, NBD_START_TIMEOUT), None)
                 time.sleep(0.01)
@@ -548,14 +554,46 @@ class QemuNbdImage(NbdReader):
                 raise DiskError("qemu-nbd failed on %s: %s" % (self.path, err), None)
 
 
-def open_guest(path, fmt, writable=False):
-    """A reader (and writer when ``writable``) of an image's guest-visible bytes."""
+def open_guest(path, fmt, writable=False, bitmap=None):
+    """A reader (and writer when ``writable``) of an image's guest-visible bytes.
+
+    ``bitmap`` names a persistent dirty bitmap of a qcow2 image to export too:
+    ``extents(bitmap_context(bitmap))`` then lists what was written since it was made.
+    """
     if fmt not in FORMATS:
         raise DiskError("unknown disk format %r for %s" % (fmt, path), "use one of %s" % ", ".join(FORMATS))
+    if bitmap and fmt != "qcow2":
+        raise DiskError(
+            "disk image %s is %s: only qcow2 images hold dirty bitmaps (%s)" % (path, fmt, bitmap),
+            "compare block digests instead",
+        )
     if fmt == "raw":
         _must_exist(path)
         return RawFile(path, writable)
-    return QemuNbdImage(path, fmt, writable)
+    return QemuNbdImage(path, fmt, writable, bitmap)
+
+
+def bitmap_context(name):
+    """The NBD meta context qemu-nbd (-B) and QEMU export a dirty bitmap under."""
+    return "qemu:dirty-bitmap:" + name
+
+
+def qcow2_bitmap(info_data, name):
+    """Why the qcow2 image (its ``info`` dict) cannot give bitmap ``name``'s dirty extents, or None.
+
+    The bitmap must be there and consistent: QEMU marks a bitmap in-use while it runs
+    and clears the flag when it stores it at shut-down, so a bitmap still in-use was not
+    stored (QEMU was killed) and may have missed writes.
+    """
+    if info_data.get("format") != "qcow2":
+        return "the image is %s, not qcow2 (no persistent dirty bitmaps)" % info_data.get("format")
+    bitmaps = ((info_data.get("format-specific") or {}).get("data") or {}).get("bitmaps") or []
+    for bm in bitmaps:
+        if bm.get("name") == name:
+            if "in-use" in (bm.get("flags") or []):
+                return "its dirty bitmap %s is marked in-use (QEMU did not store it at shut-down)" % name
+            return None
+    return "it has no dirty bitmap %s (the checkpoint was deleted, or the image was replaced)" % name
 
 
 def open_nbd(uri, meta_context=None):

@@ -226,34 +226,62 @@ def _merge_runs(indices, block_size, size):
     return runs
 
 
-def _write_delta(reader, runs, delta, digests, progress=None):
-    """Copy the block-aligned ``runs`` of ``reader`` into ``delta`` (a bundle.DeltaFile).
+def _read_extents(reader, extents, stats, progress=None):
+    """(offset, bytes) pieces of ``reader`` over ``extents`` (the next read in flight while
+    the caller writes), counting bytes_read in ``stats``."""
+    for off, data, n in _blocks._read_ahead(reader, extents, _disk.MAX_REQUEST, 512):
+        stats["bytes_read"] += n
+        if progress is not None:
+            progress.advance(n)
+        yield off, bytes(data[:n]) if len(data) != n else data
 
-    Zero blocks are left as holes, which read back as zeros; ``digests`` is updated for
-    every block of the runs. Returns bytes read and written.
+
+def _base_path(bundle_dir, drec):
+    return drec["path"] if os.path.isabs(drec["path"]) else os.path.join(bundle_dir, drec["path"])
+
+
+def _bring_base_current(bundle_dir, drec):
+    """Apply to the bundle's base image every delta it does not hold yet (``in_base``).
+
+    Each sync writes its delta into the base too, so this only does work for a bundle
+    written before bases were kept current. Returns the bytes written.
     """
-    bs = digests.block_size
-    stats = {"bytes_read": 0, "bytes_written": 0}
-    chunk = max(bs, (_disk.MAX_REQUEST // bs) * bs)
-    for start, length in runs:
-        for off in range(start, start + length, chunk):
-            n = min(chunk, start + length - off)
-            data = reader.pread(n, off)
-            stats["bytes_read"] += n
-            view = memoryview(data)
-            # Runs are block-aligned, so each block lies whole in this chunk.
-            for bstart in range(0, n, bs):
-                blen = min(bs, n - bstart)
-                index = (off + bstart) // bs
-                if data.startswith(bytes(blen), bstart):
-                    digests[index] = _blocks.ZERO_DIGEST
-                    continue
-                digests[index] = _blocks.block_digest(view[bstart : bstart + blen])
-                delta.write(off + bstart, view[bstart : bstart + blen])
-                stats["bytes_written"] += blen
-            if progress is not None:
-                progress.advance(n)
-    return stats
+    written = 0
+    for delta in drec.get("deltas") or []:
+        if delta.get("in_base"):
+            continue
+        src = os.path.join(bundle_dir, delta["path"])
+        st = _blocks.apply_delta(
+            _base_path(bundle_dir, drec), drec["format"], _bundle.delta_pieces(src, delta["extents"])
+        )
+        written += st["bytes_written"]
+        delta["in_base"] = True
+    return written
+
+
+def _write_delta(bundle_dir, drec, reader, extents, delta, digests, progress=None):
+    """Copy ``extents`` of ``reader`` into ``delta`` (a bundle.DeltaFile) and into the base.
+
+    The base image (the bundle's copy of the disk as of the last sync) gets the same
+    bytes, so it stays the disk as of this sync; blocks.write_with_digests hashes every
+    digest block a piece covers whole from the piece and re-reads a partly covered block
+    from the base after the writes (the rest of that block did not change since the last sync,
+    so the base's bytes are the source's). Extents may have any 512-aligned bounds.
+    Returns bytes read (from the source) and written (into the delta).
+    """
+    stats = {"bytes_read": 0}
+
+    def tee(pieces):
+        for off, data in pieces:
+            if not data.startswith(_blocks._zeros(len(data))):
+                delta.write(off, data)  # zeros stay a hole of the sparse delta file
+            yield off, data
+
+    before = delta.written
+    with _disk.open_guest(_base_path(bundle_dir, drec), drec["format"], writable=True) as base:
+        _blocks.write_with_digests(base, tee(_read_extents(reader, extents, stats, progress)), digests)
+        base.flush()
+    return {"bytes_read": stats["bytes_read"], "bytes_written": delta.written - before}
 
 
 def _load_manifest(bundle_dir):
@@ -310,6 +338,10 @@ class KvmSource(KvmInventory):
         if prev is not None and prev.get("state") != "complete":
             # A run that died half-way: continue from its last finished sync, if it can be.
             restart = _steps.resume_refusal(_bundle.Bundle(bundle, prev))
+            if not restart and prev.get("base_in_flux"):
+                # The sync that died was writing into the base images: they may hold part
+                # of a sync no manifest records, so no delta may be built on them.
+                restart = "the last sync of bundle %s died while updating its base images: a new full copy" % bundle
             prev = None if restart else prev
         warm_chain = bool(prev and (prev.get("sync") or [{}])[0].get("mode") == "warm")
         read_mode = _steps.check_export_mode(mode, running, warm_chain, dom.name(), bundle)
@@ -650,6 +682,7 @@ class KvmSource(KvmInventory):
             return res
         targets = [d["target"] for d in prev["disks"]]
         prev["state"] = "incomplete"
+        prev["base_in_flux"] = True  # the base images change in place: see export()
         _save_manifest(bundle, prev)
         totals = {"bytes_read": 0, "bytes_written": 0}
         changed = False
@@ -663,6 +696,7 @@ class KvmSource(KvmInventory):
             # Nothing was written since the last sync: keep the last checkpoint, drop the new one.
             if name:
                 delete_checkpoints(dom, [name])
+            prev.pop("base_in_flux", None)
             prev["state"] = "complete"
             _save_manifest(bundle, prev)
             res = self._result(prev, "incremental", changed=False)
@@ -684,6 +718,7 @@ class KvmSource(KvmInventory):
         old = [c for c in prev["created"]["checkpoints"] if c != name]
         if name:
             prev["created"]["checkpoints"] = [name]
+        prev.pop("base_in_flux", None)
         prev["state"] = "complete"
         _save_manifest(bundle, prev)
         # Keep only the newest checkpoint: the next incremental starts from it.
@@ -693,26 +728,43 @@ class KvmSource(KvmInventory):
         return res
 
     def _export_offline_incremental(self, run):
-        """Shut-off domain with a warm chain (the cutover's final sync): compare digests.
+        """Shut-off domain with a warm chain (the cutover's final sync).
 
         The domain has no QEMU to run a backup job, so the disk file is read in place
-        and its block digests are compared with the last sync's; only changed blocks go
-        into the delta.
+        through qemu-nbd. When the last sync made a libvirt checkpoint, its persistent
+        dirty bitmap in the qcow2 file (QEMU stores it at shut-down) lists what changed
+        since that sync and only that is read (qemu-nbd -B). Otherwise (raw disks, a
+        deleted checkpoint, a bitmap QEMU did not store) the whole disk's block digests
+        are compared with the last sync's, and fallback_reason says why.
         """
         dom, bundle, prev = run.dom, run.bundle, run.prev
         index = prev["sync"][-1]["index"] + 1
         if run.check_mode:
             return self._result(prev, "incremental", changed=True)
+        last = prev["sync"][-1].get("checkpoint") or {}
         prev["state"] = "incomplete"
+        prev["base_in_flux"] = True  # the base images change in place: see export()
         _save_manifest(bundle, prev)
         totals = {"bytes_read": 0, "bytes_written": 0}
         changed = False
+        reasons = []
         live = {r["target"]: r for r in run.live}
         for drec in prev["disks"]:
             rec = live[drec["target"]]
             info = self._check_source_disk(rec, dom)
-            with _disk.open_guest(rec["path"], info["format"]) as reader:
-                changed |= self._delta_from(run, drec, reader, index, totals, None)
+            bitmap, why = None, None
+            if last.get("kind") == "libvirt":
+                why = _disk.qcow2_bitmap(info, last["id"])
+                bitmap = None if why else last["id"]
+            else:
+                why = "the last sync made no libvirt checkpoint (%s)" % (last.get("kind") or "none")
+            if why:
+                reasons.append(
+                    "disk %s: %s, so its block digests were compared (the whole disk read)" % (drec["target"], why)
+                )
+            with _disk.open_guest(rec["path"], info["format"], bitmap=bitmap) as reader:
+                context = _disk.bitmap_context(bitmap) if bitmap else None
+                changed |= self._delta_from(run, drec, reader, index, totals, context)
             drec["source"]["stat"] = _stat_key(rec["path"])
         if changed:
             checkpoint = {"kind": "digests", "id": index}
@@ -725,12 +777,20 @@ class KvmSource(KvmInventory):
                 chain=_steps.chain_id(prev),
                 **totals,
             )
+        prev.pop("base_in_flux", None)
         prev["state"] = "complete"
         _save_manifest(bundle, prev)
-        return self._result(prev, "incremental", changed=changed)
+        res = self._result(prev, "incremental", changed=changed)
+        res["fallback_reason"] = "; ".join(reasons) or None
+        return res
 
     def _delta_from(self, run, drec, reader, index, totals, bitmap_context):
-        """Write disk ``drec``'s changes since the last sync as delta ``index``; True if any."""
+        """Write disk ``drec``'s changes since the last sync as delta ``index``; True if any.
+
+        With a dirty bitmap the delta holds exactly its dirty extents (at the bitmap's
+        granularity); without, the digest blocks whose digest changed (the whole disk is
+        read to find them).
+        """
         bundle = run.bundle
         bs = drec["block_size"]
         size = reader.size
@@ -743,28 +803,27 @@ class KvmSource(KvmInventory):
             os.path.join(bundle, drec["digests"]), bs, expected_sha256=drec["digests_sha256"]
         )
         if bitmap_context:
-            blocks = set()
-            for e in reader.extents(bitmap_context):
-                if e.data:
-                    blocks.update(range(e.start // bs, (e.start + e.length - 1) // bs + 1))
+            extents = [[e.start, e.length] for e in reader.extents(bitmap_context) if e.data]
         else:
             fresh = _blocks.digest_disk(reader, bs)
             totals["bytes_read"] += fresh.bytes_read
-            blocks = set(digests.changed_blocks(fresh))
-        runs = _merge_runs(blocks, bs, size)
-        if not runs:
+            extents = _merge_runs(digests.changed_blocks(fresh), bs, size)
+        if not extents:
             return False
-        progress = Progress("delta %s %s #%d" % (run.dom.name(), drec["id"], index), sum(r[1] for r in runs))
+        # The base must be the disk as of the last sync before a partly dirty block is
+        # hashed from it.
+        _bring_base_current(bundle, drec)
+        progress = Progress("delta %s %s #%d" % (run.dom.name(), drec["id"], index), sum(e[1] for e in extents))
         delta = _bundle.DeltaFile(bundle, drec["id"], index, size)
         try:
-            stats = _write_delta(reader, runs, delta, digests, progress)
+            stats = _write_delta(bundle, drec, reader, extents, delta, digests, progress)
         except BaseException:
             delta.discard()
             raise
         totals["bytes_read"] += stats["bytes_read"]
         totals["bytes_written"] += stats["bytes_written"]
-        # The delta records the runs read (whole digest blocks), zero blocks included.
-        delta.finish(drec, runs)
+        record = delta.finish(drec, extents)
+        record["in_base"] = True
         drec["digests_sha256"] = digests.save(os.path.join(bundle, drec["digests"]))
         drec["progress"] = progress.finish()
         return True

@@ -204,3 +204,59 @@ def test_apply_delta_makes_target_equal(images, tmp_path, fmt, sub, suffix):
         assert info["format-specific"]["data"]["create-type"] == sub
     # the updated digests are those of the new content, read independently
     assert bytes(digests.digests) == independent_digests(source, "raw", tmp_path)
+
+
+def _whole_digests(data, bs):
+    out = _blocks.DigestList.for_size(len(data), bs)
+    for i in range(len(out)):
+        blk = bytes(data[i * bs : (i + 1) * bs])
+        out[i] = _blocks.ZERO_DIGEST if blk == bytes(len(blk)) else blake3(blk).digest()
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_write_with_digests_updates_partly_written_blocks_from_the_target(tmp_path, fmt):
+    """Pieces smaller than a block, across block edges, a block covered by two pieces, a
+    block zeroed whole, the short last block: every digest equals that of the whole new
+    block (blake3 of the bytes read back), and untouched blocks keep their digest."""
+    bs = 64 * 1024
+    size = 10 * bs + 4096  # a short last block
+    old = bytearray(os.urandom(size))
+    old[7 * bs : 8 * bs] = bytes(bs)
+    raw = tmp_path / "old.raw"
+    raw.write_bytes(bytes(old))
+    path = str(raw)
+    if fmt == "qcow2":
+        path = str(tmp_path / "old.qcow2")
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), path], check=True)
+    digests = _whole_digests(old, bs)
+    pieces = [
+        (512, os.urandom(4096)),  # inside block 0
+        (2 * bs - 1024, os.urandom(2048)),  # across blocks 1 and 2
+        (3 * bs, os.urandom(bs // 2)),  # block 3 in two pieces: first half
+        (3 * bs + bs // 2, os.urandom(bs // 2)),  # ... second half
+        (5 * bs, bytes(bs)),  # block 5 zeroed whole
+        (7 * bs + 8192, os.urandom(512)),  # a zero block becomes partly dirty
+        (10 * bs + 512, os.urandom(1024)),  # the short last block
+    ]
+    new = bytearray(old)
+    for off, data in pieces:
+        new[off : off + len(data)] = data
+    with _disk.open_guest(path, fmt, writable=True) as target:
+        stats = _blocks.write_with_digests(target, iter(pieces), digests, chunk=2 * bs)
+        target.flush()
+    assert stats["bytes_written"] == sum(len(d) for _o, d in pieces)
+    assert stats["blocks_reread"] == 6  # blocks 0, 1, 2, 3 (two halves), 7, 10
+    assert digests == _whole_digests(new, bs)
+    assert digests[5] == _blocks.ZERO_DIGEST
+    with _disk.open_guest(path, fmt) as reader:
+        assert reader.pread(size, 0) == bytes(new)
+
+
+def test_write_with_digests_refuses_a_piece_outside_the_disk(tmp_path):
+    path = tmp_path / "d.raw"
+    path.write_bytes(bytes(8192))
+    digests = _blocks.DigestList.for_size(8192, 4096)
+    with _disk.open_guest(str(path), "raw", writable=True) as target:
+        with pytest.raises(_disk.DiskError, match="outside"):
+            _blocks.write_with_digests(target, [(8192 - 512, bytes(1024))], digests)

@@ -223,3 +223,32 @@ def test_write_refused_by_the_format_is_a_disk_error(images, tmp_path):
             g.pwrite(b"\x01" * 65536, 0)  # offset 0 holds data
             g.flush()
     assert path in str(err.value) and "streamOptimized" in str(err.value)
+
+
+def test_open_guest_exports_a_persistent_dirty_bitmap(tmp_path):
+    """qemu-nbd -B: the bitmap's extents are what was written after it was added, at its
+    granularity, and qemu-img info (qcow2_bitmap) says it can be used."""
+    path = str(tmp_path / "d.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "16M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 1 0 4M", path], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "bitmap", "--add", "--granularity", "65536", path, "chk1"], check=True)
+    writes = ["write -P 2 1M 4k", "write -P 3 10M 64k", "write -P 4 12M 512"]
+    subprocess.run(["qemu-io"] + [a for w in writes for a in ("-c", w)] + [path], check=True, capture_output=True)
+    info = _disk.info(path, "qcow2")
+    assert _disk.qcow2_bitmap(info, "chk1") is None
+    assert "no dirty bitmap nope" in _disk.qcow2_bitmap(info, "nope")
+    with _disk.open_guest(path, "qcow2", bitmap="chk1") as reader:
+        dirty = [(e.start, e.length) for e in reader.extents(_disk.bitmap_context("chk1")) if e.data]
+        assert reader.pread(4096, 1024 * 1024) == b"\x02" * 4096
+    assert dirty == [(1024 * 1024, 65536), (10 * 1024 * 1024, 65536), (12 * 1024 * 1024, 65536)]
+
+
+def test_qcow2_bitmap_refuses_an_in_use_bitmap_and_other_formats():
+    info = {
+        "format": "qcow2",
+        "format-specific": {"data": {"bitmaps": [{"name": "chk1", "flags": ["in-use", "auto"]}]}},
+    }
+    assert "in-use" in _disk.qcow2_bitmap(info, "chk1")
+    assert "not qcow2" in _disk.qcow2_bitmap({"format": "raw"}, "chk1")
+    with pytest.raises(_disk.DiskError, match="only qcow2"):
+        _disk.open_guest("/nonexistent.raw", "raw", bitmap="chk1")
