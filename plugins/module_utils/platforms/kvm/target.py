@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
@@ -64,18 +65,6 @@ def with_cpu_mode(xml_text, mode):
 
 def _bundle_path(bundle_dir, rel):
     return rel if os.path.isabs(rel) else os.path.join(bundle_dir, rel)
-
-
-def _read_pieces(path, extents, chunk=_disk.MAX_REQUEST):
-    """(offset, bytes) pieces of a delta file, for apply_delta."""
-    with open(path, "rb") as fh:
-        for start, length in extents:
-            for off in range(start, start + length, chunk):
-                n = min(chunk, start + length - off)
-                data = os.pread(fh.fileno(), n, off)
-                if len(data) < n:  # a sparse tail that was never written: zeros
-                    data += bytes(n - len(data))
-                yield off, data
 
 
 def _xml_from_spec(spec, disks, provenance, domain_type):
@@ -354,7 +343,9 @@ class KvmTarget(KvmInventory):
                 "re-run the export; if its chain is gone, import with replace=true after a full export",
             )
         progress = Progress("apply delta %d to %s" % (delta["index"], os.path.basename(path)), delta["bytes"])
-        stats = _blocks.apply_delta(path, fmt, _read_pieces(src, delta["extents"]), progress=progress)
+        stats = _blocks.apply_delta(
+            path, fmt, _bundle.delta_pieces(src, delta["extents"], _disk.MAX_REQUEST), progress=progress
+        )
         progress.finish()
         return {"bytes_written": stats["bytes_written"], "pieces": stats["pieces"]}
 

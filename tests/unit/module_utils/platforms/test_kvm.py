@@ -122,7 +122,7 @@ def test_write_delta_holds_changed_blocks_and_updates_digests(tmp_path):
     assert digests[2] == _blocks.ZERO_DIGEST
     assert digests[5] == blake3(bytes(data[5 * bs : 6 * bs])).digest()
     assert base.read_bytes() == bytes(data)  # the base is the disk as of this sync
-    pieces = list(_target._read_pieces(path, runs))
+    pieces = list(_bundle.delta_pieces(path, runs))
     assert b"".join(p for _o, p in pieces) == bytes(data[bs : 3 * bs]) + bytes(data[5 * bs : 6 * bs])
 
 
