@@ -29,7 +29,7 @@ TARGETS = ("kvm", "vsphere", "hyperv")
 DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc")
 # Left out of the fingerprint: they change when a step runs, not what the bundle holds.
 VOLATILE = ("state", "sync", "created", "updated")
-VOLATILE_DISK = ("allocated", "files")
+VOLATILE_DISK = ("allocated", "files", "ref_stamp")
 _DISK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -154,6 +154,12 @@ def write_json_atomic(path, data):
     with atomic_file(path, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
+
+
+def file_stamp(path):
+    """What changes when a file is written in place: size, mtime, inode."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def new_manifest(source, spec, target_platform=None, disks=None):
@@ -339,6 +345,16 @@ class Bundle:
                 raise self._integrity(did, where + ".path", "is missing: the disk has no data file")
             if not os.path.exists(path):
                 raise self._integrity(did, where + ".path", "names %s, which does not exist" % path)
+            # A disk referenced in another bundle (convert does not copy what it need not)
+            # may have been written since by that bundle's next export: its bytes are no
+            # longer the ones this bundle's digests describe.
+            if disk.get("ref_stamp") and file_stamp(path) != disk["ref_stamp"]:
+                raise self._integrity(
+                    did,
+                    where + ".ref_stamp",
+                    "records %s as it was when this bundle referenced it; the file has been written since "
+                    "(a later export of its bundle): run the convert again" % path,
+                )
             try:
                 # Header only (no `qemu-img check`): the virtual size is all that is compared.
                 size = _disk.info(path, disk.get("format"), check=False)["virtual-size"]

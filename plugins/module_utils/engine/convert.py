@@ -206,6 +206,8 @@ class Converter:
             old["checkpoint"] = copy.deepcopy(disk.get("checkpoint"))
             old["deltas"] = self._absolute_deltas(src, disk)
             old["action"] = "refresh"
+            if old.get("ref_stamp"):
+                old["ref_stamp"] = _bundle.file_stamp(out.disk_path(old))
             digests = src.load_digests(disk)
             if digests is not None:
                 out.save_digests(old, digests)
@@ -362,6 +364,8 @@ class Converter:
             "checkpoint": copy.deepcopy(disk.get("checkpoint")),
             "source_path": step["src_path"],
             "action": step["action"],
+            # A referenced disk is another bundle's file: import refuses it once written again.
+            "ref_stamp": _bundle.file_stamp(step["path"]) if step["action"] == "reference" else None,
             "files": [{"path": self._rel(f), "bytes": os.path.getsize(f)} for f in files],
         }
         for key in ("target", "bus"):

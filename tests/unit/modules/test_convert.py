@@ -10,6 +10,7 @@ import tempfile
 import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
@@ -203,6 +204,11 @@ def test_same_format_is_referenced_not_copied(src_bundle, tmp_path):
     assert res["disks"][0]["path"] == src_bundle.disk_path("disk0")
     assert os.listdir(os.path.join(dest, "disks")) == []
     _bundle.Bundle.load(dest).check_integrity()  # the data referenced in place
+    # The export's next sync writes its disk in place: this bundle no longer describes it.
+    with open(src_bundle.disk_path("disk0"), "r+b") as fh:
+        fh.write(b"x")
+    with pytest.raises(InputError, match=r"field disks\[0\]\.ref_stamp .* has been written since"):
+        _bundle.Bundle.load(dest).check_integrity()
 
 
 def test_missing_disk_is_refused(src_bundle, tmp_path):

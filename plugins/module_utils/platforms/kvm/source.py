@@ -209,11 +209,6 @@ class BackupJob:
 # --- bundle helpers ----------------------------------------------------------------------
 
 
-def _stat_key(path):
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
-
-
 def _merge_runs(indices, block_size, size):
     runs = []
     for i in sorted(indices):
@@ -478,7 +473,7 @@ class KvmSource(KvmInventory):
             )
         warm_chain = bool(prev and prev["sync"][0].get("mode") == "warm") and not run.new_chain
         if not stream:
-            stats = {r["id"]: _stat_key(r["path"]) for r in run.live if r["path"]}
+            stats = {r["id"]: _bundle.file_stamp(r["path"]) for r in run.live if r["path"]}
             old_stats = [d.get("source", {}).get("stat") for d in (prev or {}).get("disks", [])]
             unchanged = (
                 prev is not None
@@ -512,7 +507,7 @@ class KvmSource(KvmInventory):
                 drec["path"] = os.path.relpath(path, bundle)
             else:
                 drec["path"] = path
-                drec["source"]["stat"] = _stat_key(path)
+                drec["source"]["stat"] = _bundle.file_stamp(path)
             drec["format"] = fmt
             drec["allocated"] = info.get("actual-size")
             progress = Progress("digest %s %s" % (dom.name(), rec["id"]), size)
@@ -765,7 +760,7 @@ class KvmSource(KvmInventory):
             with _disk.open_guest(rec["path"], info["format"], bitmap=bitmap) as reader:
                 context = _disk.bitmap_context(bitmap) if bitmap else None
                 changed |= self._delta_from(run, drec, reader, index, totals, context)
-            drec["source"]["stat"] = _stat_key(rec["path"])
+            drec["source"]["stat"] = _bundle.file_stamp(rec["path"])
         if changed:
             checkpoint = {"kind": "digests", "id": index}
             _bundle.append_sync(
