@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import uuid
 
+import bundle_edits  # tests/integration/bundle_edits.py
 import libvirt
 import pytest
 
@@ -395,28 +396,7 @@ def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module
 # --- a hand-edited bundle -----------------------------------------------------------------------
 
 
-def _edit_sha(m):
-    m["disks"][0]["digests_sha256"] = "%064x" % (int(m["disks"][0]["digests_sha256"], 16) ^ 1)
-
-
-def _edit_capacity(m):
-    m["disks"][0]["capacity"] += MIB
-
-
-def _edit_both_capacities(m):
-    m["disks"][0]["capacity"] += MIB
-    m["spec"]["disks"][0]["capacity"] += MIB
-
-
-@pytest.mark.parametrize(
-    "edit,field",
-    [
-        (_edit_sha, "disks[0].digests_sha256"),
-        (_edit_capacity, "disks[0].capacity"),
-        (_edit_both_capacities, "disks[0].capacity"),
-    ],
-    ids=["digests_sha256", "capacity", "capacity-and-spec"],
-)
+@pytest.mark.parametrize("edit,field", bundle_edits.EDITS, ids=bundle_edits.IDS)
 def test_hand_edited_bundle_is_refused(lab, libvirt_conn, domains, run_module, tmp_path, tag, edit, field):
     dom, (disk,) = domains("edit", [(16, write_pattern(4, 0x33))])
     bundle = str(tmp_path / "export")

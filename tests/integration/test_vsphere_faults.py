@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 
+import bundle_edits  # tests/integration/bundle_edits.py
 import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
@@ -385,28 +386,7 @@ def test_snapshot_removal_failing(lab, vsphere_si, run_module, tmp_path, random_
 # --- a bundle that does not agree with itself ------------------------------------------------
 
 
-def _edit_sha(m):
-    m["disks"][0]["digests_sha256"] = "%064x" % (int(m["disks"][0]["digests_sha256"], 16) ^ 1)
-
-
-def _edit_capacity(m):
-    m["disks"][0]["capacity"] += MIB
-
-
-def _edit_both_capacities(m):
-    m["disks"][0]["capacity"] += MIB
-    m["spec"]["disks"][0]["capacity"] += MIB
-
-
-@pytest.mark.parametrize(
-    "edit,field",
-    [
-        (_edit_sha, "disks[0].digests_sha256"),
-        (_edit_capacity, "disks[0].capacity"),
-        (_edit_both_capacities, "disks[0].capacity"),
-    ],
-    ids=["digests_sha256", "capacity", "capacity-and-spec"],
-)
+@pytest.mark.parametrize("edit,field", bundle_edits.EDITS, ids=bundle_edits.IDS)
 def test_import_hand_edited_bundle_is_refused(lab, vsphere_si, run_module, tmp_path, vm_name, edit, field):
     image = random_disk(tmp_path / "disk.raw", 8 * MIB)
     bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
