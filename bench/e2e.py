@@ -546,7 +546,7 @@ def row_incremental(bench, src, dom, bundle, full):
     """(5) incremental after scattered guest writes vs the dirty bitmap's count."""
     n = bench.args.e2e_writes
     guest_writes(dom, src, scattered(src, n, seed=4), 0x5A)
-    dirty, gran = dirty_bytes(dom, full["checkpoint"])
+    dirty, gran = dirty_bytes(dom, full["checkpoint"]["id"])
     settle()
     seconds, results = bench.play([bench.export_task(src, bundle, "incremental")])
     inc = results["export"]
@@ -571,7 +571,7 @@ def row_final_sync(bench, src, dom, bundle, last, kvm_play):
     """(6) guest writes, shut off, the final export: bytes read vs changed, time vs row 1."""
     n = bench.args.e2e_final_mib * MiB // WRITE
     guest_writes(dom, src, scattered(src, n, seed=6), 0xA5)
-    dirty, _ = dirty_bytes(dom, last["checkpoint"])
+    dirty, _ = dirty_bytes(dom, last["checkpoint"]["id"])
     # Pulled out like a plug: the writes went to clusters already allocated, so the file
     # holds them without any metadata QEMU would have flushed at a clean shutdown.
     dom.destroy()

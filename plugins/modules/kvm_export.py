@@ -14,15 +14,17 @@ description:
     their block digests, computed by reading each allocated byte once. With O(transfer=stream) (the
     default for remote URIs) the volumes are downloaded with C(virStorageVolDownload) instead.
   - Warm (domain running) - a libvirt backup job in pull mode exports the disks over NBD on a private
-    unix socket; the first run copies everything into the bundle (qcow2, sparse, digests taken in
-    flight) and creates a checkpoint. Each later run is an incremental - only blocks the dirty
-    bitmap of the last checkpoint marks are read, and written into the bundle as a delta file.
-  - When the domain is shut off after warm syncs (the cutover), the final incremental compares block
-    digests of the disk files with the last sync's and writes only the changed blocks.
+    unix socket; the first run copies everything into the bundle (a sparse raw file per disk, digests
+    taken in flight) and creates a checkpoint. Each later run is an incremental - only the extents the
+    dirty bitmap of the last checkpoint marks are read, and written into the bundle as a delta file
+    (and into the bundle's copy, which stays the disk as of the last sync).
+  - When the domain is shut off after warm syncs (the cutover), the final incremental reads only what
+    the persistent bitmap QEMU stored in each qcow2 at shut-down marks (exported with C(qemu-nbd -B));
+    without one it compares block digests with the last sync's, and RV(fallback_reason) says so.
   - Checkpoints need qcow2 disks (persistent dirty bitmaps). For raw disks the warm copy still works;
     incrementals then compare digests (reading the whole disk), and RV(fallback_reason) says so.
-  - A broken chain (the last checkpoint deleted by someone else, a disk added or removed) falls back
-    to a full copy and says why in RV(fallback_reason).
+  - A broken chain falls back and says why in RV(fallback_reason) - the last checkpoint deleted by
+    someone else, to a digest comparison; a disk added, removed or resized, to a new full copy.
   - With O(quiesce=true) the qemu guest agent freezes the guest's filesystems around the start of each
     backup job when it answers; RV(frozen) says whether it did.
   - The domain is found by O(vm) - its name or UUID.
@@ -82,51 +84,80 @@ EXAMPLES = r"""
 
 RETURN = r"""
 mode:
-  description: How the source was read - V(cold) (shut off) or V(warm) (running, backup job).
+  description: How the source was read - V(cold) (shut off) or V(warm) (running).
   returned: always
   type: str
 kind:
-  description: What ran - V(cold), V(full) (warm full copy) or V(incremental).
+  description: V(full) (a new chain, every disk copied or referenced) or V(incremental) (changes since the last sync).
   returned: always
   type: str
 sync_index:
-  description: Number of the bundle's latest sync (1 for the first copy).
-  returned: always
+  description: Number of the bundle's latest sync (1 for the full copy).
+  returned: when the bundle holds a sync
   type: int
 checkpoint:
-  description: The libvirt checkpoint (or digest sync number) the latest sync ends at.
-  returned: always
+  description: What the latest sync ends at - the checkpoint the next incremental asks changes since.
+  returned: when the bundle holds a sync
   type: raw
+fingerprint:
+  description: SHA-256 over the disks' digest lists - what a target imported from this bundle will carry.
+  returned: when the bundle holds a sync
+  type: str
 bytes_read:
   description: Bytes read from the source by this run.
   returned: always
   type: int
 bytes_written:
-  description: Bytes written into the bundle by this run (0 when disks are referenced in place).
+  description: Bytes written into the bundle by this run.
   returned: always
   type: int
 disks:
-  description: Per disk - id, target, path, format, capacity, digests_sha256, checkpoint and, for an
-    incremental, the delta written (last_delta with extents and bytes).
-  returned: always
+  description:
+    - Per disk - id, path, format, capacity, method (V(copy), V(reference), V(delta) or V(none)), bytes_read,
+      bytes_written, digests_sha256, checkpoint, progress and, for a delta, last_delta (extents and bytes).
+  returned: when a sync ran
   type: list
   elements: dict
 frozen:
-  description: Whether the guest filesystems were frozen through the guest agent.
+  description: Whether the guest was quiesced at the point in time read.
   returned: always
   type: bool
-fallback_reason:
-  description: Why a full copy or a digest comparison ran instead of a bitmap incremental, or null.
+freeze_reason:
+  description: Why it was not, or null.
   returned: always
   type: str
+fallback_reason:
+  description:
+    - Why a slower path ran than the bundle's chain allows, or null - a new full copy (the VM's disks changed,
+      the bundle was left incomplete in a state that cannot be continued) or a digest comparison instead of
+      the change tracker (its checkpoint is gone).
+  returned: always
+  type: str
+would:
+  description: In check mode, the sync that would run.
+  returned: in check mode
+  type: str
+vm:
+  description: The source VM - name, id and power_state.
+  returned: always
+  type: dict
 seconds:
   description: Duration of the export.
   returned: always
   type: float
+rate_bytes_per_second:
+  description: Bytes moved per second.
+  returned: always
+  type: int
 summary:
   description: One readable line about what was done.
   returned: always
   type: str
+checkpoints_deleted:
+  description: Checkpoints deleted by O(cleanup_checkpoints).
+  returned: when O(cleanup_checkpoints=true)
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402

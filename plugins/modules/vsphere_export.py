@@ -80,58 +80,93 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-fallback_reason:
-  description:
-    - Why a new full copy ran although the bundle held a chain - the bundle was left incomplete by a run that
-      died and no longer agrees with itself. Null otherwise (an incomplete bundle that is consistent is
-      continued from its last finished sync).
+mode:
+  description: How the source was read - V(cold) (shut off) or V(warm) (running).
   returned: always
   type: str
+kind:
+  description: V(full) (a new chain, every disk copied or referenced) or V(incremental) (changes since the last sync).
+  returned: always
+  type: str
+sync_index:
+  description: Number of the bundle's latest sync (1 for the full copy).
+  returned: when the bundle holds a sync
+  type: int
+checkpoint:
+  description: What the latest sync ends at - the checkpoint the next incremental asks changes since.
+  returned: when the bundle holds a sync
+  type: raw
+fingerprint:
+  description: SHA-256 over the disks' digest lists - what a target imported from this bundle will carry.
+  returned: when the bundle holds a sync
+  type: str
+bytes_read:
+  description: Bytes read from the source by this run.
+  returned: always
+  type: int
+bytes_written:
+  description: Bytes written into the bundle by this run.
+  returned: always
+  type: int
+disks:
+  description:
+    - Per disk - id, path, format, capacity, method (V(copy), V(reference), V(delta) or V(none)), bytes_read,
+      bytes_written, digests_sha256, checkpoint, progress and, for a delta, last_delta (extents and bytes).
+  returned: when a sync ran
+  type: list
+  elements: dict
 frozen:
-  description: Whether the snapshot was quiesced (VMware Tools running and O(quiesce=true)).
+  description: Whether the guest was quiesced at the point in time read.
   returned: always
   type: bool
-summary:
-  description: One readable line about what was done.
+freeze_reason:
+  description: Why it was not, or null.
   returned: always
   type: str
+fallback_reason:
+  description:
+    - Why a slower path ran than the bundle's chain allows, or null - a new full copy (the VM's disks changed,
+      the bundle was left incomplete in a state that cannot be continued) or a digest comparison instead of
+      the change tracker (its checkpoint is gone).
+  returned: always
+  type: str
+would:
+  description: In check mode, the sync that would run.
+  returned: in check mode
+  type: str
+vm:
+  description: The source VM - name, id and power_state.
+  returned: always
+  type: dict
 seconds:
   description: Duration of the export.
   returned: always
   type: float
-kind:
-  description: C(full) or C(incremental).
+rate_bytes_per_second:
+  description: Bytes moved per second.
   returned: always
-  type: str
-mode:
-  description: C(cold) or C(warm).
+  type: int
+summary:
+  description: One readable line about what was done.
   returned: always
   type: str
 cbt:
   description: Whether changed block tracking was used.
   returned: always
   type: bool
-bytes_read:
-  description: Bytes read from the datastore in this sync.
-  returned: always
-  type: int
-bytes_written:
-  description: Bytes written into the bundle in this sync.
-  returned: always
-  type: int
-disks:
-  description: Per disk, file, bytes read and written, changeId recorded, progress summary.
-  returned: when a sync ran
-  type: list
-  elements: dict
+cbt_enabled_now:
+  description: Set when this run turned CBT on (O(enable_cbt)).
+  returned: when CBT was enabled
+  type: bool
 stun_cycle:
   description: Set when CBT was enabled on a running VM and a snapshot was created and removed to start it.
   returned: when CBT was enabled on a running VM
   type: str
-sync_index:
-  description: Number of syncs recorded in the bundle.
-  returned: when a sync ran
-  type: int
+removed_leftover_snapshots:
+  description: Snapshots an earlier, interrupted run made and this one removed.
+  returned: when there were any
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402

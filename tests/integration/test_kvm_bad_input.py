@@ -314,7 +314,7 @@ def test_stream_transfer(lab, libvirt_conn, domains, run_module, tmp_path, tag):
     bundle = str(tmp_path / "export")
     args = {"name": dom.name(), "bundle": bundle, "transfer": "stream"}
     r = run_module("kvm_export", args)
-    assert not r.get("failed") and r["changed"] and r["kind"] == "cold", r
+    assert not r.get("failed") and r["changed"] and r["kind"] == "full" and r["mode"] == "cold", r
     m = manifest(bundle)
     assert m["state"] == "complete" and m["disks"][0]["path"] == "disks/disk0.qcow2", m["disks"]
     copy = os.path.join(bundle, "disks", "disk0.qcow2")

@@ -238,7 +238,7 @@ def test_warm_kvm_to_kvm(lab, libvirt_conn, names, run_module, tmp_path):
     full = run_module("kvm_export", args)
     assert not full.get("failed"), full
     assert full["kind"] == "full" and full["frozen"] is False
-    assert [c.getName() for c in src.listAllCheckpoints(0)] == [full["checkpoint"]]
+    assert [c.getName() for c in src.listAllCheckpoints(0)] == [full["checkpoint"]["id"]]
     incrementals = []
     for _ in range(2):
         time.sleep(8)
@@ -247,7 +247,7 @@ def test_warm_kvm_to_kvm(lab, libvirt_conn, names, run_module, tmp_path):
         assert inc["kind"] == "incremental" and inc["changed"]
         incrementals.append(inc)
         # Only the newest checkpoint is kept.
-        assert [c.getName() for c in src.listAllCheckpoints(0)] == [inc["checkpoint"]]
+        assert [c.getName() for c in src.listAllCheckpoints(0)] == [inc["checkpoint"]["id"]]
     for inc in incrementals:
         # Ticks touch a few blocks of a 32 MiB disk: the incremental moves little.
         assert 0 < inc["bytes_written"] <= 4 * MIB, inc
@@ -258,7 +258,7 @@ def test_warm_kvm_to_kvm(lab, libvirt_conn, names, run_module, tmp_path):
     # the dirty bitmap's extents, not the 3 MiB of whole digest blocks.
     writes = [12 * MIB + k * 256 * 1024 for k in range(12)]
     guest_writes(src, writes, 0x5A)
-    dirty, gran = dirty_count(src, incrementals[-1]["checkpoint"])
+    dirty, gran = dirty_count(src, incrementals[-1]["checkpoint"]["id"])
     scattered = run_module("kvm_export", args)
     assert not scattered.get("failed") and scattered["kind"] == "incremental", scattered
     delta = scattered["disks"][0]["last_delta"]

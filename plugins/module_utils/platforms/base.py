@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import export as _export
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 
 # Seconds a boot check waits for its sign of life, the same on every platform (a TCG
@@ -77,14 +78,23 @@ class Platform(abc.ABC):
     def power_state(self, vm):
         """``off``, ``running``, or the platform's word for another state."""
 
-    # -- source --
+    # -- source (the export step is the engine's: engine/export.py) --
 
     @abc.abstractmethod
-    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
-        """Write or refresh the bundle directory ``bundle`` from ``vm``; a result dict.
+    def source_record(self, vm):
+        """What a bundle records about its source: {platform, id, name, connection}."""
 
-        ``options``: full, quiesce, block_size (doc fragment vmigrate.v2v.export) and the
-        platform's own; the mode is checked with engine/steps.check_export_mode."""
+    @abc.abstractmethod
+    def source_session(self, vm, bundle, incremental, options):
+        """A SourceSession over ``vm``'s disks for one export; no side effects until entered.
+
+        ``bundle`` is the bundle as it is (None when there is none), ``incremental`` says
+        whether the sync continues its chain (changes since the last sync's checkpoints
+        are asked for) or starts a new one."""
+
+    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
+        """Write or refresh the bundle directory ``bundle`` from ``vm``; a result dict."""
+        return _export.run_export(self, vm, bundle, mode, options, check_mode)
 
     # -- target --
 
@@ -141,3 +151,75 @@ class Platform(abc.ABC):
     def verify(self, bundle, ref, options, check_mode=False):
         """The verify step is the engine's, on this platform's primitives."""
         return steps.run_verify(self, bundle, ref, dict(options, _check_mode=check_mode))
+
+
+class SourceSession(abc.ABC):
+    """One export's view of a source VM's disks (engine/export.py drives it).
+
+    Made without side effects (check mode stops there). Entering it fixes the point in
+    time the export reads: a backup job or a snapshot of a running VM, nothing for a
+    shut-off one; where the platform tracks changes, a new checkpoint is made there.
+    Leaving it ends that point in time; on failure it also drops the new checkpoint, so
+    the last recorded one stays the base of the next sync. ``bundle`` is the bundle the
+    sync writes into (the engine sets it when a new chain replaces the old manifest).
+    """
+
+    # What the sync record's `method` says when every disk's changes came from the tracker.
+    tracker = "tracker"
+
+    def __init__(self, vm, bundle, incremental, options):
+        self.vm = vm
+        self.bundle = bundle
+        self.incremental = incremental
+        self.options = options
+        self.disks = []  # [{id, target, source: {...}}] in spec order; may be filled on entry
+        self.frozen = False
+        self.freeze_reason = None
+        self.reasons = []  # why a slower path was taken: the result's fallback_reason
+        self.notes = {}  # platform result keys (cbt, snapshots removed, ...)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def plan_note(self):
+        """Words check mode adds to what it would do (" (enabling CBT first)")."""
+        return ""
+
+    def stamp(self, disk):
+        """A cheap identity of a shut-off VM's disk contents (file size, mtime, inode), or
+        None: equal stamps let a re-run skip reading."""
+        return None
+
+    def reference(self, disk):
+        """{path, format, allocated, bytes_written} when a full sync keeps the disk where it
+        is (a shut-off local disk) instead of copying it, else None."""
+        return None
+
+    @abc.abstractmethod
+    def open_disk(self, disk):
+        """A context manager reading the disk's guest bytes at the session's point in
+        time (engine/disk.py's reader shape: size, extents(), pread)."""
+
+    def changes(self, disk, reader, record):
+        """[[start, length], ...] that changed since ``record``'s checkpoint (the disk's
+        record in the bundle), or with ``record`` None, that hold data; None when the
+        platform cannot say (the engine then compares block digests, or reads the
+        reader's own extents). Append the reason for a None to ``self.reasons``."""
+        return None
+
+    def checkpoint(self, index):
+        """The checkpoint sync ``index`` records (what the next sync asks changes since)."""
+        return {"kind": "digests", "id": index}
+
+    def disk_checkpoint(self, disk, index):
+        """The checkpoint recorded on one disk's record."""
+        return self.checkpoint(index)
+
+    def commit(self, changed):
+        """The sync is recorded (``changed``) or found nothing (the new checkpoint is not
+        needed): keep what the next sync starts from, release what is no longer needed.
+        True when that changed the source beyond the sync itself."""
+        return False

@@ -1,23 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmigrate.v2v contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vSphere as a source: export from snapshots, with changed block tracking (CBT) where
-it is on, into the bundle (whole disks, then deltas of each sync)."""
+"""vSphere as a source: the export's source session, from snapshots, with changed block
+tracking (CBT) where it is on. What is copied and recorded is engine/export.py's."""
 
 from __future__ import annotations
 
-import os
-import time
+import contextlib
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, V2VError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import part_path, publish
-from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle, DeltaFile
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import PlatformError, V2VError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import SourceSession
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
-    HTTP_CHUNK,
     DatastoreFile,
     fault_text,
     flat_name,
@@ -28,7 +21,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.con
 )
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inventory import (
     VsphereInventory,
-    describe_vm,
     snapshot_list,
     vm_disks,
 )
@@ -36,127 +28,102 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inv
 SNAPSHOT_PREFIX = "vmigrate-"
 
 
-class VsphereSource(VsphereInventory):
-    """vSphere as a source: export (a part of VspherePlatform)."""
+class VsphereSession(SourceSession):
+    """One export's view of a VM's disks (engine/export.py drives it).
 
-    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
-        """Write or refresh a bundle from a VM (see vsphere_export's documentation).
+    A snapshot vmigrate-<n> fixes the point in time for a running VM, and for a shut-off
+    one when CBT is used (its changeIds are read from the snapshot's disks); the flat
+    extents are read in place over HTTP with Range. With CBT, QueryChangedDiskAreas says
+    what changed since the last sync's changeId (or, for a full copy, with changeId *,
+    what holds data); without it the engine compares block digests. The snapshot is
+    removed when the session ends, also on failure; its changeIds stay valid for the next
+    sync (that is how CBT works).
+    """
 
-        cold: the VM is off; each disk is read from the datastore (first run: all of it).
-        warm: a snapshot vmigrate-<n> is taken and its (frozen) base disks are read; with
-        CBT only the areas QueryChangedDiskAreas reports since the recorded changeId,
-        without CBT every byte is read and only blocks whose digest changed are written.
-        Snapshots this run makes are removed before it returns, also on failure; their
-        changeIds stay valid for the next sync (that is how CBT works).
-        """
-        bundle_dir = bundle  # a path here; `bundle` becomes the Bundle object below
-        options = options or {}
-        started = time.monotonic()
-        powered_on = vm.runtime.powerState != vim.VirtualMachinePowerState.poweredOff
-        source_id = (vm.config.instanceUuid or vm.config.uuid).lower()
-        bundle = Bundle.load(bundle_dir) if Bundle.exists(bundle_dir) else None
-        if bundle is not None and bundle.manifest["source"].get("id") != source_id:
-            raise InputError(
-                "bundle %s was made from %s %s, not from VM %s (%s)"
-                % (
-                    bundle_dir,
-                    bundle.manifest["source"].get("platform"),
-                    bundle.manifest["source"].get("id"),
-                    vm.name,
-                    source_id,
-                ),
-                "use another bundle directory for this VM",
-            )
-        # A bundle whose last run died half-way is continued from its last finished sync,
-        # unless it no longer agrees with itself (then a new chain, and the result says why).
-        restart = None if bundle is None or bundle.complete else _steps.resume_refusal(bundle)
-        has_chain = bundle is not None and bool(bundle.manifest.get("sync")) and not restart
-        mode = _steps.check_export_mode(mode, powered_on, has_chain, vm.name, bundle_dir)
-        first = not has_chain or options.get("full")
+    tracker = "cbt"
+
+    def __init__(self, platform, vm, bundle, incremental, options):
+        super().__init__(vm, bundle, incremental, options)
+        self.platform = platform
+        self.powered_on = vm.runtime.powerState != vim.VirtualMachinePowerState.poweredOff
         cbt_on = bool(vm.config.changeTrackingEnabled)
-        use_cbt = options.get("use_cbt", True) and (cbt_on or options.get("enable_cbt"))
-        result = {
-            "changed": False,
-            "mode": mode,
-            "cbt": bool(use_cbt),
-            "kind": "full" if first else "incremental",
-            "frozen": False,
-            "bytes_read": 0,
-            "bytes_written": 0,
-            "fallback_reason": restart,
+        self.use_cbt = bool(options.get("use_cbt", True) and (cbt_on or options.get("enable_cbt")))
+        self.enable_cbt = self.use_cbt and not cbt_on
+        self.snapshot = None
+        self.vdisks = {}
+        self.notes = {"cbt": self.use_cbt}
+        self.disks = [{"id": "disk%d" % i} for i in range(len(vm_disks(vm)))]
+
+    def plan_note(self):
+        return " (enabling CBT first)" if self.enable_cbt else ""
+
+    def __enter__(self):
+        vm = self.vm
+        if self.enable_cbt:
+            self.platform._enable_cbt(vm, self.powered_on, self.notes)
+        self.platform._remove_leftover_snapshots(vm, self.bundle, self.notes)
+        config = vm.config
+        if self.powered_on or self.use_cbt:
+            self.snapshot = self.platform._snapshot(vm, self.bundle, self.options.get("quiesce", True), self)
+            config = self.snapshot.config
+        vdisks = vm_disks(vm, config)
+        self.disks = []
+        for i, vdisk in enumerate(vdisks):
+            self.disks.append({"id": "disk%d" % i, "target": vdisk["file"], "source": {"file": vdisk["file"]}})
+            self.vdisks["disk%d" % i] = vdisk
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.snapshot is not None:
+            self.platform._remove_snapshot(self.vm, self.snapshot, self.bundle, failure=exc)
+        return False
+
+    def open_disk(self, disk):
+        vdisk = self.vdisks[disk["id"]]
+        ds_name, vmdk = split_ds_path(vdisk["file"])
+        reader = self.platform._disk_reader(ds_name, vmdk, vdisk["capacity"])
+        return contextlib.closing(reader)
+
+    def changes(self, disk, reader, record):
+        if not self.use_cbt:
+            return None
+        vdisk = self.vdisks[disk["id"]]
+        since = "*"
+        if record is not None:
+            since = ((record.get("checkpoint") or {}).get("change_id")) or None
+            if since is None:
+                self.reasons.append(
+                    "disk %s had no changeId at the last sync (CBT was off), so block digests were compared"
+                    % disk["id"]
+                )
+                return None
+        areas = self.platform.changed_areas(self.vm, self.snapshot, vdisk["key"], vdisk["capacity"], since)
+        return [list(a) for a in areas]
+
+    def disk_checkpoint(self, disk, index):
+        vdisk = self.vdisks[disk["id"]]
+        if self.use_cbt and vdisk["change_id"]:
+            return {"kind": "cbt", "change_id": vdisk["change_id"], "device_key": vdisk["key"], "file": vdisk["file"]}
+        return {"kind": "digests", "id": index}
+
+    def checkpoint(self, index):
+        return {d["id"]: self.disk_checkpoint(d, index) for d in self.disks}
+
+
+class VsphereSource(VsphereInventory):
+    """vSphere as a source (a part of VspherePlatform): the export itself is engine/export.py's."""
+
+    def source_record(self, vm):
+        return {
+            "platform": "vsphere",
+            "id": (vm.config.instanceUuid or vm.config.uuid).lower(),
+            "name": vm.name,
+            "moid": vm._moId,
+            "connection": {"hostname": self.conn.host, "port": self.conn.port, "datacenter": self.dc.name},
         }
-        if check_mode:
-            result["changed"] = True
-            result["would"] = "%s %s sync of %s%s" % (
-                mode,
-                result["kind"],
-                vm.name,
-                " (enabling CBT first)" if use_cbt and not cbt_on else "",
-            )
-            return _steps.finish_export(result, vm.name, started)
-        if use_cbt and not cbt_on:
-            self._enable_cbt(vm, powered_on, result)
-        spec = describe_vm(vm)
-        if bundle is None:
-            source = {
-                "platform": "vsphere",
-                "id": source_id,
-                "name": vm.name,
-                "moid": vm._moId,
-                "connection": {"hostname": self.conn.host, "port": self.conn.port, "datacenter": self.dc.name},
-            }
-            bundle = Bundle.create(bundle_dir, source, spec)
-        else:
-            bundle.manifest["spec"] = spec
-            bundle.mark_incomplete()
-        self._remove_leftover_snapshots(vm, bundle, result)
-        snapshot = None
-        need_snapshot = mode == "warm" or use_cbt
-        try:
-            if need_snapshot:
-                snapshot = self._snapshot(vm, bundle, options.get("quiesce", True), result)
-                config = snapshot.config
-            else:
-                config = vm.config
-            stats = self._export_disks(vm, bundle, spec, config, snapshot, first, use_cbt, options, None)
-        except Exception as exc:
-            if snapshot is not None:
-                self._remove_snapshot(vm, snapshot, bundle, failure=exc)
-            raise
-        if snapshot is not None:
-            self._remove_snapshot(vm, snapshot, bundle)
-        changed = first or any(s["bytes_written"] for s in stats)
-        checkpoint = {d["id"]: d.get("checkpoint") for d in bundle.disks}
-        syncs = bundle.manifest.get("sync") or []
-        if first:
-            # A full sync starts a new chain; deltas of an older chain no longer apply.
-            for record in bundle.disks:
-                for old_delta in record.pop("deltas", None) or []:
-                    _remove_quietly(os.path.join(bundle.dir, old_delta["path"]))
-            bundle.manifest["sync"] = syncs = []
-        bundle.add_sync(
-            result["kind"],
-            index=len(syncs) + 1,
-            chain=syncs[0].get("chain") if syncs else _steps.new_chain_id(),
-            bytes_read=sum(s["bytes_read"] for s in stats),
-            bytes_written=sum(s["bytes_written"] for s in stats),
-            checkpoint=checkpoint,
-            mode=mode,
-            method="cbt" if use_cbt else ("full-read" if first else "hash-diff"),
-            snapshot=snapshot is not None,
-            changed_extents={s["id"]: s["extents"] for s in stats if s.get("extents") is not None},
-        )
-        bundle.mark_complete()
-        result.update(
-            changed=bool(changed),
-            bundle=bundle.dir,
-            sync_index=len(bundle.manifest["sync"]),
-            bytes_read=sum(s["bytes_read"] for s in stats),
-            bytes_written=sum(s["bytes_written"] for s in stats),
-            disks=[{k: v for k, v in s.items() if k != "extents"} for s in stats],
-            fingerprint=bundle.fingerprint(),
-        )
-        return _steps.finish_export(result, vm.name, started)
+
+    def source_session(self, vm, bundle, incremental, options):
+        return VsphereSession(self, vm, bundle, incremental, options)
 
     def _enable_cbt(self, vm, powered_on, result):
         """Turn on changed block tracking.
@@ -179,7 +146,8 @@ class VsphereSource(VsphereInventory):
         # crash-consistent, as KVM's is without a guest agent, and `frozen` says so.
         tools = vm.guest.toolsRunningStatus if vm.guest else None
         quiesce = bool(quiesce) and tools == "guestToolsRunning"
-        result["frozen"] = quiesce
+        result.frozen = quiesce
+        result.freeze_reason = None if quiesce else "VMware Tools are not running in the guest, or quiesce is off"
         task = vm.CreateSnapshot_Task(
             name=name, description="vmigrate.v2v sync; removed by it", memory=False, quiesce=quiesce
         )
@@ -251,90 +219,6 @@ class VsphereSource(VsphereInventory):
             result["removed_leftover_snapshots"] = removed
         bundle.save()
 
-    def _export_disks(self, vm, bundle, spec, config, snapshot, first, use_cbt, options, progress_factory):
-        block_size = int(options.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
-        sync_index = len(bundle.manifest.get("sync") or []) + 1
-        disks = vm_disks(vm, config)
-        stats = []
-        for sdisk, vdisk in zip(spec["disks"], disks, strict=True):
-            disk_id = sdisk["id"]
-            capacity = vdisk["capacity"]
-            record = None
-            if not first:
-                try:
-                    record = bundle.disk(disk_id)
-                except InputError:
-                    record = None
-            rel = "disks/%s.raw" % disk_id
-            path = os.path.join(bundle.dir, rel)
-            full = first or record is None or record.get("capacity") != capacity or not os.path.exists(path)
-            prev_change = ((record or {}).get("checkpoint") or {}).get("change_id")
-            if use_cbt and not full and not prev_change:
-                full = True  # tracking was off at the last sync: nothing to ask about
-            ds_name, vmdk = split_ds_path(vdisk["file"])
-            reader = self._disk_reader(ds_name, vmdk, capacity)
-            progress = (progress_factory or Progress)("export %s" % disk_id, capacity)
-            try:
-                if use_cbt:
-                    areas = self.changed_areas(vm, snapshot, vdisk["key"], capacity, "*" if full else prev_change)
-                else:
-                    areas = None
-                if full:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    tmp = part_path(path)
-                    with open(tmp, "wb") as fh:
-                        fh.truncate(capacity)
-                    extents = None if areas is None else [_disk.Extent(s, n, True, False) for s, n in areas]
-                    with _disk.RawFile(tmp, writable=True) as writer:
-                        digests, st = _blocks.copy_with_digests(
-                            reader, writer, block_size, progress=progress, extents=extents
-                        )
-                    publish(tmp, path)
-                    changed_extents = None
-                else:
-                    old = bundle.load_digests(record)
-                    delta = DeltaFile(bundle.dir, disk_id, sync_index, capacity)
-                    try:
-                        if areas is not None:
-                            pieces = delta.tee(self._read_pieces(reader, areas, progress))
-                            st = _blocks.apply_delta(path, "raw", pieces, digests=old)
-                            st = {"bytes_read": reader.bytes_read, "bytes_written": st["bytes_written"]}
-                            digests = old
-                            changed_extents = [list(a) for a in areas]
-                        else:
-                            digests, st, changed_extents = self._hash_diff(reader, path, old, progress, delta)
-                        delta.finish(record, changed_extents)
-                    finally:
-                        delta.discard()
-                record = dict(record or {})
-                record.update(id=disk_id, path=rel, format="raw", capacity=capacity)
-                record["checkpoint"] = (
-                    {"kind": "cbt", "change_id": vdisk["change_id"], "device_key": vdisk["key"], "file": vdisk["file"]}
-                    if use_cbt and vdisk["change_id"]
-                    else {"kind": "digests"}
-                )
-                record["allocated"] = (
-                    sum(1 for i in range(len(digests)) if digests[i] != _blocks.ZERO_DIGEST) * block_size
-                )
-                bundle.save_digests(record, digests)
-                bundle.set_disk(record)
-                bundle.save()
-                stats.append(
-                    {
-                        "id": disk_id,
-                        "file": vdisk["file"],
-                        "bytes_read": reader.bytes_read,
-                        "bytes_written": st["bytes_written"],
-                        "change_id": vdisk["change_id"],
-                        "full": full,
-                        "extents": changed_extents,
-                        "progress": progress.finish(),
-                    }
-                )
-            finally:
-                reader.close()
-        return stats
-
     def _disk_reader(self, ds_name, vmdk, capacity):
         """Guest bytes of a disk on a datastore: the flat extent, read in place with Range."""
         try:
@@ -349,25 +233,6 @@ class VsphereSource(VsphereInventory):
             reader.data_end = reader.size
             reader.size = capacity
         return reader
-
-    @staticmethod
-    def _read_pieces(reader, areas, progress):
-        for start, length in areas:
-            for off in range(start, start + length, HTTP_CHUNK):
-                n = min(HTTP_CHUNK, start + length - off)
-                data = reader.pread(n, off)
-                if progress is not None:
-                    progress.advance(n)
-                yield off, data
-
-    @staticmethod
-    def _hash_diff(reader, path, old, progress, delta):
-        """No CBT: read everything, write only the blocks whose digest changed."""
-        new = _blocks.digest_disk(reader, old.block_size, progress=progress)
-        runs = new.changed_extents(old, reader.size)
-        pieces = delta.tee((start, reader.pread(length, start)) for start, length in runs)
-        st = _blocks.apply_delta(path, "raw", pieces)
-        return new, {"bytes_written": st["bytes_written"]}, [list(r) for r in runs]
 
     def changed_areas(self, vm, snapshot, device_key, capacity, change_id):
         """QueryChangedDiskAreas paged through the whole disk: merged [(start, length)]."""
@@ -393,10 +258,3 @@ class VsphereSource(VsphereInventory):
                 break
             offset = info.startOffset + info.length
         return areas
-
-
-def _remove_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

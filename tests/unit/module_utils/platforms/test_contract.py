@@ -16,7 +16,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
-from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform, SourceSession
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform
 
@@ -70,8 +70,11 @@ class FakePlatform(Platform):
     def power_state(self, vm):
         return self.vms[vm]["state"]
 
-    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
-        raise NotImplementedError
+    def source_record(self, vm):
+        return {"platform": "kvm", "id": "id-" + vm, "name": vm}
+
+    def source_session(self, vm, bundle, incremental, options):
+        return FakeSession(self, vm, bundle, incremental, options)
 
     def _disks_of(self, bundle, ids=None):
         out = []
@@ -116,6 +119,58 @@ class FakePlatform(Platform):
     def boot_check(self, vm, options):
         self.booted.append(vm)
         return {"ok": True, "reason": "fake boot", "changed": False}
+
+
+class FakeSession(SourceSession):
+    """The fake source: a VM's ``dirty`` list is what its change tracker saw since checkpoint
+    ``generation`` (``tracking`` False: the tracker was lost, as a deleted checkpoint)."""
+
+    tracker = "fake-tracker"
+
+    def __init__(self, platform, vm, bundle, incremental, options):
+        super().__init__(vm, bundle, incremental, options)
+        self.source = platform.vms[vm]
+        self.disks = [{"id": "disk%d" % i, "source": {}} for i in range(len(self.source["disks"]))]
+        self.fail_after = options.get("fail_after")  # raise after this many disks were opened
+
+    def __enter__(self):
+        self.source["sessions"] = self.source.get("sessions", 0) + 1
+        self.new = self.source.get("generation", 0) + 1
+        self.source.setdefault("checkpoints", set()).add(self.new)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            self.source["checkpoints"].discard(self.new)
+        return False
+
+    def open_disk(self, disk):
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                raise OSError("the source went away")
+            self.fail_after -= 1
+        return contextlib.nullcontext(MemoryReader(self.source["disks"][int(disk["id"][4:])]))
+
+    def changes(self, disk, reader, record):
+        if record is None:
+            return None
+        since = (record.get("checkpoint") or {}).get("id")
+        if not self.source.get("tracking", True) or since not in self.source.get("checkpoints", ()):
+            self.reasons.append("checkpoint %s is gone" % since)
+            return None
+        return [list(e) for e in self.source.get("dirty", {}).get(disk["id"], [])]
+
+    def checkpoint(self, index):
+        return {"kind": "fake", "id": self.new}
+
+    def commit(self, changed):
+        if changed:
+            self.source["generation"] = self.new
+            self.source["checkpoints"] = {self.new}
+            self.source["dirty"] = {}
+        else:
+            self.source["checkpoints"].discard(self.new)
+        return False
 
 
 @pytest.mark.parametrize("cls", [KvmPlatform, VspherePlatform, FakePlatform])
@@ -241,3 +296,117 @@ def test_import_decides_the_same_way_on_any_platform(world):
     with pytest.raises(InputError, match="replace=true"):
         platform.import_vm(bundle, {})
     assert platform.import_vm(bundle, {"replace": True})["action"] == "replace"
+
+
+# --- the export step (engine/export.py) on the fake source --------------------------------
+
+
+def _source(capacity=4 * MIB, pieces=((0, b"boot"), (3 * MIB + 100, b"tail"))):
+    data = bytearray(capacity)
+    for off, b in pieces:
+        data[off : off + len(b)] = b
+    spec = dict(SPEC, disks=[_spec.new_disk(id="disk0", capacity=capacity, format="raw")])
+    return FakePlatform({"src": {"spec": spec, "disks": [data], "state": "running"}})
+
+
+def _write(platform, offset, data):
+    vm = platform.vms["src"]
+    vm["disks"][0][offset : offset + len(data)] = data
+    vm.setdefault("dirty", {}).setdefault("disk0", []).append((offset, len(data)))
+
+
+def _bundle_equals_source(bundle_dir, platform):
+    """The bundle's base copy and digests hold the source's bytes (read back independently)."""
+    bundle = Bundle.load(bundle_dir)
+    source = bytes(platform.vms["src"]["disks"][0])
+    with open(bundle.disk_path("disk0"), "rb") as fh:
+        copy = fh.read()
+    assert copy.ljust(len(source), b"\0") == source
+    fresh = _blocks.digest_disk(MemoryReader(bytearray(source)), MIB)
+    assert bundle.load_digests("disk0").digests == fresh.digests
+    bundle.check_integrity()
+    return bundle
+
+
+def test_export_full_then_incrementals_follow_the_tracker(tmp_path):
+    platform = _source()
+    out = str(tmp_path / "b")
+    first = platform.export("src", out, "auto", options={"block_size": MIB})
+    assert first["changed"] and first["kind"] == "full" and first["mode"] == "warm" and first["sync_index"] == 1
+    # The digest blocks holding data are written; the others stay holes of the copy.
+    assert first["disks"][0]["method"] == "copy" and first["bytes_written"] == 2 * MIB
+    _bundle_equals_source(out, platform)
+
+    nothing = platform.export("src", out, "auto", options={"block_size": MIB})
+    assert not nothing["changed"] and nothing["kind"] == "incremental" and nothing["sync_index"] == 1
+    assert platform.vms["src"]["checkpoints"] == {1}  # the unused new checkpoint was dropped
+
+    _write(platform, 512, b"x" * 1024)
+    _write(platform, 2 * MIB + 4096, b"y" * 4096)
+    inc = platform.export("src", out, "auto", options={"block_size": MIB})
+    assert inc["changed"] and inc["kind"] == "incremental" and inc["sync_index"] == 2
+    assert inc["bytes_read"] == 1024 + 4096 and inc["fallback_reason"] is None
+    delta = inc["disks"][0]["last_delta"]
+    assert delta["extents"] == [[512, 1024], [2 * MIB + 4096, 4096]]
+    bundle = _bundle_equals_source(out, platform)
+    assert bundle.manifest["sync"][-1]["method"] == "fake-tracker" and platform.vms["src"]["checkpoints"] == {2}
+
+
+def test_export_without_the_tracker_compares_digests_and_says_so(tmp_path):
+    platform = _source()
+    out = str(tmp_path / "b")
+    platform.export("src", out, "auto", options={"block_size": MIB})
+    _write(platform, 3 * MIB, b"z" * 10)
+    platform.vms["src"]["tracking"] = False
+    inc = platform.export("src", out, "auto", options={"block_size": MIB})
+    assert inc["kind"] == "incremental" and "checkpoint 1 is gone" in inc["fallback_reason"]
+    assert inc["disks"][0]["last_delta"]["extents"] == [[3 * MIB, MIB]]  # the changed digest block
+    bundle = _bundle_equals_source(out, platform)
+    assert bundle.manifest["sync"][-1]["method"] == "digests"
+
+
+def test_export_starts_a_new_chain_when_the_disks_change_or_full_is_asked(tmp_path):
+    platform = _source()
+    out = str(tmp_path / "b")
+    chain = platform.export("src", out, "auto", options={"block_size": MIB})["checkpoint"]
+    vm = platform.vms["src"]
+    vm["disks"][0].extend(bytes(MIB))
+    vm["spec"] = dict(vm["spec"], disks=[_spec.new_disk(id="disk0", capacity=5 * MIB, format="raw")])
+    grown = platform.export("src", out, "auto", options={"block_size": MIB})
+    assert grown["kind"] == "full" and "disks changed since the last sync" in grown["fallback_reason"]
+    assert grown["sync_index"] == 1 and grown["checkpoint"] != chain
+    _bundle_equals_source(out, platform)
+    again = platform.export("src", out, "auto", options={"block_size": MIB, "full": True})
+    assert again["kind"] == "full" and again["changed"]
+    assert sorted(os.listdir(os.path.join(out, "disks"))) == ["disk0.raw"]
+
+
+def test_export_refuses_what_it_cannot_do_and_check_mode_writes_nothing(tmp_path):
+    platform = _source()
+    out = str(tmp_path / "b")
+    with pytest.raises(InputError, match="holds no sync chain"):
+        platform.export("src", out, "incremental")
+    with pytest.raises(InputError, match="is running; a cold export needs it off"):
+        platform.export("src", out, "cold")
+    would = platform.export("src", out, "auto", check_mode=True)
+    assert would["changed"] and "warm full sync of src" in would["would"] and not os.path.exists(out)
+    platform.export("src", out, "auto")
+    platform.vms["other"] = dict(platform.vms["src"])
+    with pytest.raises(InputError, match="not from VM other"):
+        platform.export("other", out, "auto")
+
+
+def test_a_failed_export_leaves_the_bundle_incomplete_and_a_rerun_finishes(tmp_path):
+    platform = _source()
+    out = str(tmp_path / "b")
+    platform.export("src", out, "auto", options={"block_size": MIB})
+    _write(platform, 0, b"new")
+    with pytest.raises(OSError, match="went away"):
+        platform.export("src", out, "auto", options={"block_size": MIB, "fail_after": 0})
+    assert platform.vms["src"]["checkpoints"] == {1}  # the failed sync's checkpoint was dropped
+    assert not Bundle.load(out).complete
+    # The dead sync was about to write the base copy in place: no delta is built on it.
+    rerun = platform.export("src", out, "auto", options={"block_size": MIB})
+    assert rerun["kind"] == "full" and "died while updating its base copies" in rerun["fallback_reason"]
+    assert Bundle.load(out).complete
+    _bundle_equals_source(out, platform)
