@@ -36,11 +36,14 @@ def export_options(**extra):
 def export_step(module, platform_class):
     """The whole main() of an export module after its argument_spec."""
     p = module.params
-    run_step(
-        module,
-        platform_class,
-        lambda platform: platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p),
-    )
+
+    def step(platform):
+        result = platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p)
+        if not module._diff:
+            result.pop("diff", None)
+        return result
+
+    run_step(module, platform_class, step)
 
 
 def import_options(**extra):

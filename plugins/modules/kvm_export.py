@@ -58,8 +58,8 @@ attributes:
     support: full
     details: Says which kind of export would run; touches neither the domain nor the bundle.
   diff_mode:
-    support: none
-    details: The bundle is a directory of disk data; RV(summary) says what changed in it.
+    support: full
+    details: Shows the bundle's chain, latest sync, checkpoint and content fingerprint before and after.
   platform:
     platforms: posix
 """

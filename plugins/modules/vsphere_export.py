@@ -41,8 +41,8 @@ attributes:
     support: full
     details: Reports the sync it would do; takes no snapshot and reads nothing.
   diff_mode:
-    support: none
-    details: The bundle is a directory of disk data; RV(summary) says what changed in it.
+    support: full
+    details: Shows the bundle's chain, latest sync, checkpoint and content fingerprint before and after.
   platform:
     platforms: posix
 options:

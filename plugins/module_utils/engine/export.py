@@ -63,6 +63,7 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
     elif chain is not None:
         chain = None  # full=true: a new chain
     incremental = chain is not None
+    before = _view(bundle)
     session = platform.source_session(vm, bundle, incremental, options)
     result = {
         "changed": True,
@@ -76,10 +77,11 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
         "freeze_reason": None,
     }
     if bundle is not None and bundle.complete and _unchanged(bundle, session, spec, options):
-        return _finish(result, bundle, session, reasons, name, started, changed=False)
+        return _finish(result, bundle, session, reasons, name, started, changed=False, before=before)
     if check_mode:
         result["would"] = "%s %s sync of %s%s" % (read_mode, result["kind"], name, session.plan_note())
         result.update(session.notes)
+        result["diff"] = {"before": before, "after": {"would": result["would"]}}
         return _finish(result, bundle, session, reasons, name, started, changed=True)
     if incremental:
         changed = _incremental(bundle, session, spec, name, result)
@@ -89,7 +91,7 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
     bundle.save()
     result["frozen"], result["freeze_reason"] = session.frozen, session.freeze_reason
     result.update(session.notes)
-    return _finish(result, bundle, session, reasons, name, started, changed=changed)
+    return _finish(result, bundle, session, reasons, name, started, changed=changed, before=before)
 
 
 def _check_owner(bundle, source, name):
@@ -460,8 +462,24 @@ def _disk_result(record, method, read, written, progress):
     }
 
 
-def _finish(result, bundle, session, reasons, name, started, changed):
+def _view(bundle):
+    """What --diff shows of a bundle: its chain and latest sync, not its disk data."""
+    if bundle is None:
+        return {}
+    last = (bundle.manifest.get("sync") or [{}])[-1]
+    return {
+        "state": bundle.manifest.get("state"),
+        "chain": _steps.chain_id(bundle.manifest),
+        "sync_index": last.get("index"),
+        "checkpoint": last.get("checkpoint"),
+        "fingerprint": _steps.content_fingerprint(bundle.manifest) if bundle.disks else None,
+    }
+
+
+def _finish(result, bundle, session, reasons, name, started, changed, before=None):
     result["changed"] = changed
+    if before is not None:
+        result["diff"] = {"before": before, "after": _view(bundle)}
     if bundle is not None and bundle.manifest.get("sync"):
         last = bundle.manifest["sync"][-1]
         result["sync_index"] = last.get("index")

@@ -346,6 +346,8 @@ def test_export_full_then_incrementals_follow_the_tracker(tmp_path):
     inc = platform.export("src", out, "auto", options={"block_size": MIB})
     assert inc["changed"] and inc["kind"] == "incremental" and inc["sync_index"] == 2
     assert inc["bytes_read"] == 1024 + 4096 and inc["fallback_reason"] is None
+    assert inc["diff"]["before"]["sync_index"] == 1 and inc["diff"]["after"]["sync_index"] == 2
+    assert inc["diff"]["before"]["fingerprint"] != inc["diff"]["after"]["fingerprint"]
     delta = inc["disks"][0]["last_delta"]
     assert delta["extents"] == [[512, 1024], [2 * MIB + 4096, 4096]]
     bundle = _bundle_equals_source(out, platform)
