@@ -114,6 +114,9 @@ VM_KEYS = (
     "options",
 )
 SELECT_KEYS = ("name", "folder", "tag")
+# Platforms whose VMs have folders and tags a selector can match (docs/plan.md, Selectors).
+FOLDERS = ("vsphere",)
+TAGS = ("vsphere",)
 WAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TIME = re.compile(r"^([01]?\d|2[0-3]):[0-5]\d$")
 
@@ -416,6 +419,8 @@ def _parse_endpoints(chk, endpoints, plan, line):
     line = p.line(endpoints, line)
     for name, ep in endpoints.items():
         path = _join("endpoints", name)
+        # registered even when wrong, so references to it do not add more problems
+        plan.endpoints[name] = {"platform": None, "connection": {}, "placement": {}}
         if not chk.mapping(ep, path, line):
             continue
         eline = p.line(ep, line)
@@ -599,6 +604,10 @@ def _merge(*dicts):
 
 def _select(sel, vms, platform):
     """The VM names a selector matches; ValueError naming what the platform cannot say."""
+    if "folder" in sel and platform not in FOLDERS:
+        raise ValueError("%s VMs have no folders" % platform)
+    if "tag" in sel and platform not in TAGS:
+        raise ValueError("%s VMs have no tags the plugin can read" % platform)
     out = []
     for vm in vms:
         if "name" in sel and not fnmatch.fnmatchcase(vm["name"], sel["name"]):
@@ -648,6 +657,7 @@ def expand(plan, facts=None):
             if entry and "name" in entry and entry["source"]:
                 key = (entry["source"], entry["name"])
                 if key in claimed:
+                    entry["duplicate"] = True
                     p.add(
                         entry["path"],
                         entry["line"],
@@ -660,7 +670,7 @@ def expand(plan, facts=None):
     records = []
     for wave in plan.waves:
         for entry in wave["entries"]:
-            if not entry or not entry["source"]:
+            if not entry or not entry["source"] or entry.get("duplicate"):
                 continue
             source = entry["source"]
             platform = plan.endpoints[source]["platform"]
