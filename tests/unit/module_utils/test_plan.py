@@ -132,7 +132,7 @@ REFUSALS = [
     (("platform: kvm,", "platform: xen,"), "endpoints.kvm1.platform", 4, "use one of: kvm, vsphere"),
     (("  - name: wave1\n    source", "  - source"), "waves[0].name", 14, "set waves[0].name"),
     (("    target: vc\n", ""), "waves[0].target", 14, "set waves[0].target"),
-    (("uri: \"qemu:///system\"}", "uri: 5}"), "endpoints.kvm1.uri", 4, "give a string"),
+    (('uri: "qemu:///system"}', "uri: 5}"), "endpoints.kvm1.uri", 4, "give a string"),
     (("ds1}\n", "ds1, pool: p}\n"), "endpoints.vc.placement.pool", 10, "use one of: datastore"),
     (("network_map: {default: VM Network}", "network_map: [a, b]"), "network_map", 1, "key: value"),
     (("      - web01", "      - {select: {name: 'w*'}, target_name: x}"), "waves[0].vms[0].target_name", 18, "by name"),
@@ -177,7 +177,7 @@ def test_duplicate_wave_names_and_group_clash(tmp_path):
 
 
 def test_all_problems_in_one_error_and_no_password(tmp_path):
-    text = BASE.replace('"{{ lookup(\'env\', \'SECRET_PW\') }}"', "[hunter2]").replace("target: vc", "target: none")
+    text = BASE.replace("\"{{ lookup('env', 'SECRET_PW') }}\"", "[hunter2]").replace("target: vc", "target: none")
     text = text.replace("version: 1", "version: 2")
     err, _ = refused(tmp_path, text)
     assert "3 problems" in err.problem
@@ -239,12 +239,14 @@ def test_folder_and_tag_selectors(tmp_path):
     _, recs = build(tmp_path, text, facts)
     assert [r["v2v_vm"] for r in recs] == ["a"]
     # KVM has no folders: said, not silently matched
-    err, _ = refused(tmp_path, BASE.replace("      - web01", "      - {select: {folder: prod}}"), {"kvm1": FakeFacts({})})
+    text = BASE.replace("      - web01", "      - {select: {folder: prod}}")
+    err, _ = refused(tmp_path, text, {"kvm1": FakeFacts({})})
     assert "kvm VMs have no folders" in err.problem
 
 
 def test_missing_vm_and_map_entries_listed_together(tmp_path):
-    text = BASE.replace("      - web01\n", "      - web01\n      - ghost\n      - {name: db01, network_map: {dmz: D}}\n")
+    vms = "      - web01\n      - ghost\n      - {name: db01, network_map: {dmz: D}}\n"
+    text = BASE.replace("      - web01\n", vms)
     facts = {"kvm1": FakeFacts({"web01": spec(net="lan"), "db01": spec(net="dmz", storage="/data")})}
     err, file = refused(tmp_path, text, facts)
     msg = err.problem
@@ -273,6 +275,7 @@ def test_inventory_groups_and_waves(tmp_path):
         "mode_warm": ["db01"],
     }
     assert inv["waves"] == [
-        {"name": "wave1", "index": 0, "group": "wave_wave1", "concurrency": 1, "max_failed": 0, "hosts": ["web01", "db01"]},
+        {"name": "wave1", "index": 0, "group": "wave_wave1", "concurrency": 1, "max_failed": 0,
+         "hosts": ["web01", "db01"]},
         {"name": "wave-2", "index": 1, "group": "wave_wave_2", "concurrency": 3, "max_failed": 1, "hosts": ["x"]},
-    ]
+    ]  # fmt: skip
