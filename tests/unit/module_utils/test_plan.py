@@ -54,7 +54,7 @@ def refused(tmp_path, text, facts=None):
 
 
 def test_minimal_plan_gets_the_defaults(tmp_path):
-    _, recs = build(tmp_path, BASE)
+    _plan_obj, recs = build(tmp_path, BASE)
     (rec,) = recs
     assert rec["v2v_vm"] == rec["v2v_target_name"] == "web01"
     assert rec["v2v_wave"] == "wave1" and rec["v2v_wave_index"] == 0 and rec["v2v_wave_group"] == "wave_wave1"
@@ -83,7 +83,7 @@ def test_merge_order_defaults_wave_vm(tmp_path):
         "      - {name: db01, target_name: db01-new, options: {mode: warm, shutdown_timeout: 30},"
         " network_map: {dmz: DMZ3}, verify: {spec: false}}\n",
     )
-    _, (web, db) = build(tmp_path, text)
+    _plan_obj, (web, db) = build(tmp_path, text)
     assert web["v2v_mode"] == "full" and db["v2v_mode"] == "warm"
     assert web["v2v_network_map"] == {"default": "VM Network", "lan": "LAN2", "dmz": "DMZ"}
     assert db["v2v_network_map"] == {"default": "VM Network", "lan": "LAN2", "dmz": "DMZ3"}
@@ -107,7 +107,7 @@ def test_conversion_hosts_round_robin_per_wave(tmp_path):
         "  - name: wave2\n    source: kvm1\n    target: vc\n    vms:\n      - f\n"
         "      - {name: g, conversion_host: special}\n      - h\n"
     )
-    _, recs = build(tmp_path, text)
+    _plan_obj, recs = build(tmp_path, text)
     assert [(r["v2v_vm"], r["v2v_conversion_host"]) for r in recs] == [
         ("a", "c1"),
         ("b", "c2"),
@@ -164,29 +164,29 @@ def test_vm_in_two_waves(tmp_path):
 
 def test_same_name_on_another_source_is_not_a_duplicate_but_a_target_clash(tmp_path):
     text = BASE + "  - name: wave2\n    source: vc\n    target: kvm1\n    vms: [web01]\n"
-    err, _ = refused(tmp_path, text)
+    err, _path = refused(tmp_path, text)
     assert "makes target 'web01'" in err.message and "target_name" in err.fix
 
 
 def test_duplicate_wave_names_and_group_clash(tmp_path):
-    err, _ = refused(tmp_path, BASE + "  - name: wave1\n    source: kvm1\n    target: vc\n    vms: [x]\n")
+    err, _path = refused(tmp_path, BASE + "  - name: wave1\n    source: kvm1\n    target: vc\n    vms: [x]\n")
     assert "waves[1].name repeats wave 'wave1'" in err.message
     text = BASE.replace("name: wave1", "name: a-b") + "  - name: a_b\n    source: kvm1\n    target: vc\n    vms: [x]\n"
-    err, _ = refused(tmp_path, text)
+    err, _path = refused(tmp_path, text)
     assert "'a-b' and 'a_b' both make group wave_a_b" in err.message
 
 
 def test_all_problems_in_one_error_and_no_password(tmp_path):
     text = BASE.replace("\"{{ lookup('env', 'SECRET_PW') }}\"", "[hunter2]").replace("target: vc", "target: none")
     text = text.replace("version: 1", "version: 2")
-    err, _ = refused(tmp_path, text)
+    err, _path = refused(tmp_path, text)
     assert "3 problems" in err.problem
     assert "endpoints.vc.password must be a non-empty string" in err.problem
     assert "hunter2" not in err.message
 
 
 def test_selector_needs_source_facts(tmp_path):
-    err, _ = refused(tmp_path, BASE.replace("      - web01", "      - {select: {name: 'web*'}}"), facts=None)
+    err, _path = refused(tmp_path, BASE.replace("      - web01", "      - {select: {name: 'web*'}}"), facts=None)
     assert "validate_sources is false" in err.problem and "by name" in err.fix
 
 
@@ -216,7 +216,7 @@ def test_selectors_expand_in_plan_order_and_skip_named_vms(tmp_path):
     text = BASE.replace("      - web01\n", "      - {select: {name: 'web*'}, mode: warm}\n      - app1\n")
     text += "  - name: wave2\n    source: kvm1\n    target: vc\n    vms: [web02]\n"
     facts = {"kvm1": FakeFacts({n: spec() for n in ("app1", "web01", "web02", "web03")})}
-    _, recs = build(tmp_path, text, facts)
+    _plan_obj, recs = build(tmp_path, text, facts)
     assert [(r["v2v_vm"], r["v2v_wave"], r["v2v_mode"]) for r in recs] == [
         ("web01", "wave1", "warm"),
         ("web03", "wave1", "warm"),
@@ -236,11 +236,11 @@ def test_folder_and_tag_selectors(tmp_path):
             tags={"a": ["migrate"], "b": [], "c": ["migrate"]},
         )
     }
-    _, recs = build(tmp_path, text, facts)
+    _plan_obj, recs = build(tmp_path, text, facts)
     assert [r["v2v_vm"] for r in recs] == ["a"]
     # KVM has no folders: said, not silently matched
     text = BASE.replace("      - web01", "      - {select: {folder: prod}}")
-    err, _ = refused(tmp_path, text, {"kvm1": FakeFacts({})})
+    err, _path = refused(tmp_path, text, {"kvm1": FakeFacts({})})
     assert "kvm VMs have no folders" in err.problem
 
 
@@ -262,7 +262,7 @@ def test_inventory_groups_and_waves(tmp_path):
     text += "  - name: wave-2\n    source: vc\n    target: kvm1\n    concurrency: 3\n    max_failed: 1\n    vms: [x]\n"
     plan, recs = build(tmp_path, text)
     inv = _plan.inventory(plan, recs)
-    assert [h for h, _ in inv["hosts"]] == ["web01", "db01", "x"]
+    assert [h for h, _rec in inv["hosts"]] == ["web01", "db01", "x"]
     assert inv["groups"] == {
         "v2v": ["web01", "db01", "x"],
         "wave_wave1": ["web01", "db01"],
