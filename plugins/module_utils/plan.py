@@ -40,8 +40,8 @@ CONNECTION_KEYS = {
         "timeout": "int",
     },
 }
-# Where a target endpoint puts imported VMs (the import modules' options, and the
-# network roles attach unmapped NICs to).
+# Where a target endpoint puts imported VMs: the import modules' own options, passed
+# to them unchanged by the roles.
 PLACEMENT_KEYS = {
     "kvm": {
         "pool": "str",
@@ -49,15 +49,12 @@ PLACEMENT_KEYS = {
         "domain_type": "str",
         "cpu_mode": "str",
         "transfer": "str",
-        "network": "str",
     },
     "vsphere": {
         "datastore": "str",
         "folder": "str",
         "resource_pool": "str",
-        "host": "str",
         "hardware_version": "str",
-        "network": "str",
     },
 }
 DEFAULT_VERIFY = {"digests": True, "spec": True, "boot_check": False, "boot_timeout": 300}
@@ -877,6 +874,9 @@ def inventory(plan, records):
         for group in (
             "v2v",
             rec["v2v_wave_group"],
+            # Ordered by name, so a play's `serial` (which sees `groups`, not host
+            # variables) can run one batch per wave, in plan order.
+            "v2v_wave_%03d" % rec["v2v_wave_index"],
             "source_" + rec["v2v_source"]["platform"],
             "target_" + rec["v2v_target"]["platform"],
             "mode_" + rec["v2v_mode"],

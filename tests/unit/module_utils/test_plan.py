@@ -267,6 +267,8 @@ def test_inventory_groups_and_waves(tmp_path):
         "v2v": ["web01", "db01", "x"],
         "wave_wave1": ["web01", "db01"],
         "wave_wave_2": ["x"],
+        "v2v_wave_000": ["web01", "db01"],
+        "v2v_wave_001": ["x"],
         "source_kvm": ["web01", "db01"],
         "source_vsphere": ["x"],
         "target_vsphere": ["web01", "db01"],
