@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -106,6 +107,7 @@ class Bench:
         self.target_pool = self.lab["pools"]["target"]
         self.domains, self.files, self.vsphere_vms = [], [], []
         self.seq = 0
+        self.last_cpu = 0.0  # CPU seconds of the last playbook's processes (play)
 
     # -- sources and clean-up --
 
@@ -220,10 +222,15 @@ class Bench:
         if strace_to:
             cmd = strace_cmd(strace_to) + cmd
         self.play_started = time.time()  # wall clock, to compare with the callback's stamps
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         with rss_sampler(enabled=sample_rss) as rss:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
+        # CPU seconds of every process under the playbook (they are all waited for): on a
+        # shared machine, less swayed by others' load than the wall time.
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_cpu = (done.ru_utime + done.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
         results = {}
         if os.path.exists(out):
             with open(out, encoding="utf-8") as fh:
@@ -722,16 +729,18 @@ def row_overhead(bench, repeat):
     for _ in range(repeat):
         settle()
         empty.append(bench.play([])[0])
-    plays, owns, before, after, tasks = [], [], [], [], {t: [] for t in STEPS}
+    plays, owns, cpus, before, after, tasks = [], [], [], [], [], {t: [] for t in STEPS}
     for _ in range(repeat):
         seconds, results = bench.run_kvm_migration(src)
         started = bench.play_started
         plays.append(seconds)
+        cpus.append(bench.last_cpu)
         owns.append(sum(results[t]["seconds"] for t in STEPS))
         before.append(min(r["_bench_task_start"] for r in results.values()) - started)
         after.append(started + seconds - max(r["_bench_task_end"] for r in results.values()))
         for row in overhead.task_overheads(results, STEPS):
             tasks[row[0]].append(row[1:])
+    knobs = knob_times(bench, src, repeat)
     imports = module_import_times(bench, src, repeat)
     python = os.path.join(os.path.dirname(ANSIBLE_PLAYBOOK), "python3")
     interp = median([timed(lambda: sh([python, "-c", "pass"])) for _ in range(5)])
@@ -743,8 +752,8 @@ def row_overhead(bench, repeat):
         % (src.label, repeat)
     )
     say(
-        "     whole playbook %.2f s, modules' own seconds %.2f s: overhead %.2f s per VM (goal <= 3 s)"
-        % (play, own, play - own)
+        "     whole playbook %.2f s, modules' own seconds %.2f s: overhead %.2f s per VM (goal <= 3 s);"
+        " CPU seconds of all its processes %.2f s" % (play, own, play - own, median(cpus))
     )
     say(
         "     empty playbook (same ansible.cfg and callbacks, no task): %.2f s; in the migration, %.2f s before"
@@ -770,7 +779,34 @@ def row_overhead(bench, repeat):
         "     connection set-up, per task (each module is its own process): libvirt open+close %.3f s;"
         " vSphere login+logout (vcsim) %s" % (lv, "%.3f s" % vs if vs is not None else "not measured (vcsim down)")
     )
+    say(
+        "     settings a user can make (ansible.cfg or environment), the same migration: whole playbook - own"
+        " seconds = overhead; CPU seconds of all its processes"
+    )
+    for label, (p, o, c) in knobs.items():
+        say("       %-40s %.2f - %.2f = %.2f s; CPU %.2f s" % (label, p, o, p - o, c))
     return {"play": play, "own": own, "empty": median(empty), "imports": imports}
+
+
+# Settings that change Ansible's work per task on a local conversion host (bench/README.md, e8).
+KNOBS = {
+    "as in the repository's ansible.cfg": {},
+    "module_compression = ZIP_DEFLATED": {"ANSIBLE_MODULE_COMPRESSION": "ZIP_DEFLATED"},
+    "module_compression = ZIP_STORED": {"ANSIBLE_MODULE_COMPRESSION": "ZIP_STORED"},
+    "pipelining = true": {"ANSIBLE_PIPELINING": "1"},
+    "both (ZIP_STORED, pipelining)": {"ANSIBLE_MODULE_COMPRESSION": "ZIP_STORED", "ANSIBLE_PIPELINING": "1"},
+}
+
+
+def knob_times(bench, src, repeat):
+    """{label: (median whole playbook s, median own s, median CPU s)}; the variants
+    interleaved, so a change in the machine's load falls on all of them alike."""
+    runs = {k: [] for k in KNOBS}
+    for _ in range(repeat):
+        for label, env in KNOBS.items():
+            seconds, results = bench.run_kvm_migration(src, env=env)
+            runs[label].append((seconds, sum(results[t]["seconds"] for t in STEPS), bench.last_cpu))
+    return {k: tuple(median([r[i] for r in v]) for i in range(3)) for k, v in runs.items()}
 
 
 def wave_inventory(path, hosts):
@@ -805,8 +841,9 @@ def row_wave(bench):
         "     memory: proportional set size (PSS) of the module processes and their children (qemu-img,"
         " qemu-nbd), sampled every 50 ms"
     )
-    say("     %-11s %8s %8s %14s %22s %16s %14s" % (
-        "concurrency", "total s", "per VM s", "own s per VM", "peak, all modules MiB", "per copy MiB", "controller MiB"
+    say("     %-11s %8s %8s %13s %13s %22s %13s %14s" % (
+        "concurrency", "total s", "per VM s", "own s per VM", "CPU s per VM", "peak, all modules MiB", "per copy MiB",
+        "controller MiB",
     ))  # fmt: skip
     for c in levels:
         settle()
@@ -822,12 +859,13 @@ def row_wave(bench):
         own = sum(r.get("seconds") or 0 for r in results.values()) / len(srcs)
         per_copy = max(mem["peak_modules_kib"] / max(1, min(c, mem["peak_count"])), mem["peak_tree_kib"])
         say(
-            "     %-11d %8.1f %8.2f %14.2f %22.0f %16.0f %14.0f"
+            "     %-11d %8.1f %8.2f %13.2f %13.2f %22.0f %13.0f %14.0f"
             % (
                 c,
                 seconds,
                 seconds / len(srcs),
                 own,
+                bench.last_cpu / len(srcs),
                 mem["peak_modules_kib"] / 1024,
                 per_copy / 1024,
                 mem["peak_rest_kib"] / 1024,
