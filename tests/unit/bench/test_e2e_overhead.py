@@ -113,3 +113,25 @@ def test_wave_inventory(tmp_path):
     host = doc["all"]["children"]["wave"]["hosts"]["wave-0"]
     assert host["ansible_connection"] == "local"
     assert host["src"] == "a" and host["dst"] == "b" and host["work"] == "/w/0"
+
+
+def test_knob_times_interleaves_the_variants_and_takes_medians():
+    class FakeBench:
+        last_cpu = 0.0
+
+        def __init__(self):
+            self.calls = []
+
+        def run_kvm_migration(self, src, env=None):
+            self.calls.append(dict(env))
+            n = len(self.calls)
+            self.last_cpu = float(n)
+            return float(n), {t: {"seconds": 0.5} for t in e2e.STEPS}
+
+    bench = FakeBench()
+    got = e2e.knob_times(bench, object(), repeat=3)
+    k = len(e2e.KNOBS)
+    # one run of every variant, then the next round: not all runs of one variant in a row
+    assert bench.calls[:k] == list(e2e.KNOBS.values()) and len(bench.calls) == 3 * k
+    first = next(iter(e2e.KNOBS))
+    assert got[first] == (1.0 + k, 2.0, 1.0 + k)  # runs 1, 1+k, 1+2k: median 1+k; own 4 x 0.5
