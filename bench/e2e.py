@@ -108,6 +108,7 @@ class Bench:
         self.domains, self.files, self.vsphere_vms = [], [], []
         self.seq = 0
         self.last_cpu = 0.0  # CPU seconds of the last playbook's processes (play)
+        self.last_output = ""  # its stdout and stderr
 
     # -- sources and clean-up --
 
@@ -231,6 +232,7 @@ class Bench:
         # shared machine, less swayed by others' load than the wall time.
         done = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.last_cpu = (done.ru_utime + done.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
+        self.last_output = proc.stdout + proc.stderr
         results = {}
         if os.path.exists(out):
             with open(out, encoding="utf-8") as fh:
@@ -741,6 +743,12 @@ def row_overhead(bench, repeat):
         for row in overhead.task_overheads(results, STEPS):
             tasks[row[0]].append(row[1:])
     knobs = knob_times(bench, src, repeat)
+    # One more run, and a playbook of ansible.builtin.ping (Ansible's own share), with
+    # ANSIBLE_DEBUG's timestamps: the AnsiballZ build and the module process of each task.
+    bench.run_kvm_migration(src, env={"ANSIBLE_DEBUG": "1"})
+    timeline = overhead.debug_timeline(bench.last_output)
+    bench.play([{"name": "ping", "ansible.builtin.ping": {}}], env={"ANSIBLE_DEBUG": "1"})
+    timeline.update(overhead.debug_timeline(bench.last_output))
     imports = module_import_times(bench, src, repeat)
     python = os.path.join(os.path.dirname(ANSIBLE_PLAYBOOK), "python3")
     interp = median([timed(lambda: sh([python, "-c", "pass"])) for _ in range(5)])
@@ -763,6 +771,15 @@ def row_overhead(bench, repeat):
     for t in STEPS:
         wall, mod, out = (median([x[i] for x in tasks[t]]) for i in range(3))
         say("       %-8s %.2f s = %.2f + %.2f s" % (t, wall, mod, out))
+    say(
+        "     with ANSIBLE_DEBUG=1 (one run; its logging slows the controller): AnsiballZ build (first use of a"
+        " module in a run) / module process (start to exit)"
+    )
+    for name in ("kvm_export", "convert", "kvm_import", "kvm_verify", "ping"):
+        t = timeline.get(name)
+        if t:
+            note = " (ansible.builtin.ping: Ansible's own share)" if name == "ping" else ""
+            say("       %-14s build %.3f s, process %.3f s%s" % (name, t["build"], t["process"], note))
     say(
         "     one module process as AnsiballZ runs it (sources compiled each time): interpreter alone %.3f s;"
         " start + imports, whole process:" % interp

@@ -79,6 +79,45 @@ def task_overheads(results, tasks):
     return rows
 
 
+# " 25259 1796075843.36296: ANSIBALLZ: Creating module"  (ANSIBLE_DEBUG=1: pid, wall clock, message)
+_DEBUG = re.compile(r"^\s*\d+ (\d+\.\d+): (.*)$")
+_LOCK = re.compile(r"ANSIBALLZ: Lock acquired: .*/ansiballz_cache/(?:.*\.)?([^./]+)-ZIP_\w+-")
+_EXEC = re.compile(r"_low_level_execute_command\(\): executing: /bin/sh -c '\S+ \S*/AnsiballZ_(\w+)\.py")
+_CLEANUP = "_low_level_execute_command(): executing: /bin/sh -c 'rm -f -r "
+
+
+def debug_timeline(text):
+    """{module: {"build": s, "process": s}} from one host's ansible-playbook ANSIBLE_DEBUG output.
+
+    build: AnsiballZ packing the module with the module_utils it imports ("Creating module"
+    to "Done creating module"; once per module per playbook run, later tasks use the cache).
+    process: from the shell starting the module's python to the controller removing the
+    task's temporary directory (the module process, start to exit). With several tasks of
+    one module, the sums."""
+    out, building, running = {}, None, None
+    for line in text.splitlines():
+        m = _DEBUG.match(line)
+        if not m:
+            continue
+        stamp, msg = float(m.group(1)), m.group(2)
+        lock = _LOCK.search(msg)
+        if lock:
+            building = [lock.group(1), None]
+        elif msg == "ANSIBALLZ: Creating module" and building:
+            building[1] = stamp
+        elif msg == "ANSIBALLZ: Done creating module" and building and building[1] is not None:
+            entry = out.setdefault(building[0], {"build": 0.0, "process": 0.0})
+            entry["build"] += stamp - building[1]
+            building = None
+        elif _EXEC.search(msg):
+            running = (_EXEC.search(msg).group(1), stamp)
+        elif msg.startswith(_CLEANUP) and running:
+            entry = out.setdefault(running[0], {"build": 0.0, "process": 0.0})
+            entry["process"] += stamp - running[1]
+            running = None
+    return out
+
+
 # -- memory --
 
 

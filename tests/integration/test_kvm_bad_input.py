@@ -22,6 +22,7 @@ Every disk here is 16-32 MiB and no guest is booted.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+import xml.etree.ElementTree as ET
 
 import bundle_edits  # tests/integration/bundle_edits.py
 import libvirt
@@ -532,3 +534,37 @@ def test_storage_map_puts_each_disk_in_its_pool(lab, libvirt_conn, domains, run_
     # A re-run changes nothing.
     again = run_module("kvm_import", imp)
     assert again["changed"] is False and again["action"] == "none", again
+
+
+# --- several imports into one pool at once (a wave with Ansible forks) ---------------------------
+
+
+@pytest.mark.parametrize("transfer", ["path", "stream"])
+def test_concurrent_imports_into_one_pool(lab, libvirt_conn, domains, run_module, tmp_path, tag, transfer):
+    # libvirt refuses a pool refresh while another client builds a volume in that pool
+    # ("has asynchronous jobs running"); import refreshes the pool, so imports at once
+    # used to fail now and then. Four at once, each must land whole.
+    dom, (disk,) = domains("wave", [(16, write_pattern(3, 0x5A))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"vm": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    target_pool = lab["pools"]["target"]
+    names = ["lab-bad-dst-%s-%d" % (tag, i) for i in range(4)]
+
+    def one(name):
+        imp = {"bundle": bundle, "name": name, "pool": target_pool, "transfer": transfer, "cpu_mode": "default"}
+        imp["domain_type"] = lab["domain_type"]
+        return run_module("kvm_import", imp)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+            results = list(pool.map(one, names))
+        for name, r in zip(names, results, strict=True):
+            assert not r.get("failed") and r["action"] == "create", r
+            xml = ET.fromstring(libvirt_conn.lookupByName(name).XMLDesc(0))
+            (path,) = [d.get("file") for d in xml.iterfind("devices/disk/source")]
+            assert qemu_img_compare(disk, "qcow2", path, "qcow2").returncode == 0, name
+    finally:
+        for name in names:
+            if domain_exists(libvirt_conn, name):
+                libvirt_conn.lookupByName(name).undefine()

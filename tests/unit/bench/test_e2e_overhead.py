@@ -135,3 +135,30 @@ def test_knob_times_interleaves_the_variants_and_takes_medians():
     assert bench.calls[:k] == list(e2e.KNOBS.values()) and len(bench.calls) == 3 * k
     first = next(iter(e2e.KNOBS))
     assert got[first] == (1.0 + k, 2.0, 1.0 + k)  # runs 1, 1+k, 1+2k: median 1+k; own 4 x 0.5
+
+
+DEBUG = """\
+ 100 1000.000: in run() - task 1
+ 101 1000.010: _low_level_execute_command(): executing: /bin/sh -c 'echo ~root && sleep 0'
+ 101 1000.020: ANSIBALLZ: Acquiring lock
+ 101 1000.021: ANSIBALLZ: Lock acquired: /root/.ansible/tmp/ansible-local-1x/ansiballz_cache/ansible_collections.vmigrate.v2v.plugins.modules.kvm_export-ZIP_DEFLATED-none.lock
+ 101 1000.022: ANSIBALLZ: Creating module
+ 101 1000.100: some other debug line
+ 101 1000.272: ANSIBALLZ: Done creating module
+ 101 1000.300: _low_level_execute_command(): executing: /bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1/AnsiballZ_kvm_export.py && sleep 0'
+ 101 1000.500: _low_level_execute_command(): executing: /bin/sh -c 'rm -f -r /root/.ansible/tmp/ansible-tmp-1/ > /dev/null 2>&1 && sleep 0'
+ 102 1001.000: ANSIBALLZ: using cached module: /root/.ansible/tmp/ansible-local-1x/ansiballz_cache/ansible_collections.vmigrate.v2v.plugins.modules.kvm_export-ZIP_DEFLATED-none
+ 102 1001.100: _low_level_execute_command(): executing: /bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-2/AnsiballZ_kvm_export.py && sleep 0'
+ 102 1001.250: _low_level_execute_command(): executing: /bin/sh -c 'rm -f -r /root/.ansible/tmp/ansible-tmp-2/ > /dev/null 2>&1 && sleep 0'
+ 103 1002.000: ANSIBALLZ: Lock acquired: /x/ansiballz_cache/ansible.modules.ping-ZIP_STORED-none.lock
+ 103 1002.001: ANSIBALLZ: Creating module
+ 103 1002.101: ANSIBALLZ: Done creating module
+"""  # noqa: E501 - debug lines as Ansible writes them
+
+
+def test_debug_timeline_build_once_process_per_task():
+    got = overhead.debug_timeline(DEBUG)
+    assert set(got) == {"kvm_export", "ping"}
+    assert got["kvm_export"]["build"] == pytest.approx(0.25)
+    assert got["kvm_export"]["process"] == pytest.approx(0.2 + 0.15)  # two tasks, the second from the cache
+    assert got["ping"] == {"build": pytest.approx(0.1), "process": 0.0}
