@@ -22,7 +22,6 @@ Every disk here is 16-32 MiB and no guest is booted.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -539,27 +538,45 @@ def test_storage_map_puts_each_disk_in_its_pool(lab, libvirt_conn, domains, run_
 # --- several imports into one pool at once (a wave with Ansible forks) ---------------------------
 
 
+WAVE_PLAY = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.add_host: {name: "{{ item }}", groups: wave, ansible_connection: local,
+                                 ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+      loop: "{{ names }}"
+- hosts: wave
+  gather_facts: false
+  tasks:
+    - vmigrate.v2v.kvm_import: "{{ imp | combine({'name': inventory_hostname}) }}"
+      register: r
+      ignore_errors: true
+    - ansible.builtin.copy: {content: "{{ r | to_json }}", dest: "{{ out }}/{{ inventory_hostname }}.json"}
+"""
+
+
 @pytest.mark.parametrize("transfer", ["path", "stream"])
-def test_concurrent_imports_into_one_pool(lab, libvirt_conn, domains, run_module, tmp_path, tag, transfer):
+def test_concurrent_imports_into_one_pool(
+    lab, libvirt_conn, domains, run_module, run_playbook, tmp_path, tag, transfer
+):
     # libvirt refuses a pool refresh while another client builds a volume in that pool
-    # ("has asynchronous jobs running"); import refreshes the pool, so imports at once
-    # used to fail now and then. Four at once, each must land whole.
+    # ("has asynchronous jobs running"); import refreshes the pool, so imports started
+    # together (one playbook, one host per VM, forks: the tasks start at once) failed now
+    # and then. Eight at once, each must land whole.
     dom, (disk,) = domains("wave", [(16, write_pattern(3, 0x5A))])
     bundle = str(tmp_path / "export")
     r = run_module("kvm_export", {"vm": dom.name(), "bundle": bundle})
     assert not r.get("failed"), r
-    target_pool = lab["pools"]["target"]
-    names = ["lab-bad-dst-%s-%d" % (tag, i) for i in range(4)]
-
-    def one(name):
-        imp = {"bundle": bundle, "name": name, "pool": target_pool, "transfer": transfer, "cpu_mode": "default"}
-        imp["domain_type"] = lab["domain_type"]
-        return run_module("kvm_import", imp)
-
+    names = ["lab-bad-dst-%s-%d" % (tag, i) for i in range(8)]
+    imp = {"bundle": bundle, "pool": lab["pools"]["target"], "transfer": transfer, "cpu_mode": "default"}
+    imp["domain_type"] = lab["domain_type"]
+    out = tmp_path / "results"
+    out.mkdir()
     try:
-        with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
-            results = list(pool.map(one, names))
-        for name, r in zip(names, results, strict=True):
+        proc = run_playbook(WAVE_PLAY, {"names": names, "imp": imp, "out": str(out)}, env={"ANSIBLE_FORKS": "8"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        for name in names:
+            r = json.loads((out / ("%s.json" % name)).read_text())
             assert not r.get("failed") and r["action"] == "create", r
             xml = ET.fromstring(libvirt_conn.lookupByName(name).XMLDesc(0))
             (path,) = [d.get("file") for d in xml.iterfind("devices/disk/source")]
