@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+import xml.etree.ElementTree as ET
 
 import bundle_edits  # tests/integration/bundle_edits.py
 import libvirt
@@ -532,3 +533,55 @@ def test_storage_map_puts_each_disk_in_its_pool(lab, libvirt_conn, domains, run_
     # A re-run changes nothing.
     again = run_module("kvm_import", imp)
     assert again["changed"] is False and again["action"] == "none", again
+
+
+# --- several imports into one pool at once (a wave with Ansible forks) ---------------------------
+
+
+WAVE_PLAY = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.add_host: {name: "{{ item }}", groups: wave, ansible_connection: local,
+                                 ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+      loop: "{{ names }}"
+- hosts: wave
+  gather_facts: false
+  tasks:
+    - vmigrate.v2v.kvm_import: "{{ imp | combine({'name': inventory_hostname}) }}"
+      register: r
+      ignore_errors: true
+    - ansible.builtin.copy: {content: "{{ r | to_json }}", dest: "{{ out }}/{{ inventory_hostname }}.json"}
+"""
+
+
+@pytest.mark.parametrize("transfer", ["path", "stream"])
+def test_concurrent_imports_into_one_pool(
+    lab, libvirt_conn, domains, run_module, run_playbook, tmp_path, tag, transfer
+):
+    # libvirt refuses a pool refresh while another client builds a volume in that pool
+    # ("has asynchronous jobs running"); import refreshes the pool, so imports started
+    # together (one playbook, one host per VM, forks: the tasks start at once) failed now
+    # and then. Eight at once, each must land whole.
+    dom, (disk,) = domains("wave", [(16, write_pattern(3, 0x5A))])
+    bundle = str(tmp_path / "export")
+    r = run_module("kvm_export", {"vm": dom.name(), "bundle": bundle})
+    assert not r.get("failed"), r
+    names = ["lab-bad-dst-%s-%d" % (tag, i) for i in range(8)]
+    imp = {"bundle": bundle, "pool": lab["pools"]["target"], "transfer": transfer, "cpu_mode": "default"}
+    imp["domain_type"] = lab["domain_type"]
+    out = tmp_path / "results"
+    out.mkdir()
+    try:
+        proc = run_playbook(WAVE_PLAY, {"names": names, "imp": imp, "out": str(out)}, env={"ANSIBLE_FORKS": "8"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        for name in names:
+            r = json.loads((out / ("%s.json" % name)).read_text())
+            assert not r.get("failed") and r["action"] == "create", r
+            xml = ET.fromstring(libvirt_conn.lookupByName(name).XMLDesc(0))
+            (path,) = [d.get("file") for d in xml.iterfind("devices/disk/source")]
+            assert qemu_img_compare(disk, "qcow2", path, "qcow2").returncode == 0, name
+    finally:
+        for name in names:
+            if domain_exists(libvirt_conn, name):
+                libvirt_conn.lookupByName(name).undefine()

@@ -138,6 +138,37 @@ def _auth(username, password):
     return [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], callback, None]
 
 
+# --- pools ---------------------------------------------------------------------------
+
+# libvirt refuses to refresh a pool while it builds a volume in it ("pool ... has
+# asynchronous jobs running"): two imports into one pool at once (a wave) hit this.
+# The build is short (creating a qcow2 or an empty raw volume), so wait and retry.
+REFRESH_ATTEMPTS = 8
+REFRESH_DELAY = 0.1  # doubles each time: up to ~13 s in all
+
+
+def _pool_busy(exc):
+    return (
+        isinstance(exc, libvirt.libvirtError)
+        and error_code(exc) == libvirt.VIR_ERR_INTERNAL_ERROR
+        and "asynchronous jobs" in error_message(exc)
+    )
+
+
+def refresh_pool(pool, attempts=REFRESH_ATTEMPTS, delay=REFRESH_DELAY, sleep=None):
+    """pool.refresh(0), retried while another client is building a volume in the pool."""
+    kwargs = {"sleep": sleep} if sleep else {}
+    refresh = _retry.retry(
+        _pool_busy,
+        lambda p: "refreshing storage pool %s (busy with another volume build)" % p.name(),
+        "retry when the other import or volume creation in this pool has finished",
+        attempts,
+        delay,
+        **kwargs,
+    )(lambda p: p.refresh(0))
+    return refresh(pool)
+
+
 def is_local_uri(uri):
     """True when the hypervisor runs on this host, so its disk paths are ours to read."""
     parsed = urlparse(uri)

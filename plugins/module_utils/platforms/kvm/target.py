@@ -22,6 +22,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.connect
     error_message,
     is_local_uri,
     libvirt,
+    refresh_pool,
 )
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.inventory import (
     KvmInventory,
@@ -137,7 +138,7 @@ class KvmTarget(KvmInventory):
         pools = {}
         for pool_name in sorted(set(options["pools"].values())):
             pools[pool_name] = find_pool(self.conn, pool_name)
-            pools[pool_name].refresh(0)
+            refresh_pool(pools[pool_name])
         plan = []
         need = {}
         for disk in manifest["disks"]:
@@ -214,7 +215,7 @@ class KvmTarget(KvmInventory):
                 progress.finish()
             if stream:
                 for pool in pools.values():
-                    pool.refresh(0)  # libvirt made the volumes raw; let it see the uploaded format
+                    refresh_pool(pool)  # libvirt made the volumes raw; let it see the uploaded format
             xml = _xml_from_spec(spec, disks_map, want, options.get("domain_type") or domain_type_for(self.conn))
             dom = self.conn.defineXML(with_cpu_mode(xml, options.get("cpu_mode")))
             write_provenance(dom, want)
@@ -433,7 +434,7 @@ class KvmTarget(KvmInventory):
                 pool, vname = vol.storagePoolLookupByVolume(), vol.name()
                 vol.delete(0)
                 _path, sent, applied = self._upload(pool, vname, disk, src, fmt, bundle, deltas, [])
-                pool.refresh(0)
+                refresh_pool(pool)
                 result["bytes_written"] += sent + sum(st["bytes_written"] for _d, st in applied)
         write_provenance(dom, plan.want)
         return result

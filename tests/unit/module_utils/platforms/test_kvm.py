@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import connection as _connection
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import inventory as _inventory
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm import source as _source
@@ -81,3 +82,52 @@ def test_with_cpu_mode():
 )
 def test_is_local_uri(uri, local):
     assert _connection.is_local_uri(uri) is local
+
+
+def _libvirt_error(code, message):
+    libvirt = _connection.libvirt
+    exc = libvirt.libvirtError(message)
+    exc.err = (code, libvirt.VIR_FROM_STORAGE, message, libvirt.VIR_ERR_ERROR, None, None, None, 0, 0)
+    return exc
+
+
+class _BusyPool:
+    """A pool that is busy (another client builds a volume in it) for ``busy`` refreshes."""
+
+    def __init__(self, busy, error=None):
+        self.busy, self.refreshed, self.error = busy, 0, error
+
+    def name(self):
+        return "target"
+
+    def refresh(self, flags):
+        if self.busy:
+            self.busy -= 1
+            raise self.error or _libvirt_error(
+                _connection.libvirt.VIR_ERR_INTERNAL_ERROR,
+                "internal error: pool 'target' has asynchronous jobs running.",
+            )
+        self.refreshed += 1
+        return 0
+
+
+def test_refresh_pool_waits_for_another_volume_build():
+    waits = []
+    pool = _BusyPool(busy=3)
+    _connection.refresh_pool(pool, sleep=waits.append)
+    assert pool.refreshed == 1
+    assert waits == [0.1, 0.2, 0.4]
+
+
+def test_refresh_pool_gives_up_naming_the_pool():
+    pool = _BusyPool(busy=10)
+    with pytest.raises(PlatformError) as err:
+        _connection.refresh_pool(pool, attempts=3, sleep=lambda _s: None)
+    assert "storage pool target" in str(err.value) and pool.refreshed == 0
+
+
+def test_refresh_pool_does_not_retry_other_errors():
+    other = _libvirt_error(_connection.libvirt.VIR_ERR_NO_STORAGE_POOL, "pool not found")
+    pool = _BusyPool(busy=1, error=other)
+    with pytest.raises(_connection.libvirt.libvirtError):
+        _connection.refresh_pool(pool, sleep=lambda _s: None)
