@@ -76,12 +76,12 @@ def sources(lab, libvirt_conn):
                 vol.delete(0)
 
 
-def plan(lab, tmp_path, waves, max_failed=0):
+def plan(lab, tmp_path, waves, max_failed=0, mode="full", options=None):
     """A plan file: KVM -> KVM, waves = [[source name, ...], ...]; targets lab-planmig-t-<tag>-<n>."""
     lines = [
         "plugin: vmigrate.v2v.plan",
         "version: 1",
-        "defaults: {work_dir: '%s', mode: full}" % (tmp_path / "work"),
+        "defaults: {work_dir: '%s', mode: %s, options: %s}" % (tmp_path / "work", mode, json.dumps(options or {})),
         "endpoints:",
         "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}" % (lab["libvirt_uri"], lab["pools"]["target"]),
         "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], lab["pools"]["target"]),
@@ -103,9 +103,9 @@ def target_of(name):
     return "lab-planmig-t-%s-%s" % (tag, what)
 
 
-def migrate(run_playbook, plan_path, check=False):
+def migrate(run_playbook, plan_path, check=False, playbook=PLAYBOOK):
     env = {"ANSIBLE_INVENTORY": plan_path}
-    return run_playbook(PLAYBOOK, check=check, env=env, timeout=1200)
+    return run_playbook(playbook, check=check, env=env, timeout=1200)
 
 
 def target_disk(libvirt_conn, name):
@@ -164,3 +164,59 @@ def test_a_wave_over_its_tolerance_stops_later_waves(lab, libvirt_conn, sources,
     assert "not started: wave w0 failed 1 VMs, more than its max_failed 0" in run.stdout, run.stdout[-3000:]
     status = json.loads((tmp_path / "work" / "w0" / target_of(bad) / "status.json").read_text())
     assert status["status"] == "failed" and bad_disk in status["error"], status
+
+
+def guest_write(dom, offset, length, pattern):
+    """A write through the running guest's own block backend, so its dirty bitmap sees it."""
+    import xml.etree.ElementTree as ET
+
+    import libvirt_qemu
+
+    alias = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/alias").get("name")
+    reply = libvirt_qemu.qemuMonitorCommand(
+        dom,
+        'qemu-io -d /machine/peripheral/%s/virtio-backend "write -P 0x%x %d %d"' % (alias, pattern, offset, length),
+        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+    )
+    assert not reply.strip() or "wrote %d/%d bytes" % (length, length) in reply, reply
+
+
+def same_running_disk(src, dst, dst_fmt):
+    # -U: the source's image is open in its running QEMU
+    cmd = ["qemu-img", "compare", "-q", "-U", "-f", "qcow2", "-F", dst_fmt, src, dst]
+    return subprocess.run(cmd).returncode == 0
+
+
+def test_warm_vm_migrate_sync_cutover(lab, libvirt_conn, sources, run_playbook, tmp_path):
+    """A running source (no OS: it ignores ACPI, so the shutdown times out into a power-off)."""
+    name, disk = sources("warm", mib=4)
+    src = libvirt_conn.lookupByName(name)
+    src.create()
+    options = {"shutdown_timeout": 2, "on_shutdown_timeout": "poweroff"}
+    path = plan(lab, tmp_path, [[name]], mode="warm", options=options)
+    work = tmp_path / "work" / "w0" / target_of(name)
+    first = migrate(run_playbook, path)
+    assert first.returncode == 0, first.stdout[-5000:]
+    dst, fmt = target_disk(libvirt_conn, target_of(name))
+    assert same_running_disk(disk, dst, fmt)
+
+    guest_write(src, 5 * MIB + 4096, 8192, 0x5A)
+    synced = migrate(run_playbook, path, playbook=os.path.join(ROOT, "playbooks", "sync.yml"))
+    assert synced.returncode == 0, synced.stdout[-5000:]
+    sync = json.loads((work / "sync.json").read_text())
+    assert sync["status"] == "synced" and sync["sync_index"] == 2, sync
+    assert 8192 <= int(sync["bytes_moved"]) <= 256 * 1024, sync  # the dirty extent, not the disk
+    assert same_running_disk(disk, dst, fmt)
+
+    guest_write(src, 9 * MIB, 4096, 0x33)
+    cut = migrate(run_playbook, path, playbook=os.path.join(ROOT, "playbooks", "cutover.yml"))
+    assert cut.returncode == 0, cut.stdout[-5000:]
+    assert not src.isActive()  # the source is left off
+    assert libvirt_conn.lookupByName(target_of(name)).isActive()  # the target runs
+    cutover = json.loads((work / "cutover.json").read_text())
+    assert cutover["status"] == "cut-over" and float(cutover["downtime_seconds"]) > 0, cutover
+    assert cutover["source_shutdown"] in ("acpi", "forced"), cutover
+    assert same_running_disk(disk, dst, fmt)
+
+    again = migrate(run_playbook, path, playbook=os.path.join(ROOT, "playbooks", "cutover.yml"))
+    assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
