@@ -15,6 +15,7 @@ from __future__ import annotations
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power as _power
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
 
@@ -96,6 +97,33 @@ def verify_step(module, platform_class):
     def step(platform):
         bundle = Bundle.load(options["bundle"])
         return platform.verify(bundle, options["vm"] or bundle.manifest["spec"]["name"], options, module.check_mode)
+
+    run_step(module, platform_class, step)
+
+
+def power_options(**extra):
+    """Doc fragment vmigrate.v2v.power."""
+    spec = dict(
+        vm=dict(type="str", required=True, aliases=["name"]),
+        state=dict(type="str", default="running", choices=list(_power.STATES)),
+        shutdown_timeout=dict(type="int", default=_power.SHUTDOWN_TIMEOUT),
+        on_timeout=dict(type="str", default="fail", choices=list(_power.ON_TIMEOUT)),
+    )
+    spec.update(extra)
+    return spec
+
+
+def power_step(module, platform_class):
+    """The whole main() of a power module after its argument_spec."""
+    p = module.params
+    if p["shutdown_timeout"] < 0:
+        module.fail_json(msg="shutdown_timeout is %d. Fix: give 0 or more seconds" % p["shutdown_timeout"])
+
+    def step(platform):
+        result = platform.power(platform.find_vm(p["vm"]), p, module.check_mode)
+        if not module._diff:
+            result.pop("diff", None)
+        return result
 
     run_step(module, platform_class, step)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import export as _export
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power as _power
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 
 # Seconds a boot check waits for its sign of life, the same on every platform (a TCG
@@ -32,6 +33,8 @@ class Platform(abc.ABC):
     # True when boot_check starts the target itself (vSphere), not a twin of it (KVM):
     # then verify skips it in check mode.
     boot_check_starts_target = False
+    # What request_shutdown needs to reach the guest, for messages when it cannot.
+    shutdown_needs = "a guest that answers shutdown requests"
 
     def __init__(self, params):
         self.params = params
@@ -123,7 +126,23 @@ class Platform(abc.ABC):
 
     @abc.abstractmethod
     def start_vm(self, vm):
-        """Power the VM on (the import's ``start`` option)."""
+        """Power a VM that is off on (the import's ``start`` option, the power step)."""
+
+    # -- power (the power step is the engine's: engine/power.py) --
+
+    def power(self, vm, options, check_mode=False):
+        """Bring ``vm`` to ``options['state']`` (running, shutdown, off); a result dict."""
+        return _power.run_power(self, vm, options, check_mode)
+
+    @abc.abstractmethod
+    def request_shutdown(self, vm, check_mode):
+        """Ask a running VM's guest to shut down and return at once, without waiting: the
+        method used (``acpi``, ``guest``), or None when the guest cannot be asked (no
+        agent or Tools, no ACPI). In check mode, the method it would use; nothing sent."""
+
+    @abc.abstractmethod
+    def power_off(self, vm):
+        """Power the VM off hard (pull the plug) and return once it is off."""
 
     @abc.abstractmethod
     def read_provenance(self, vm):

@@ -302,4 +302,10 @@ class KvmInventory:
         write_provenance(vm, prov)
 
     def power_state(self, vm):
-        return self.state(vm) if self._is_running(vm) else "off"
+        try:
+            return self.state(vm) if self._is_running(vm) else "off"
+        except libvirt.libvirtError as exc:
+            # A transient domain vanishes when it stops (a shutdown or power off just done).
+            if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return "off"
+            raise

@@ -31,6 +31,7 @@ class KvmPlatform(KvmSource, KvmTarget, KvmBoot, Platform):
     """One libvirt connection; a source (export) and a target (import, verify)."""
 
     name = "kvm"
+    shutdown_needs = "an <acpi/> feature in the domain and a guest that acts on the ACPI power button"
 
     @classmethod
     def missing_library(cls):

@@ -95,7 +95,37 @@ class KvmTarget(KvmInventory):
             vm.create()
         except libvirt.libvirtError as exc:
             raise PlatformError(
-                "domain %s was imported but does not start: %s" % (vm.name(), error_message(exc)),
+                "domain %s does not start: %s" % (vm.name(), error_message(exc)),
+                "see the libvirt log (/var/log/libvirt/qemu/%s.log)" % vm.name(),
+            ) from exc
+
+    # -- the power primitives engine/power.run_power uses --
+
+    def request_shutdown(self, vm, check_mode):
+        """Press the ACPI power button; None for a domain without ACPI (nothing to press).
+        A guest that ignores the press shows up as the engine's timeout."""
+        if ET.fromstring(vm.XMLDesc(0)).find("./features/acpi") is None:
+            return None
+        if not check_mode:
+            try:
+                vm.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            except libvirt.libvirtError as exc:
+                if self.power_state(vm) == "off":  # it stopped meanwhile: what was asked
+                    return "acpi"
+                raise PlatformError(
+                    "cannot send an ACPI shutdown to domain %s: %s" % (vm.name(), error_message(exc)),
+                    "use state=off to power it off hard",
+                ) from exc
+        return "acpi"
+
+    def power_off(self, vm):
+        try:
+            vm.destroy()
+        except libvirt.libvirtError as exc:
+            if self.power_state(vm) == "off":
+                return
+            raise PlatformError(
+                "cannot power off domain %s: %s" % (vm.name(), error_message(exc)),
                 "see the libvirt log (/var/log/libvirt/qemu/%s.log)" % vm.name(),
             ) from exc
 

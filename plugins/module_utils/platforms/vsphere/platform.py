@@ -5,8 +5,8 @@
 
 VspherePlatform implements platforms/base.py's interface from its parts: connection.py
 (login, TLS, tasks, the datastore file service), inventory.py (finding and describing
-VMs, provenance), source.py (export: snapshots, CBT, deltas) and target.py (import,
-what verify reads, the boot check).
+VMs, provenance), source.py (export: snapshots, CBT, deltas), target.py (import,
+what verify reads, the boot check) and power.py (guest shutdown, power off).
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.con
     PYVMOMI_IMPORT_ERROR,
     Connection,
 )
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.power import VspherePower
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.source import VsphereSource
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.target import VsphereTarget
 
 
-class VspherePlatform(VsphereSource, VsphereTarget, Platform):
+class VspherePlatform(VsphereSource, VsphereTarget, VspherePower, Platform):
     """One vSphere connection (one datacenter); a source (export) and a target (import, verify)."""
 
     name = "vsphere"
     boot_check_starts_target = True
+    shutdown_needs = "VMware Tools running in the guest"
 
     @classmethod
     def missing_library(cls):

@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VerifyError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power, steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform, SourceSession
@@ -68,7 +68,13 @@ class FakePlatform(Platform):
         return self.vms[vm]["spec"]
 
     def power_state(self, vm):
-        return self.vms[vm]["state"]
+        rec = self.vms[vm]
+        # A guest asked to shut down is off after ``stops_after`` reads (None: it ignores the request).
+        if rec.get("shutting") is not None:
+            rec["shutting"] -= 1
+            if rec["shutting"] <= 0:
+                rec.update(state="off", shutting=None)
+        return rec["state"]
 
     def source_record(self, vm):
         return {"platform": "kvm", "id": "id-" + vm, "name": vm}
@@ -103,6 +109,20 @@ class FakePlatform(Platform):
 
     def start_vm(self, vm):
         self.vms[vm]["state"] = "running"
+        self.vms[vm].setdefault("calls", []).append("start")
+
+    def request_shutdown(self, vm, check_mode):
+        rec = self.vms[vm]
+        if not rec.get("agent", True):
+            return None
+        if not check_mode:
+            rec.setdefault("calls", []).append("shutdown")
+            rec["shutting"] = rec.get("stops_after")
+        return "acpi"
+
+    def power_off(self, vm):
+        self.vms[vm].update(state="off", shutting=None)
+        self.vms[vm].setdefault("calls", []).append("poweroff")
 
     def read_provenance(self, vm):
         return self.vms[vm].get("provenance")
@@ -412,3 +432,105 @@ def test_a_failed_export_leaves_the_bundle_incomplete_and_a_rerun_finishes(tmp_p
     assert rerun["kind"] == "full" and "died while updating its base copies" in rerun["fallback_reason"]
     assert Bundle.load(out).complete
     _bundle_equals_source(out, platform)
+
+
+# --- the power step (engine/power.py) on the fake platform ---------------------------------
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for the power wait: sleeping advances the clock."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def _power(platform, state, check_mode=False, **options):
+    clock = FakeClock()
+    return power.run_power(platform, "vm1", dict(options, state=state), check_mode, clock=clock, sleep=clock.sleep)
+
+
+def _vm(state="running", **extra):
+    return FakePlatform({"vm1": dict({"spec": SPEC, "disks": [], "state": state}, **extra)})
+
+
+@pytest.mark.parametrize("state", ["shutdown", "off"])
+def test_power_an_off_vm_off_changes_nothing(state):
+    platform = _vm("off")
+    result = _power(platform, state)
+    assert not result["changed"] and result["method"] == "none" and result["state_after"] == "off"
+    assert "calls" not in platform.vms["vm1"] and result["summary"].endswith("(nothing to do)")
+    assert result["diff"] == {"before": {"power_state": "off"}, "after": {"power_state": "off"}}
+
+
+def test_power_on_and_off_then_nothing_on_a_rerun():
+    platform = _vm("off")
+    on = _power(platform, "running")
+    assert on["changed"] and on["method"] == "start" and on["state_after"] == "running"
+    assert not _power(platform, "running")["changed"]
+    off = _power(platform, "off")
+    assert off["method"] == "poweroff" and off["state_after"] == "off"
+    assert platform.vms["vm1"]["calls"] == ["start", "poweroff"]
+
+
+def test_shutdown_that_completes_in_time():
+    platform = _vm(stops_after=5)
+    result = _power(platform, "shutdown", shutdown_timeout=300)
+    assert result["changed"] and result["method"] == "acpi" and result["state_after"] == "off"
+    assert result["state_before"] == "running" and 3 <= result["seconds"] < 10
+    assert platform.vms["vm1"]["calls"] == ["shutdown"]  # no hard power off
+
+
+def test_shutdown_that_times_out_fails_and_leaves_the_vm_running():
+    platform = _vm(stops_after=None)  # the guest ignores the request
+    with pytest.raises(PlatformError) as err:
+        _power(platform, "shutdown", shutdown_timeout=30)
+    text = str(err.value)
+    assert "VM vm1 is still running" in text and "within 30 s" in text and "on_timeout=poweroff" in text
+    assert err.value.details["seconds"] == 30 and err.value.details["method"] == "acpi"
+    assert platform.vms["vm1"]["state"] == "running" and platform.vms["vm1"]["calls"] == ["shutdown"]
+
+
+def test_shutdown_that_times_out_with_poweroff_forces_it_off():
+    platform = _vm(stops_after=None)
+    result = _power(platform, "shutdown", shutdown_timeout=30, on_timeout="poweroff")
+    assert result["changed"] and result["method"] == "forced" and result["state_after"] == "off"
+    assert "did not shut down within 30 s" in result["reason"] and "powered off hard" in result["summary"]
+    assert 30 <= result["seconds"] < 35
+    assert platform.vms["vm1"]["calls"] == ["shutdown", "poweroff"]
+
+
+def test_shutdown_of_a_guest_that_cannot_be_asked_follows_on_timeout():
+    platform = _vm(agent=False)
+    with pytest.raises(PlatformError, match="the guest cannot be asked to shut down") as err:
+        _power(platform, "shutdown")
+    assert err.value.details["seconds"] == 0 and platform.vms["vm1"]["state"] == "running"
+    forced = _power(platform, "shutdown", on_timeout="poweroff")
+    assert forced["method"] == "forced" and "cannot be asked" in forced["reason"] and forced["seconds"] < 1
+    assert platform.vms["vm1"]["calls"] == ["poweroff"]
+
+
+def test_power_check_mode_touches_nothing():
+    platform = _vm(stops_after=1)
+    for state, method in (("shutdown", "acpi"), ("off", "poweroff")):
+        result = _power(platform, state, check_mode=True)
+        assert result["changed"] and result["method"] == method and result["state_after"] == "off"
+        assert "would be" in result["summary"]
+    assert _power(_vm(agent=False), "shutdown", check_mode=True, on_timeout="poweroff")["method"] == "forced"
+    off = _vm("off")
+    would = _power(off, "running", check_mode=True)
+    assert would["method"] == "start" and would["state_after"] == "running"
+    assert "calls" not in platform.vms["vm1"] and "calls" not in off.vms["vm1"]
+    assert platform.vms["vm1"]["state"] == "running" and off.vms["vm1"]["state"] == "off"
+
+
+def test_power_on_refuses_a_paused_vm():
+    with pytest.raises(InputError, match="VM vm1 is paused, neither off nor running"):
+        _power(_vm("paused"), "running")
+    # ...and a paused guest cannot be asked to shut down: on_timeout decides.
+    assert _power(_vm("paused"), "shutdown", on_timeout="poweroff")["method"] == "forced"

@@ -1,0 +1,107 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vsphere_power
+short_description: Power on, shut down or power off a vSphere VM
+version_added: 0.1.0
+description:
+  - V(shutdown) calls C(ShutdownGuest) when VMware Tools run in the guest and waits for the VM to be poweredOff.
+    Without running Tools the guest cannot be asked; O(on_timeout) then decides at once (V(fail), or a hard power off
+    with V(poweroff)), and RV(reason) says so.
+  - V(off) runs C(PowerOffVM_Task) (a hard power off); V(running) runs C(PowerOnVM_Task).
+  - The VM is found by O(vm) - its name, inventory path, moid or instance UUID.
+  - What to do for each state, the wait and O(on_timeout) are the engine's, the same on every platform (the cutover
+    and rollback roles use this step through M(vmigrate.v2v.step)).
+author:
+  - vmigrate.v2v contributors (@vmigrate)
+extends_documentation_fragment:
+  - vmigrate.v2v.vsphere
+  - vmigrate.v2v.power
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Says what would be done (RV(method), RV(state_after)); sends nothing to the VM.
+  diff_mode:
+    support: full
+    details: Shows the power state before and after.
+  platform:
+    platforms: posix
+requirements:
+  - pyvmomi
+"""
+
+EXAMPLES = r"""
+- name: Shut the source down for the cutover, hard after 10 minutes
+  vmigrate.v2v.vsphere_power:
+    hostname: vcenter.example.com
+    username: migrate@vsphere.local
+    password: "{{ vcenter_password }}"
+    vm: web01
+    state: shutdown
+    shutdown_timeout: 600
+    on_timeout: poweroff
+  register: stopped
+
+- name: Power the source back on (rollback)
+  vmigrate.v2v.vsphere_power:
+    hostname: vcenter.example.com
+    username: migrate@vsphere.local
+    password: "{{ vcenter_password }}"
+    vm: web01
+    state: running
+"""
+
+RETURN = r"""
+state_before:
+  description: The VM's power state before the run - V(off), V(running), or the platform's word for another state.
+  returned: always
+  type: str
+state_after:
+  description: The power state after the run, read back from the hypervisor (in check mode, the state it would have).
+  returned: always
+  type: str
+method:
+  description:
+    - How the state was reached - V(none) (already there), V(start), V(guest) (the guest shut down when asked),
+      V(poweroff) (O(state=off)), or V(forced) (powered off hard because the graceful shutdown did not finish in time
+      or the guest could not be asked, with O(on_timeout=poweroff)).
+  returned: always
+  type: str
+reason:
+  description: Why nothing was done, or why the VM was powered off hard; null otherwise.
+  returned: always
+  type: str
+name:
+  description: The VM's name.
+  returned: always
+  type: str
+seconds:
+  description: Duration of the run, including the wait for the guest.
+  returned: always
+  type: float
+summary:
+  description: One readable line about what was done.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import power_options, power_step  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import argument_spec  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(**power_options()), supports_check_mode=True)
+    power_step(module, VspherePlatform)
+
+
+if __name__ == "__main__":
+    main()
