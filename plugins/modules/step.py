@@ -45,6 +45,7 @@ options:
 attributes:
   action:
     support: full
+    description: Runs as an action plugin on the controller, which executes the chosen module.
   check_mode:
     support: full
     details: The chosen module's check mode.
