@@ -42,7 +42,11 @@ options:
     default: true
     aliases: [freeze]
   block_size:
-    description: Block size of the digests, in bytes.
+    description:
+      - Block size of the digests, in bytes (a power of two, at least 4096). By default it follows the
+        disk's capacity - 64 KiB (the change tracker's granularity, so an incremental never re-reads a
+        block to re-hash it) up to 64 GiB, then the smallest power of two that keeps one disk's digest
+        list at 2^20 entries (32 MiB).
+      - Applies to a full sync; incrementals keep the chain's.
     type: int
-    default: 1048576
 """

@@ -28,7 +28,7 @@ def export_options(**extra):
         mode=dict(type="str", default="auto", choices=["auto", "cold", "warm", "incremental"]),
         full=dict(type="bool", default=False),
         quiesce=dict(type="bool", default=True, aliases=["freeze"]),
-        block_size=dict(type="int", default=1048576),
+        block_size=dict(type="int"),
     )
     spec.update(extra)
     return spec

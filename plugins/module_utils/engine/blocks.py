@@ -35,6 +35,21 @@ DIGEST_ALGORITHM = "blake3"
 DIGEST_SIZE = 32
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 DEFAULT_BLOCK_SIZE = 1024 * 1024
+# An export picks its digest blocks by capacity (auto_block_size): 64 KiB, libvirt's
+# dirty-bitmap granularity, so an incremental's extents cover whole blocks and none has
+# to be re-read from the base to be re-hashed; bigger only where that would make more
+# than MAX_DIGESTS digests (a 32 MiB list: past 64 GiB of capacity).
+MIN_AUTO_BLOCK_SIZE = 64 * 1024
+MAX_DIGESTS = 1 << 20
+
+
+def auto_block_size(capacity):
+    """The digest block size an export uses for a disk of ``capacity`` bytes."""
+    block_size = MIN_AUTO_BLOCK_SIZE
+    while block_size * MAX_DIGESTS < capacity:
+        block_size *= 2
+    return block_size
+
 # Reads of 32 MiB amortise per-call cost and stay within the NBD request limit.
 CHUNK = _disk.MAX_REQUEST
 

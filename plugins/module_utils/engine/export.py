@@ -42,6 +42,12 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
     """
     options = options or {}
     started = time.monotonic()
+    block_size = options.get("block_size")
+    if block_size is not None and (block_size < 4096 or block_size & (block_size - 1)):
+        raise InputError(
+            "block_size %r is not a power of two of at least 4096 bytes" % (block_size,),
+            "leave it out (it follows the disk's capacity) or give e.g. 65536 or 1048576",
+        )
     name = platform.vm_name(vm)
     running = platform.power_state(vm) != "off"
     source = platform.source_record(vm)
@@ -159,7 +165,7 @@ def _unchanged(bundle, session, spec, options):
 
 def _full(old, bundle_dir, source, spec, session, name, result, options):
     """Copy (or reference) every disk into a new chain; returns (bundle, changed)."""
-    block_size = int(options.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
+    block_size = int(options.get("block_size") or 0) or None  # None: by capacity, see _sized
     manifest = _bundle.new_manifest(source, spec)
     if old is not None:
         # What earlier runs made on the source stays recorded until it is removed.
@@ -250,10 +256,17 @@ def _new_record(disk, spec, block_size):
     }
 
 
+def _sized(record, capacity):
+    """The record's digest block size: the option's, else blocks.auto_block_size."""
+    record["block_size"] = record["block_size"] or _blocks.auto_block_size(capacity)
+    return record["block_size"]
+
+
 def _digest_reference(bundle, record, ref, name, totals):
     """A disk kept where it is (or where the session put it): record its digests."""
     path = bundle.resolve(ref["path"])
     with _disk.open_guest(path, ref["format"]) as reader:
+        _sized(record, reader.size)
         progress = Progress("digest %s %s" % (name, record["id"]), reader.size)
         digests = _blocks.digest_disk(reader, record["block_size"], progress=progress)
         size = reader.size
@@ -277,6 +290,7 @@ def _copy(bundle, record, session, disk, name, totals):
     path = bundle.resolve(rel)
     with session.open_disk(disk) as reader:
         size = reader.size
+        _sized(record, size)
         areas = session.changes(disk, reader, None)
         extents = None if areas is None else [_disk.Extent(s, n, True, False) for s, n in areas]
         progress = Progress("copy %s %s" % (name, record["id"]), size)

@@ -110,3 +110,13 @@ def test_bring_base_current_applies_deltas_not_in_the_base(tmp_path):
     got = base.read_bytes()
     assert got[:1024] == b"z" * 1024 and got[4096 : 4096 + 1024] == b"y" * 1024
     assert all(d["in_base"] for d in drec["deltas"])
+
+
+def test_digest_blocks_follow_the_capacity():
+    gib = 1024**3
+    assert _blocks.auto_block_size(4 * gib) == 64 * 1024  # the dirty bitmap's granularity
+    assert _blocks.auto_block_size(64 * gib) == 64 * 1024  # 2^20 digests, a 32 MiB list
+    assert _blocks.auto_block_size(64 * gib + 1) == 128 * 1024
+    assert _blocks.auto_block_size(1024 * gib) == 1024 * 1024
+    for capacity in (1, 10 * gib, 3000 * gib):
+        assert _blocks.block_count(capacity, _blocks.auto_block_size(capacity)) <= _blocks.MAX_DIGESTS

@@ -410,9 +410,12 @@ def test_export_refuses_what_it_cannot_do_and_check_mode_writes_nothing(tmp_path
         platform.export("src", out, "incremental")
     with pytest.raises(InputError, match="is running; a cold export needs it off"):
         platform.export("src", out, "cold")
+    with pytest.raises(InputError, match="block_size 3000 is not a power of two"):
+        platform.export("src", out, "auto", options={"block_size": 3000})
     would = platform.export("src", out, "auto", check_mode=True)
     assert would["changed"] and "warm full sync of src" in would["would"] and not os.path.exists(out)
     platform.export("src", out, "auto")
+    assert Bundle.load(out).disk("disk0")["block_size"] == 64 * 1024  # by capacity: blocks.auto_block_size
     platform.vms["other"] = dict(platform.vms["src"])
     with pytest.raises(InputError, match="not from VM other"):
         platform.export("other", out, "auto")
