@@ -50,6 +50,7 @@ def auto_block_size(capacity):
         block_size *= 2
     return block_size
 
+
 # Reads of 32 MiB amortise per-call cost and stay within the NBD request limit.
 CHUNK = _disk.MAX_REQUEST
 
