@@ -16,7 +16,8 @@
 //     disk's capacity, and x.vmdk gets the monolithicFlat descriptor made from the
 //     stream's own descriptor. Anything else is refused (HTTP 415), not stored.
 //   - What arrived is counted and served as JSON at GET /lab/nfc-stats, so a test can
-//     measure the bytes on the wire independently of the client's own counters.
+//     measure the bytes on the wire independently of the client's own counters; so are
+//     the bytes of datastore files served by GET /folder (what a verify read back).
 //
 // Differences from ESXi a reader should know: the lease does not time out, and an
 // aborted lease leaves the VM in place (ESXi removes it): clients clean up themselves.
@@ -70,7 +71,20 @@ var nfc = struct {
 	sync.Mutex
 	leases  map[string]map[string]string // lease moref value -> URL file name -> [ds] path
 	uploads []nfcUpload
-}{leases: map[string]map[string]string{}}
+	reads   map[string]int64 // [ds] path -> body bytes served by GET /folder
+}{leases: map[string]map[string]string{}, reads: map[string]int64{}}
+
+// countingWriter counts the body bytes of a response.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
 
 var (
 	importFileName = regexp.MustCompile(`<fileName>([^<]+\.vmdk)</fileName>`)
@@ -84,10 +98,18 @@ func nfcHandler(next http.Handler) http.Handler {
 		switch {
 		case r.Method == http.MethodGet && r.URL.Path == nfcStatsURL:
 			nfc.Lock()
-			data, _ := json.MarshalIndent(nfc.uploads, "", "  ")
+			data, _ := json.MarshalIndent(map[string]interface{}{"uploads": nfc.uploads, "folder_reads": nfc.reads}, "", "  ")
 			nfc.Unlock()
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write(data)
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/folder/"):
+			// Named before the simulator's handler strips the prefix from r.URL.Path.
+			file := fmt.Sprintf("[%s] %s", r.URL.Query().Get("dsName"), strings.TrimPrefix(r.URL.Path, "/folder/"))
+			cw := &countingWriter{ResponseWriter: w}
+			next.ServeHTTP(cw, r)
+			nfc.Lock()
+			nfc.reads[file] += cw.n
+			nfc.Unlock()
 		case (r.Method == http.MethodPut || r.Method == http.MethodPost) && strings.HasPrefix(r.URL.Path, "/nfc/"):
 			parts := strings.Split(r.URL.Path, "/")
 			lease, name := parts[len(parts)-2], parts[len(parts)-1]
