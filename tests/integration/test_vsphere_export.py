@@ -34,6 +34,10 @@ def source_vm(lab, vsphere_si, run_module, tmp_path):
         conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"}),
     )
     assert res.get("changed"), res
+    # vsphere_import turns changed block tracking on; these tests start from a VM
+    # without it, and turn it on (or not) themselves.
+    vm = find_vm(vsphere_si, name)
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)))
     yield name
     destroy(vsphere_si, name)
 
