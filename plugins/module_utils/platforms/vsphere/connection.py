@@ -4,10 +4,12 @@
 """Connecting to vSphere through pyvmomi: options, TLS (CA file or pinned thumbprint),
 retries of transient faults, tasks, and the datastore file service.
 
-Disk bytes travel over the datastore file service (HTTPS ``/folder/<path>?dcPath=&dsName=``):
-GET with Range to read, PUT to write. That service is part of every vCenter and ESXi
-and needs no extra library; NBD through nbdkit's VDDK plugin is faster on real vSphere
-but needs VMware's proprietary VDDK, which users must provide themselves.
+Disk bytes travel over HTTPS and need no extra library: a new VM's disks are POSTed as
+streamOptimized VMDKs to the device URLs of an ImportVApp lease (``upload_to_lease``);
+other reads and writes use the datastore file service (``/folder/<path>?dcPath=&dsName=``):
+GET with Range to read (only the allocated areas ``allocated_areas`` gives, where it
+can), PUT to write whole files. NBD through nbdkit's VDDK plugin would write ranges on
+real vSphere but needs VMware's proprietary VDDK, which users must provide themselves.
 """
 
 from __future__ import annotations
