@@ -159,6 +159,12 @@ func flatPath(fileName string) string {
 // recordDisk hashes the disk's bytes per block; bytes past the end of the file read as
 // zeros (the simulator creates empty files for new disks).
 func recordDisk(file string, capacity int64) (*diskState, error) {
+	return recordRange(file, capacity, 0, capacity)
+}
+
+// recordRange is recordDisk for the blocks of [start, start+length) only; the other
+// blocks are recorded as zeros.
+func recordRange(file string, capacity, start, length int64) (*diskState, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
@@ -168,7 +174,11 @@ func recordDisk(file string, capacity int64) (*diskState, error) {
 	state := &diskState{size: capacity, blocks: make([][sha256.Size]byte, n)}
 	zero := [sha256.Size]byte{}
 	buf := make([]byte, cbtBlockSize)
-	for i := int64(0); i < n; i++ {
+	last := (start + length + cbtBlockSize - 1) / cbtBlockSize
+	if last > n {
+		last = n
+	}
+	for i := start / cbtBlockSize; i < last; i++ {
 		got, err := f.ReadAt(buf, i*cbtBlockSize)
 		if err != nil && err != io.EOF {
 			return nil, err
@@ -244,7 +254,9 @@ func (t *changeTracker) queryLive(req *types.QueryChangedDiskAreas, fail func(st
 		if !ok {
 			break
 		}
-		now, err := recordDisk(flatPath(backing.FileName), diskCapacity(disk))
+		// Only the blocks of the page asked for are hashed: the disk is read once over
+		// all the pages, not once per page.
+		now, err := recordRange(flatPath(backing.FileName), diskCapacity(disk), req.StartOffset, cbtPageSize)
 		if err != nil {
 			return fail("reading the disk: "+err.Error(), &types.FileFault{File: backing.FileName})
 		}
