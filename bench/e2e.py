@@ -567,9 +567,9 @@ def row_vsphere_data(bench, src):
         )
     )
     if counts is not None:
-        disk = "/%s/%s" % (vm, vm)
-        got = sum(u["bytes_received"] for u in counts["uploads"] if disk + ".vmdk" in u["file"])
-        served = sum(n for f, n in counts["folder_reads"].items() if disk + "-flat.vmdk" in f)
+        disk = "%s/%s" % (vm, vm)
+        got = sum(u["bytes_received"] for u in counts["uploads"] if u["file"].endswith("] " + disk + ".vmdk"))
+        served = sum(n for f, n in counts["folder_reads"].items() if f.endswith("] " + disk + "-flat.vmdk"))
         say("     as vcsim counted them: received %.0f MiB, served %.0f MiB" % (mib(got), mib(served)))
     say(
         "     before (flat PUT of the whole extent, verify reading every byte): %.0f MiB each way = %.2fx"

@@ -13,10 +13,10 @@ description:
   - Creates the VM with C(ImportVApp) (the spec's CPUs, memory, firmware, controllers,
     NICs on the mapped networks and guest id; thin disks; changed block tracking on) and
     sends each disk of the bundle through the import lease as a streamOptimized VMDK
-    written by C(qemu-img) (only allocated, non-zero grains, compressed), as ovftool does,
-    so an import costs about the disk's data, not its capacity. The streams are written
-    beside the bundle first (about the compressed data's size) and checked against the
-    bundle's digests before vSphere is asked for anything.
+    (only allocated, non-zero grains, compressed), as ovftool does, so an import costs
+    about the disk's data, not its capacity. The streams are written beside the bundle
+    first (about the compressed data's size), the bundle's disk read once and checked
+    against its digests before vSphere is asked for anything.
   - "The VM's name and each disk's capacity are checked before anything is uploaded: a name
     longer than 80 characters, or a capacity that is not a multiple of 512 bytes (a VMDK
     counts 512-byte sectors), is refused with the fix."

@@ -8,6 +8,7 @@ boot check."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import posixpath
@@ -198,36 +199,23 @@ class VsphereTarget(VsphereInventory):
         return stats
 
     def _stream_disk(self, bundle, item, work):
-        """qemu-img writes the disk as a streamOptimized VMDK (reading the bundle's disk
-        once: only allocated grains, compressed); its grains are checked against the
-        bundle's digests, so what is sent is what the bundle holds."""
+        """The disk as a streamOptimized VMDK in ``work``: the bundle's disk is read once
+        (allocated extents only), hashed on the way and checked against the bundle's
+        digests; only non-zero grains are written, compressed on every core."""
         record = item["record"]
         capacity = item["capacity"]
         adapter = ADAPTER_TYPE.get(item["controller"] or item["bus"], "lsilogic")
         stream = os.path.join(work, "%s.vmdk" % len(os.listdir(work)))
-        cmd = ["qemu-img", "convert", "-q", "-f", record["format"], "-O", "vmdk"]
-        cmd += ["-o", "subformat=streamOptimized,adapter_type=%s" % adapter]
-        cmd += [bundle.disk_path(record), stream]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise PlatformError(
-                "qemu-img could not write disk %s of bundle %s as a streamOptimized VMDK: %s"
-                % (item["id"], bundle.dir, proc.stderr.strip()),
-                "check the bundle's disk and the free space in %s" % work,
-            )
-        hasher = _blocks.BlockHasher(capacity, record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
-        data = 0
-        stream_capacity, grains = read_stream_vmdk(stream)
-        if stream_capacity != capacity:
-            raise PlatformError(
-                "disk %s of bundle %s is %d bytes as a VMDK, its capacity is %d"
-                % (item["id"], bundle.dir, stream_capacity, capacity),
-                "re-run the export",
-            )
-        for offset, grain in grains:
-            hasher.feed(offset, grain)
-            data += len(grain)
-        digests = hasher.finish()
+        path = bundle.disk_path(record)
+        with _disk.open_guest(path, record["format"]) as reader:
+            if reader.size != capacity:
+                raise InputError(
+                    "disk %s of bundle %s holds %d bytes, its capacity is %d"
+                    % (item["id"], bundle.dir, reader.size, capacity),
+                    "re-run the export",
+                )
+            block_size = record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE
+            digests, data = write_stream_vmdk(reader, stream, adapter, block_size)
         want = bundle.load_digests(record)
         if want is not None and want != digests:
             bad = digests.changed_blocks(want)
@@ -685,7 +673,8 @@ _STREAM_FLAGS = (1 << 16) | (1 << 17)  # compressed grains, markers
 
 def read_stream_vmdk(path):
     """A streamOptimized VMDK's capacity in bytes and an iterator of (offset, data) for
-    its grains, inflated, in file order.
+    its grains, inflated, in file order (a reader for tests and checks; write_stream_vmdk
+    below writes them).
 
     Layout (VMware's Virtual Disk Format 5.0): a 512-byte sparse header, the embedded
     descriptor, then from ``overHead`` sectors on, sector-aligned records: a grain is
@@ -696,11 +685,11 @@ def read_stream_vmdk(path):
     with open(path, "rb") as fh:
         header = fh.read(SECTOR)
     if len(header) < SECTOR or header[:4] != b"KDMV":
-        raise PlatformError("%s is not a sparse VMDK" % path, "report this bug (qemu-img wrote something else)")
+        raise PlatformError("%s is not a sparse VMDK" % path, "give a streamOptimized VMDK")
     flags, sectors = struct.unpack_from("<IQ", header, 8)
     overhead = struct.unpack_from("<Q", header, 64)[0]
     if flags & _STREAM_FLAGS != _STREAM_FLAGS or struct.unpack_from("<H", header, 77)[0] != 1:
-        raise PlatformError("%s is not a streamOptimized VMDK" % path, "report this bug")
+        raise PlatformError("%s is not a streamOptimized VMDK" % path, "give a streamOptimized VMDK")
     return sectors * SECTOR, _stream_grains(path, overhead * SECTOR, sectors * SECTOR)
 
 
@@ -727,3 +716,109 @@ def _stream_grains(path, start, capacity):
                 data = data[: max(0, capacity - offset)]
             yield offset, data
             pos += -(-(12 + size) // SECTOR) * SECTOR
+
+
+GRAIN = 64 * 1024  # bytes per grain (128 sectors), as VMware's tools write them
+GT_ENTRIES = 512  # grain table entries: one table covers 32 MiB
+_MARKER_GT, _MARKER_GD, _MARKER_FOOTER = 1, 2, 3
+_GD_AT_END = 0xFFFFFFFFFFFFFFFF
+
+
+def _stream_header(capacity, desc_sectors, overhead, gd_offset):
+    """The 512-byte sparse extent header of a streamOptimized VMDK (Virtual Disk Format 5.0)."""
+    head = struct.pack(
+        "<4sIIQQQQIQQQB4sH",
+        b"KDMV",
+        3,  # version
+        1 | _STREAM_FLAGS,  # newline test valid, compressed grains, markers
+        -(-capacity // SECTOR),
+        GRAIN // SECTOR,
+        1,  # the descriptor follows the header
+        desc_sectors,
+        GT_ENTRIES,
+        0,  # no redundant grain directory
+        gd_offset,
+        overhead,
+        0,  # clean
+        b"\n \r\n",
+        1,  # deflate
+    )
+    return head.ljust(SECTOR, b"\0")
+
+
+def _stream_descriptor(capacity, adapter):
+    sectors = -(-capacity // SECTOR)
+    cylinders = min(65535, max(1, sectors // (255 * 63)))
+    return (
+        '# Disk DescriptorFile\nversion=1\nCID=%08x\nparentCID=ffffffff\ncreateType="streamOptimized"\n\n'
+        '# Extent description\nRW %d SPARSE "disk.vmdk"\n\n# The Disk Data Base\n#DDB\n\n'
+        'ddb.adapterType = "%s"\nddb.geometry.cylinders = "%d"\nddb.geometry.heads = "255"\n'
+        'ddb.geometry.sectors = "63"\nddb.virtualHWVersion = "4"\n'
+    ) % (int.from_bytes(os.urandom(4), "big") | 1, sectors, adapter, cylinders)
+
+
+def _marker(sectors, kind):
+    return struct.pack("<QII", sectors, 0, kind).ljust(SECTOR, b"\0")
+
+
+def write_stream_vmdk(reader, path, adapter="lsilogic", block_size=_blocks.DEFAULT_BLOCK_SIZE, workers=None):
+    """Write guest reader ``reader`` to ``path`` as a streamOptimized VMDK; return its
+    (DigestList, guest bytes in grains).
+
+    Only the allocated extents are read (once); grains that are all zeros are left out;
+    the others are deflated in parallel (zlib releases the GIL), then the grain tables,
+    the grain directory, the footer and the end-of-stream marker follow, as the format
+    asks of a stream. The digests are taken on the same pass.
+    """
+    capacity = reader.size
+    hasher = _blocks.BlockHasher(capacity, block_size)
+    ngrains = -(-capacity // GRAIN)
+    table = [0] * (-(-ngrains // GT_ENTRIES) * GT_ENTRIES)  # grain -> its sector in the file
+    descriptor = _stream_descriptor(capacity, adapter).encode("ascii")
+    desc_sectors = -(-len(descriptor) // SECTOR)
+    overhead = 128  # sectors before the first grain: header and descriptor, rounded to a grain
+    data = 0
+    zeros = bytes(GRAIN)
+    workers = workers or _blocks.default_workers()
+    ranges = _blocks._data_ranges(reader.extents(), capacity, max(GRAIN, block_size))
+    with open(path, "wb") as out, concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        out.write(_stream_header(capacity, desc_sectors, overhead, _GD_AT_END))
+        out.write(descriptor.ljust(desc_sectors * SECTOR, b"\0"))
+        out.seek(overhead * SECTOR)
+        pos = overhead * SECTOR
+        for off, chunk, length in _blocks._read_ahead(reader, ranges, _blocks.CHUNK, max(GRAIN, block_size)):
+            hasher.feed(off, chunk, length, pool=pool, workers=workers)
+            view = memoryview(chunk)
+            grains = [
+                (off + i, bytes(view[i : min(i + GRAIN, length)]))
+                for i in range(0, length, GRAIN)
+                if not chunk.startswith(zeros[: min(GRAIN, length - i)], i)
+            ]
+            packed = pool.map(lambda g: zlib.compress(g[1], 1), grains)
+            for (goff, grain), z in zip(grains, packed, strict=True):
+                table[goff // GRAIN] = pos // SECTOR
+                record = struct.pack("<QI", goff // SECTOR, len(z)) + z
+                out.write(record.ljust(-(-len(record) // SECTOR) * SECTOR, b"\0"))
+                pos += -(-len(record) // SECTOR) * SECTOR
+                data += len(grain)
+        # Grain tables (only those with grains), then the directory pointing at them.
+        directory = []
+        gt_sectors = GT_ENTRIES * 4 // SECTOR
+        for t in range(0, len(table), GT_ENTRIES):
+            entries = table[t : t + GT_ENTRIES]
+            if not any(entries):
+                directory.append(0)
+                continue
+            out.write(_marker(gt_sectors, _MARKER_GT))
+            directory.append(pos // SECTOR + 1)
+            out.write(struct.pack("<%dI" % GT_ENTRIES, *entries))
+            pos += SECTOR + gt_sectors * SECTOR
+        gd = struct.pack("<%dI" % len(directory), *directory)
+        gd_sectors = -(-len(gd) // SECTOR)
+        out.write(_marker(gd_sectors, _MARKER_GD))
+        gd_offset = pos // SECTOR + 1
+        out.write(gd.ljust(gd_sectors * SECTOR, b"\0"))
+        out.write(_marker(1, _MARKER_FOOTER))
+        out.write(_stream_header(capacity, desc_sectors, overhead, gd_offset))
+        out.write(bytes(SECTOR))  # end of stream
+    return hasher.finish(), data
