@@ -159,12 +159,12 @@ func flatPath(fileName string) string {
 // recordDisk hashes the disk's bytes per block; bytes past the end of the file read as
 // zeros (the simulator creates empty files for new disks).
 func recordDisk(file string, capacity int64) (*diskState, error) {
-	return recordRange(file, capacity, 0, capacity)
+	return recordRange(file, capacity, 0, capacity, true)
 }
 
 // recordRange is recordDisk for the blocks of [start, start+length) only; the other
-// blocks are recorded as zeros.
-func recordRange(file string, capacity, start, length int64) (*diskState, error) {
+// blocks are recorded as zeros. Without hashed, a non-zero block gets a fixed marker.
+func recordRange(file string, capacity, start, length int64, hashed bool) (*diskState, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
@@ -191,8 +191,10 @@ func recordRange(file string, capacity, start, length int64) (*diskState, error)
 		}
 		if bytes.Equal(buf, zeroBlock) {
 			state.blocks[i] = zero
-		} else {
+		} else if hashed {
 			state.blocks[i] = sha256.Sum256(buf)
+		} else {
+			state.blocks[i] = [sha256.Size]byte{1}
 		}
 	}
 	return state, nil
@@ -256,7 +258,8 @@ func (t *changeTracker) queryLive(req *types.QueryChangedDiskAreas, fail func(st
 		}
 		// Only the blocks of the page asked for are hashed: the disk is read once over
 		// all the pages, not once per page.
-		now, err := recordRange(flatPath(backing.FileName), diskCapacity(disk), req.StartOffset, cbtPageSize)
+		// For "*" only zero or not matters: blocks are not hashed then.
+		now, err := recordRange(flatPath(backing.FileName), diskCapacity(disk), req.StartOffset, cbtPageSize, req.ChangeId != "*")
 		if err != nil {
 			return fail("reading the disk: "+err.Error(), &types.FileFault{File: backing.FileName})
 		}
