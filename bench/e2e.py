@@ -560,6 +560,70 @@ def row_vsphere(bench, src, kvm_play):
     )
 
 
+def vcsim_counts(bench):
+    """What the lab vcsim itself counted (tests/lab/vcsim/nfc.go), or None when it does not."""
+    import ssl
+    import urllib.request
+
+    vc = bench.lab["vcsim"]
+    url = "https://%s:%d/lab/nfc-stats" % (vc["hostname"], vc["port"])
+    try:
+        with urllib.request.urlopen(url, context=ssl.create_default_context(cafile=vc["ca_path"]), timeout=30) as r:
+            return json.load(r)
+    except (OSError, ValueError):
+        return None
+
+
+def row_vsphere_data(bench, src):
+    """(3b) KVM -> vSphere costs data, not capacity: bytes sent by the import and read back
+    by verify vs the allocated data, as the module counts them and as vcsim saw them."""
+    work = os.path.join(bench.dir, "vsphere-data")
+    vm = "%s-vsd" % bench.tag
+    bench.vsphere_vms.append(vm)
+    tasks = [
+        bench.export_task(src, work + "/export", "cold"),
+        {
+            "name": "convert",
+            "vmigrate.v2v.convert": {"src": work + "/export", "dest": work + "/vsphere", "target_platform": "vsphere"},
+        },
+        bench.vsphere_task(
+            "import", "vsphere_import", bundle=work + "/vsphere", name=vm, datastore=bench.lab["vcsim"]["datastore"]
+        ),
+        bench.vsphere_task("verify", "vsphere_verify", bundle=work + "/vsphere", vm=vm, boot_check=False),
+    ]
+    settle()
+    try:
+        _seconds, results = bench.play(tasks)
+        counts = vcsim_counts(bench)
+    finally:
+        bench.drop_vsphere_vm(vm)
+        shutil.rmtree(work, ignore_errors=True)
+    imp, ver = results["import"], results["verify"]
+    sent, back = imp.get("bytes_sent", imp["bytes_written"]), ver["bytes_read"]
+    say("(e3b) KVM -> vSphere (vcsim): what the transfer costs, vs %.0f MiB allocated" % mib(src.allocated))
+    say(
+        "     import sent %.0f MiB = %.2fx allocated (%s); verify read back %.0f MiB = %.2fx (%s); goal <= 1.1x each"
+        % (
+            mib(sent),
+            sent / src.allocated,
+            "/".join(sorted({t.get("format", "?") for t in imp.get("transfer", [])})),
+            mib(back),
+            back / src.allocated,
+            "; ".join(sorted({d.get("allocation", "whole capacity") for d in ver.get("disks", [])})),
+        )
+    )
+    if counts is not None:
+        disk = "%s/%s" % (vm, vm)
+        got = sum(u["bytes_received"] for u in counts["uploads"] if u["file"].endswith("] " + disk + ".vmdk"))
+        served = sum(n for f, n in counts["folder_reads"].items() if f.endswith("] " + disk + "-flat.vmdk"))
+        say("     as vcsim counted them: received %.0f MiB, served %.0f MiB" % (mib(got), mib(served)))
+    say(
+        "     before (flat PUT of the whole extent, verify reading every byte): %.0f MiB each way = %.2fx"
+        % (mib(src.capacity), src.capacity / src.allocated)
+    )
+    return {"sent": sent, "read_back": back, "vcsim": counts is not None}
+
+
 def row_warm_full(bench, src, dom, bundle):
     """(4) warm full copy through the backup job vs nbdcopy / qemu-img reading an NBD export."""
     floors = {}
@@ -908,6 +972,7 @@ def run(args, workdir):
             cold = row_cold_kvm(bench, src, args.repeat)
             row_source_reads(bench, src)
             row_vsphere(bench, src, cold["play"])
+            row_vsphere_data(bench, src)
             bundle = os.path.join(bench.dir, "warm")
             dom = start(bench, src)
             full = row_warm_full(bench, src, dom, bundle)

@@ -10,10 +10,13 @@ module: vsphere_import
 short_description: Create a vSphere VM from a bundle, or apply a newer sync to it
 version_added: 0.1.0
 description:
-  - Uploads each disk of a bundle to a datastore as a monolithicFlat VMDK (a descriptor
-    written by C(qemu-img) plus the raw flat extent) over the datastore file service
-    (HTTPS C(/folder)), then creates the VM with C(CreateVM_Task) with the spec's CPUs,
-    memory, firmware, controllers, NICs on the mapped networks and guest id.
+  - Creates the VM with C(ImportVApp) (the spec's CPUs, memory, firmware, controllers,
+    NICs on the mapped networks and guest id; thin disks; changed block tracking on) and
+    sends each disk of the bundle through the import lease as a streamOptimized VMDK
+    (only allocated, non-zero grains, compressed), as ovftool does, so an import costs
+    about the disk's data, not its capacity. The streams are written beside the bundle
+    first (about the compressed data's size), the bundle's disk read once and checked
+    against its digests before vSphere is asked for anything.
   - "The VM's name and each disk's capacity are checked before anything is uploaded: a name
     longer than 80 characters, or a capacity that is not a multiple of 512 bytes (a VMDK
     counts 512-byte sectors), is refused with the fix."
@@ -24,14 +27,16 @@ description:
     A re-run with the same bundle changes nothing; a VM of the same name from another
     origin is refused unless O(replace=true)."
   - "Nothing half-made looks complete: while disks upload, the VM folder holds a
-    C(vmigrate.partial) marker and no VM exists; the VM is created last. A failure
-    removes what the run uploaded, and the VM folder when the run made it. While an
+    C(vmigrate.partial) marker and the VM's provenance says C(incomplete) with no disk
+    vouched for; it is set when the upload completed. A failure aborts the import and
+    removes the VM, the run's files, and the VM folder when the run made it. While an
     existing target is updated it carries extraConfig C(vmigrate.incomplete)."
   - "Incremental syncs: the bundle's disk image is kept up to date by the export, so the
-    changed disks are uploaded again B(whole), because the datastore file service has no
-    partial write. On real vSphere that costs a full disk transfer per changed disk per
-    sync; writing only the changed blocks needs NBD through VMware's VDDK (nbdkit vddk
-    plugin), which is not used here. The target must be powered off."
+    changed disks of an existing VM are uploaded again B(whole) as monolithicFlat extents
+    over the datastore file service (HTTPS C(/folder)), which has no partial write. On
+    real vSphere that costs a full disk transfer per changed disk per sync; writing only
+    the changed blocks needs NBD through VMware's VDDK (nbdkit vddk plugin), which is not
+    used here. The target must be powered off."
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
@@ -126,12 +131,17 @@ spec_changes:
   type: list
   elements: dict
 transfer:
-  description: Per disk, bytes uploaded and read from the bundle, and a progress summary.
+  description: Per disk - id, file, capacity, format (streamOptimized or monolithicFlat), bytes (guest bytes
+    written), bytes_sent (on the wire), and a progress summary.
   returned: when disks were uploaded
   type: list
   elements: dict
+bytes_sent:
+  description: Bytes sent to vSphere for the disks (compressed stream, or whole extents for an update).
+  returned: when disks were uploaded
+  type: int
 bytes_written:
-  description: Bytes sent to the datastore (0 when none).
+  description: Guest bytes written into the target's disks (0 when none).
   returned: always
   type: int
 """

@@ -13,6 +13,10 @@ description:
   - Reads each target disk's flat extent back from the datastore over HTTPS, computes
     its block digests and compares them with the bundle's manifest; checks CPU count,
     memory, firmware, disk count and capacity, NIC count and MACs.
+  - Where the VM has changed block tracking on (as vsphere_import makes it), only the
+    areas C(QueryChangedDiskAreas) with changeId C(*) reports allocated are read; the rest
+    counts as zeros. Otherwise the whole capacity is read; each disk's C(allocation) in
+    RV(disks) says which.
   - The boot check (O(boot_check=true), alias O(power_on)) powers the VM on and waits until it is
     poweredOn. When the guest has VMware Tools, it also waits for a green Tools heartbeat; without
     Tools (as in the lab's simulator) only the power state is checked, and the result says so.
@@ -76,12 +80,14 @@ boot:
   returned: always
   type: dict
 disks:
-  description: Per disk - id, where (the datastore file), capacity, blocks, mismatched, bytes_read, equal.
+  description: Per disk - id, where (the datastore file), capacity, blocks, mismatched, bytes_read, equal, and
+    allocation (how the allocated areas were known - changed block tracking - or why the whole capacity was read).
   returned: when digests were compared
   type: list
   elements: dict
 bytes_read:
-  description: Bytes read back from the datastore.
+  description: Bytes read back from the datastore (only the allocated areas where changed block tracking says
+    which).
   returned: always
   type: int
 """

@@ -139,7 +139,8 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     assert len(disks) == 1 and disks[0].capacityInBytes == os.path.getsize(guest_copy)
     controllers = {d.key: d for d in vm.config.hardware.device}
     assert isinstance(controllers[disks[0].controllerKey], vim.vm.device.ParaVirtualSCSIController)
-    prov = json.loads(next(o.value for o in vm.config.extraConfig if o.key == "vmigrate.provenance"))
+    values = {o.key: o.value for o in vm.config.extraConfig}  # vcsim appends on reconfigure: the last wins
+    prov = json.loads(values["vmigrate.provenance"])
     assert prov["source_id"] == bundle.manifest["source"]["id"]
     assert prov["fingerprint"] == steps.content_fingerprint(bundle.manifest)
     assert prov["chain"] == steps.chain_id(bundle.manifest) and prov["state"] == "complete"
@@ -160,7 +161,11 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     # verify reads the disk back and agrees, and powers the VM on.
     res = run_module("vsphere_verify", conn_vars(lab, bundle=bundle.dir, power_on=True))
     assert not res.get("failed"), res
-    assert res["disks"][0]["mismatched"] == 0 and res["bytes_read"] == os.path.getsize(guest_copy)
+    assert res["disks"][0]["mismatched"] == 0, res
+    # Only the areas changed block tracking reports allocated are read (the guest image
+    # is mostly zeros), in whole digest blocks.
+    assert res["disks"][0]["allocation"].startswith("changed block tracking"), res
+    assert 0 < res["bytes_read"] < os.path.getsize(guest_copy) / 2, res
     assert res["boot"]["power_state"] == "poweredOn"
     WaitForTask(vm.PowerOffVM_Task())
 
@@ -190,7 +195,8 @@ def test_same_name_other_origin_is_refused_unless_replace(lab, vsphere_si, run_m
     res = run_module("vsphere_import", dict(base, bundle=other.dir, replace=True))
     assert res["changed"] and res["replaced"] == moid, res
     vm = find_vm(vsphere_si, vm_name)
-    prov = json.loads(next(o.value for o in vm.config.extraConfig if o.key == "vmigrate.provenance"))
+    values = {o.key: o.value for o in vm.config.extraConfig}  # vcsim appends on reconfigure: the last wins
+    prov = json.loads(values["vmigrate.provenance"])
     assert prov["source_id"] == other.manifest["source"]["id"]
 
 

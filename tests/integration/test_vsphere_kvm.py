@@ -48,6 +48,8 @@ def test_kvm_to_vsphere_cold_playbook(lab, vsphere_si, libvirt_conn, run_playboo
     tag = uuid.uuid4().hex[:6]
     names = {"demo_src": "v2v-ks-" + tag, "demo_dst": "v2v-kd-" + tag, "demo_work": str(tmp_path / "work")}
     names["demo_src_uuid"] = str(uuid.uuid4())  # the playbook's fixed UUID belongs to the demo's domain
+    if os.environ.get("VMIGRATE_LAB_FACTS"):  # the lab the test checks is the one the playbook uses
+        names["lab_facts_file"] = os.environ["VMIGRATE_LAB_FACTS"]
     src_disk = os.path.join(lab["pool_paths"][lab["pools"]["source"]], names["demo_src"] + ".qcow2")
     try:
         proc = run_playbook(os.path.join(ROOT, "playbooks", "kvm_to_vsphere.yml"), names)

@@ -463,6 +463,8 @@ def _verify_disk(platform, vm, bundle, record, tdisk, mismatches):
         return rec
     with platform.open_disk(vm, tdisk) as reader:
         rec["capacity"] = reader.size
+        if getattr(reader, "allocation", None):  # how the target told data from holes, if it did
+            rec["allocation"] = reader.allocation
         if reader.size != record["capacity"]:
             mismatches.extend(compare_disk(record["id"], tdisk["where"], want, want, record["capacity"], reader.size))
             return rec

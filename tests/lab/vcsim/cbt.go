@@ -10,7 +10,8 @@
 //     disk as recorded for the snapshot's changeId with the disk as recorded for the
 //     given changeId and returns the blocks whose bytes differ, merged into extents and
 //     paged by startOffset. changeId "*" returns every block that is not all zeros (the
-//     allocated areas of a freshly tracked disk).
+//     allocated areas of a freshly tracked disk). Without a snapshot (allowed by ESXi for
+//     a powered-off VM only) the disk as it is now is compared.
 //
 // Differences from ESXi a reader should know: the simulator makes no delta disk for a
 // snapshot, so the "snapshot's base disk" is the live flat file (tests write between
@@ -158,6 +159,12 @@ func flatPath(fileName string) string {
 // recordDisk hashes the disk's bytes per block; bytes past the end of the file read as
 // zeros (the simulator creates empty files for new disks).
 func recordDisk(file string, capacity int64) (*diskState, error) {
+	return recordRange(file, capacity, 0, capacity, true)
+}
+
+// recordRange is recordDisk for the blocks of [start, start+length) only; the other
+// blocks are recorded as zeros. Without hashed, a non-zero block gets a fixed marker.
+func recordRange(file string, capacity, start, length int64, hashed bool) (*diskState, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
@@ -167,7 +174,11 @@ func recordDisk(file string, capacity int64) (*diskState, error) {
 	state := &diskState{size: capacity, blocks: make([][sha256.Size]byte, n)}
 	zero := [sha256.Size]byte{}
 	buf := make([]byte, cbtBlockSize)
-	for i := int64(0); i < n; i++ {
+	last := (start + length + cbtBlockSize - 1) / cbtBlockSize
+	if last > n {
+		last = n
+	}
+	for i := start / cbtBlockSize; i < last; i++ {
 		got, err := f.ReadAt(buf, i*cbtBlockSize)
 		if err != nil && err != io.EOF {
 			return nil, err
@@ -180,8 +191,10 @@ func recordDisk(file string, capacity int64) (*diskState, error) {
 		}
 		if bytes.Equal(buf, zeroBlock) {
 			state.blocks[i] = zero
-		} else {
+		} else if hashed {
 			state.blocks[i] = sha256.Sum256(buf)
+		} else {
+			state.blocks[i] = [sha256.Size]byte{1}
 		}
 	}
 	return state, nil
@@ -195,7 +208,7 @@ func (t *changeTracker) QueryChangedDiskAreas(req *types.QueryChangedDiskAreas) 
 		return body
 	}
 	if req.Snapshot == nil {
-		return fail("lab vcsim: QueryChangedDiskAreas needs a snapshot", &types.InvalidArgument{InvalidProperty: "snapshot"})
+		return t.queryLive(req, fail)
 	}
 	snap, ok := simulator.Map.Get(*req.Snapshot).(*simulator.VirtualMachineSnapshot)
 	if !ok || snap.Vm.Value != t.Self.Value {
@@ -214,11 +227,54 @@ func (t *changeTracker) QueryChangedDiskAreas(req *types.QueryChangedDiskAreas) 
 	if capacity == 0 {
 		return fail(fmt.Sprintf("no virtual disk with key %d in the snapshot", req.DeviceKey), &types.InvalidArgument{InvalidProperty: "deviceKey"})
 	}
+	cbt.Lock()
+	now := cbt.states[current]
+	cbt.Unlock()
+	return changedAreas(req, now, capacity, fail)
+}
+
+// queryLive answers a call without a snapshot. As on ESXi this is allowed only for a
+// powered-off VM with tracking on, and compares against the disk as it is now (nfc.go's
+// imports set tracking on at creation, so "*" gives the allocated areas of the disk).
+func (t *changeTracker) queryLive(req *types.QueryChangedDiskAreas, fail func(string, types.BaseMethodFault) soap.HasFault) soap.HasFault {
+	vm, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: t.Self.Value}).(*simulator.VirtualMachine)
+	if !ok {
+		return fail("VM not found", &types.ManagedObjectNotFound{Obj: t.Self})
+	}
+	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+		return fail("QueryChangedDiskAreas without a snapshot needs a powered-off VM", &types.InvalidArgument{InvalidProperty: "snapshot"})
+	}
+	if vm.Config.ChangeTrackingEnabled == nil || !*vm.Config.ChangeTrackingEnabled {
+		return fail("change tracking is not enabled for this VM", &types.FileFault{File: "changeTracking"})
+	}
+	for _, dev := range vm.Config.Hardware.Device {
+		disk, ok := dev.(*types.VirtualDisk)
+		if !ok || disk.Key != req.DeviceKey {
+			continue
+		}
+		backing, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		if !ok {
+			break
+		}
+		// Only the blocks of the page asked for are hashed: the disk is read once over
+		// all the pages, not once per page.
+		// For "*" only zero or not matters: blocks are not hashed then.
+		now, err := recordRange(flatPath(backing.FileName), diskCapacity(disk), req.StartOffset, cbtPageSize, req.ChangeId != "*")
+		if err != nil {
+			return fail("reading the disk: "+err.Error(), &types.FileFault{File: backing.FileName})
+		}
+		return changedAreas(req, now, diskCapacity(disk), fail)
+	}
+	return fail(fmt.Sprintf("no virtual disk with key %d", req.DeviceKey), &types.InvalidArgument{InvalidProperty: "deviceKey"})
+}
+
+// changedAreas compares the disk as recorded in now with the one of req.ChangeId.
+func changedAreas(req *types.QueryChangedDiskAreas, now *diskState, capacity int64, fail func(string, types.BaseMethodFault) soap.HasFault) soap.HasFault {
+	body := &methods.QueryChangedDiskAreasBody{}
 	if req.StartOffset < 0 || req.StartOffset >= capacity {
 		return fail("startOffset is outside the disk", &types.InvalidArgument{InvalidProperty: "startOffset"})
 	}
 	cbt.Lock()
-	now := cbt.states[current]
 	before, known := cbt.states[req.ChangeId]
 	cbt.Unlock()
 	if now == nil {

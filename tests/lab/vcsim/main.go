@@ -115,8 +115,8 @@ func main() {
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, password)}
 	server := model.Service.NewServer()
 	// Set before any client can know the address (the -info file is written below).
-	// faults.go: fault injection for tests, switched on per VM.
-	server.Config.Handler = faultHandler(cbtHandler(server.Config.Handler))
+	// faults.go: fault injection for tests, switched on per VM; nfc.go: disk imports.
+	server.Config.Handler = faultHandler(cbtHandler(nfcHandler(server.Config.Handler)))
 
 	facts := info{URL: strings.Replace(server.URL.String(), server.URL.User.String()+"@", "", 1), PID: os.Getpid(), Datastores: map[string]string{}}
 	for _, e := range simulator.Map.All("Datastore") {

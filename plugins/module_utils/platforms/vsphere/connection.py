@@ -4,10 +4,12 @@
 """Connecting to vSphere through pyvmomi: options, TLS (CA file or pinned thumbprint),
 retries of transient faults, tasks, and the datastore file service.
 
-Disk bytes travel over the datastore file service (HTTPS ``/folder/<path>?dcPath=&dsName=``):
-GET with Range to read, PUT to write. That service is part of every vCenter and ESXi
-and needs no extra library; NBD through nbdkit's VDDK plugin is faster on real vSphere
-but needs VMware's proprietary VDDK, which users must provide themselves.
+Disk bytes travel over HTTPS and need no extra library: a new VM's disks are POSTed as
+streamOptimized VMDKs to the device URLs of an ImportVApp lease (``upload_to_lease``);
+other reads and writes use the datastore file service (``/folder/<path>?dcPath=&dsName=``):
+GET with Range to read (only the allocated areas ``allocated_areas`` gives, where it
+can), PUT to write whole files. NBD through nbdkit's VDDK plugin would write ranges on
+real vSphere but needs VMware's proprietary VDDK, which users must provide themselves.
 """
 
 from __future__ import annotations
@@ -325,12 +327,14 @@ class DatastoreFile:
 
     Presents the guest-reader shape the engine uses (.size, .extents(), .pread(),
     .readinto()), so the engine's digest and copy code reads vSphere disks too.
-    ``bytes_read`` counts what really came over the wire.
+    ``bytes_read`` counts what really came over the wire. ``allocated`` ([(start,
+    length)], from vSphere's changed block tracking) makes extents() give only those
+    ranges as data and the rest as zeros; ``allocation`` says where the extents came from.
     """
 
     zero_copy = False
 
-    def __init__(self, conn, ds_name, path, size=None):
+    def __init__(self, conn, ds_name, path, size=None, allocated=None, allocation=None):
         self.conn = conn
         self.ds_name = ds_name
         self.path = "[%s] %s" % (ds_name, path)
@@ -338,6 +342,8 @@ class DatastoreFile:
         self._http = None
         self.bytes_read = 0
         self.size = size if size is not None else self._head()
+        self.allocated = allocated
+        self.allocation = allocation
 
     def _client(self):
         if self._http is None:
@@ -370,7 +376,10 @@ class DatastoreFile:
     data_end = None  # set when the file is shorter than the disk: zeros after it
 
     def extents(self, meta_context=None):
-        """One data extent: the file service does not tell holes from data."""
+        """The allocated ranges as data, the rest zeros; without them one data extent
+        (the file service does not tell holes from data)."""
+        if self.allocated is not None:
+            return areas_to_extents(self.allocated, self.size)
         end = self.size if self.data_end is None else self.data_end
         out = [Extent(0, end, True, False)] if end else []
         if end < self.size:
@@ -529,3 +538,133 @@ def datastore_dir_exists(conn, ds_name, path):
             return False
         raise
     return True
+
+
+def areas_to_extents(areas, size):
+    """[(start, length)] data ranges (sorted, may touch) -> Extents covering 0..size, the
+    gaps as zero extents; ranges past ``size`` are cut."""
+    out = []
+    pos = 0
+    for start, length in sorted(areas):
+        start, end = max(start, pos), min(start + length, size)
+        if end <= start:
+            continue
+        if start > pos:
+            out.append(Extent(pos, start - pos, False, True))
+        if out and out[-1].data and out[-1].start + out[-1].length == start:
+            out[-1] = Extent(out[-1].start, end - out[-1].start, True, False)
+        else:
+            out.append(Extent(start, end - start, True, False))
+        pos = end
+    if pos < size:
+        out.append(Extent(pos, size - pos, False, True))
+    return out
+
+
+def allocated_areas(vm, device_key, capacity):
+    """The allocated areas of a powered-off VM's disk: QueryChangedDiskAreas with changeId
+    "*" and no snapshot (vSphere allows that for a powered-off VM with changed block
+    tracking on), paged through the disk. Raises vmodl.MethodFault when vSphere cannot say.
+    """
+    areas = []
+    offset = 0
+    while offset < capacity:
+        info = vm.QueryChangedDiskAreas(snapshot=None, deviceKey=device_key, startOffset=offset, changeId="*")
+        areas.extend((a.start, a.length) for a in info.changedArea or [])
+        if info.length <= 0:
+            break
+        offset = info.startOffset + info.length
+    return areas
+
+
+STREAM_VMDK_TYPE = "application/x-vnd.vmware-streamVmdk"
+LEASE_PROGRESS_EVERY = 30  # seconds; vSphere ends an import lease left without news for ~5 min
+
+
+def upload_to_lease(conn, device_url, local, what, lease=None, progress=None, total=None, done=0, clock=time.monotonic):
+    """POST a streamOptimized VMDK file (the disk ``what``, a datastore path) to an import
+    lease's device URL; return the bytes sent.
+
+    The URL names the ESXi host that writes the disk; '*' stands for the host we are
+    connected to. Another host is trusted by the lease's SHA-1 thumbprint of its
+    certificate (vCenter vouches for it), as ovftool and govc do. ``lease`` gets
+    HttpNfcLeaseProgress (percent of ``total`` bytes, ``done`` before this file) so
+    vSphere keeps it open during long uploads.
+    """
+    url = urllib.parse.urlsplit(device_url.url)
+    host, port = url.hostname, url.port or 443
+    if host == "*" or (host == conn.host and port == conn.port):
+        client = conn.http()
+        host, port = conn.host, conn.port
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if not device_url.sslThumbprint:
+            ctx = conn.ssl
+        client = http.client.HTTPSConnection(host, port, context=ctx, timeout=min(conn.timeout, 600))
+        client.connect()
+        if device_url.sslThumbprint:
+            check_thumbprint(client.sock.getpeercert(binary_form=True), device_url.sslThumbprint, host)
+    target = url.path + ("?" + url.query if url.query else "")
+    size = os.path.getsize(local)
+    sent = 0
+    told = clock()
+    try:
+        client.putrequest("POST", target)
+        for key, value in conn._headers({"Content-Type": STREAM_VMDK_TYPE, "Content-Length": str(size)}).items():
+            client.putheader(key, value)
+        client.endheaders()
+        with open(local, "rb") as fh:
+            while True:
+                chunk = fh.read(HTTP_CHUNK)
+                if not chunk:
+                    break
+                client.send(chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress.advance(len(chunk))
+                if lease is not None and total and clock() - told >= LEASE_PROGRESS_EVERY:
+                    lease.HttpNfcLeaseProgress(percent=min(99, int(100 * (done + sent) / total)))
+                    told = clock()
+        resp = client.getresponse()
+        body = resp.read()
+    except (http.client.HTTPException, OSError) as exc:
+        raise PlatformError(
+            "upload of disk %s to %s:%s failed after %d of %d bytes: %s: %s"
+            % (what, host, port, sent, size, type(exc).__name__, exc),
+            "check vSphere is up and the datastore has space, then re-run (the import starts again)",
+        ) from exc
+    finally:
+        client.close()
+    if resp.status not in (200, 201, 204):
+        raise PlatformError(
+            "upload of disk %s to %s:%s answered HTTP %d: %s"
+            % (what, host, port, resp.status, body[:200].decode("utf-8", "replace")),
+            "check the datastore has space and the user may import VMs (VApp.Import privilege)",
+        )
+    return sent
+
+
+def wait_lease(lease, what, timeout=3600, poll=0.1, clock=time.monotonic, sleep=time.sleep):
+    """Wait until an HttpNfcLease is ready; return its info, or raise with its error."""
+    deadline = clock() + timeout
+    while True:
+        props = get_props(lease, ["state", "error", "info"])
+        state = props.get("state")
+        if state == vim.HttpNfcLease.State.ready:
+            return props.get("info")
+        if state == vim.HttpNfcLease.State.error:
+            raise PlatformError(
+                "vSphere could not start %s: %s" % (what, fault_text(props.get("error"))),
+                "read the error above (free space, permissions, the VM's configuration)",
+            )
+        if state == vim.HttpNfcLease.State.done:
+            raise PlatformError("the import lease of %s ended before any upload" % what, "re-run the import")
+        if clock() > deadline:
+            raise PlatformError(
+                "the import lease of %s was not ready in %d s (state %s)" % (what, timeout, state),
+                "raise the timeout option or look at the task in vCenter",
+            )
+        sleep(poll)
+        poll = min(poll * 2, 2.0)

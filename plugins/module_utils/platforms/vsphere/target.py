@@ -1,18 +1,24 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmigrate.v2v contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vSphere as a target: import (upload monolithicFlat VMDKs, CreateVM, bring up to date,
-replace), the primitives verify reads the target with, and the boot check."""
+"""vSphere as a target: import (ImportVApp with streamOptimized VMDKs through an NFC
+lease; whole monolithicFlat disks to bring a VM up to date), the primitives verify reads
+the target with (only allocated areas where changed block tracking says which), and the
+boot check."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import posixpath
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
+import zlib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
@@ -24,12 +30,17 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles im
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
     HTTP_CHUNK,
     DatastoreFile,
+    allocated_areas,
     datastore_dir_exists,
     delete_file,
+    fault_text,
     flat_name,
     put_file,
     split_ds_path,
+    upload_to_lease,
     vim,
+    vmodl,
+    wait_lease,
     wait_task,
 )
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inventory import (
@@ -73,12 +84,16 @@ class VsphereTarget(VsphereInventory):
     # -- the target primitives engine/steps.run_import uses --
 
     def create_vm(self, name, spec, bundle, prov, options, check_mode):
-        """Upload the disks, then create the VM.
+        """Import the VM with its disks through an NFC lease (ImportVApp).
 
-        Order, so that nothing half-made looks complete: the VM folder first gets a
-        ``vmigrate.partial`` marker, then every disk (descriptor + flat extent), then the
-        VM is created (its provenance says it is complete) and the marker removed. A
-        failure removes what this run uploaded (and the folder, when it made it).
+        Each disk goes as a streamOptimized VMDK (only allocated grains, compressed), so
+        the transfer costs data, not capacity; vSphere writes it into a thin disk. Order,
+        so that nothing half-made looks complete: the disks are converted and checked
+        against the bundle's digests first; the VM folder gets a ``vmigrate.partial``
+        marker; ImportVApp creates the VM (its provenance says incomplete, no disk
+        vouched for) and its empty disks; the disks are uploaded, the lease completed,
+        the provenance set, the marker removed. A failure aborts the lease and removes
+        the VM and what this run made (the folder, when it made it).
         """
         # vSphere's own form of the name: the VM's name and its datastore folder and files
         # (a/b -> a%2fb), as vCenter writes them for a VM created in its client.
@@ -89,29 +104,127 @@ class VsphereTarget(VsphereInventory):
             result["vsphere_name"] = vsphere_name
         if check_mode:
             return result
-        uploaded = []
+        made = []
         ds_name = plan["datastore"]
         marker = "%s/vmigrate.partial" % vsphere_name
         # A folder this run makes is removed whole on failure (with whatever a failed
-        # CreateVM left in it); in a folder that was there, only our own files are.
+        # import left in it); in a folder that was there, only our own files are.
         made_folder = not datastore_dir_exists(self.conn, ds_name, vsphere_name)
+        lease = vm = None
+        work = tempfile.mkdtemp(prefix=".vmigrate-upload-", dir=_scratch_dir(bundle))
         try:
+            # The disks are made ready (and checked against the bundle) before vSphere is
+            # asked for anything, so a bad bundle leaves nothing behind.
+            streams = [self._stream_disk(bundle, item, work) for item in plan["disks"]]
             put_file(self.conn, ds_name, marker, json.dumps(prov).encode(), len(json.dumps(prov)))
-            stats = []
-            for item in plan["disks"]:
-                stats.append(self._upload_disk(bundle, item, uploaded))
-            vm = self._create_vm(vsphere_name, spec, plan, prov, options)
+            config = self._config_spec(vsphere_name, spec, plan, prov, options)
+            folder = self._folder(options.get("folder"))
+            pool = self._resource_pool(options.get("resource_pool"))
+            try:
+                lease = pool.ImportVApp(spec=vim.VirtualMachineImportSpec(configSpec=config), folder=folder)
+            except vmodl.MethodFault as exc:
+                raise PlatformError(
+                    "vSphere refused the import (create VM %s): %s" % (vsphere_name, fault_text(exc)),
+                    "read the error above (free space, permissions, hardware_version, the VM's configuration)",
+                    fault=type(exc).__name__,
+                ) from exc
+            info = wait_lease(lease, "the import of VM %s" % vsphere_name, self.conn.timeout)
+            vm = info.entity
+            for item in plan["disks"]:  # the VM's disk files now exist, made by this run
+                made += [(item["datastore"], flat_name(item["path"])), (item["datastore"], item["path"])]
+            stats = self._upload_disks(plan, streams, lease, info)
+            lease.HttpNfcLeaseComplete()
+            lease = None
+            self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
         except BaseException:
-            self._cleanup(uploaded, ds_name, marker, vsphere_name if made_folder else None)
+            self._abort_import(lease, vm)
+            self._cleanup(made, ds_name, marker, vsphere_name if made_folder else None)
             raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         try:
             delete_file(self.conn, "[%s] %s" % (ds_name, marker))
         except PlatformError as exc:  # the VM is complete; a stale marker only costs a file
             result["warnings"] = ["could not remove [%s] %s: %s" % (ds_name, marker, exc)]
         result.update(moid=vm._moId, instance_uuid=vm.config.instanceUuid)
         result["transfer"] = stats
+        result["bytes_sent"] = sum(s["bytes_sent"] for s in stats)
         result["bytes_written"] = sum(s["bytes"] for s in stats)
         return result
+
+    def _abort_import(self, lease, vm):
+        """After a failed import: abort the lease, and remove the VM if vSphere left it."""
+        if lease is not None:
+            try:
+                lease.HttpNfcLeaseAbort()
+            except Exception:  # the lease may be gone already; the VM is what matters
+                pass
+        if vm is None:
+            return
+        try:
+            self._destroy(vm)
+        except Exception:  # vSphere removes the VM of an aborted import itself
+            pass
+
+    def _upload_disks(self, plan, streams, lease, info):
+        """Send every disk's stream to its device URL of the lease."""
+        urls = [u for u in info.deviceUrl or [] if u.disk]
+        if len(urls) != len(plan["disks"]):
+            raise PlatformError(
+                "the import lease offers %d disk URLs for %d disks" % (len(urls), len(plan["disks"])),
+                "report this with the vSphere version",
+            )
+        # vSphere names each URL's disk file in targetId (the file's base name); else the
+        # URLs come in the VM's device order, which is the plan's order.
+        by_name = {u.targetId: u for u in urls if u.targetId}
+        if all(os.path.basename(item["path"]) in by_name for item in plan["disks"]):
+            urls = [by_name[os.path.basename(item["path"])] for item in plan["disks"]]
+        total = sum(os.path.getsize(st["path"]) for st in streams)
+        stats, done = [], 0
+        for item, url, st in zip(plan["disks"], urls, streams, strict=True):
+            progress = Progress("upload %s" % item["id"], os.path.getsize(st["path"]))
+            sent = upload_to_lease(self.conn, url, st["path"], item["file"], lease, progress, total, done)
+            done += sent
+            stats.append(
+                {
+                    "id": item["id"],
+                    "file": item["file"],
+                    "capacity": item["capacity"],
+                    "bytes": st["data"],
+                    "bytes_sent": sent,
+                    "format": "streamOptimized",
+                    "progress": progress.finish(),
+                }
+            )
+        return stats
+
+    def _stream_disk(self, bundle, item, work):
+        """The disk as a streamOptimized VMDK in ``work``: the bundle's disk is read once
+        (allocated extents only), hashed on the way and checked against the bundle's
+        digests; only non-zero grains are written, compressed on every core."""
+        record = item["record"]
+        capacity = item["capacity"]
+        adapter = ADAPTER_TYPE.get(item["controller"] or item["bus"], "lsilogic")
+        stream = os.path.join(work, "%s.vmdk" % len(os.listdir(work)))
+        path = bundle.disk_path(record)
+        with _disk.open_guest(path, record["format"]) as reader:
+            if reader.size != capacity:
+                raise InputError(
+                    "disk %s of bundle %s holds %d bytes, its capacity is %d"
+                    % (item["id"], bundle.dir, reader.size, capacity),
+                    "re-run the export",
+                )
+            block_size = record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE
+            digests, data = write_stream_vmdk(reader, stream, adapter, block_size)
+        want = bundle.load_digests(record)
+        if want is not None and want != digests:
+            bad = digests.changed_blocks(want)
+            raise PlatformError(
+                "disk %s read from the bundle differs from its manifest digests in %d blocks (first at byte %d)"
+                % (item["id"], len(bad), bad[0] * digests.block_size),
+                "the bundle's disk changed after export: re-run the export",
+            )
+        return {"path": stream, "data": data}
 
     def remove_vm(self, vm, spec, options, check_mode):
         moid = vm._moId
@@ -188,7 +301,11 @@ class VsphereTarget(VsphereInventory):
         )
 
     def _upload_disk(self, bundle, item, uploaded):
-        """PUT the flat extent (guest bytes) and then its descriptor."""
+        """PUT the flat extent (guest bytes, the whole capacity) and then its descriptor.
+
+        Used to rewrite a disk of an existing VM (incremental sync): the datastore file
+        service writes whole files only, and an import lease makes a new VM.
+        """
         record = item["record"]
         path = bundle.disk_path(record)
         capacity = item["capacity"]
@@ -222,7 +339,10 @@ class VsphereTarget(VsphereInventory):
         return {
             "id": item["id"],
             "file": item["file"],
+            "capacity": capacity,
             "bytes": capacity,
+            "bytes_sent": capacity + len(descriptor),
+            "format": "monolithicFlat",
             "bytes_read": source.bytes_read,
             "progress": summary,
         }
@@ -272,7 +392,8 @@ class VsphereTarget(VsphereInventory):
             )
         return folder
 
-    def _create_vm(self, name, spec, plan, prov, options):
+    def _config_spec(self, name, spec, plan, prov, options):
+        """The new VM's ConfigSpec; its disks are created (thin) by the import."""
         changes = []
         controllers = {}
         units = {}
@@ -309,8 +430,8 @@ class VsphereTarget(VsphereInventory):
             disk.backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
                 fileName=item["file"], diskMode="persistent", thinProvisioned=True
             )
-            # No fileOperation: the disk files exist already (uploaded above).
-            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=disk))
+            # Created empty by the import; the lease's upload fills it.
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
         for nic in spec["nics"]:
             dev = _new_nic(nic["model"])
             dev.key = new_key()
@@ -343,15 +464,21 @@ class VsphereTarget(VsphereInventory):
             annotation=_annotation(spec, prov),
             files=vim.vm.FileInfo(vmPathName="[%s] %s/%s.vmx" % (plan["datastore"], name, name)),
             deviceChange=changes,
-            extraConfig=[vim.option.OptionValue(key=PROVENANCE_KEY, value=json.dumps(prov, sort_keys=True))],
+            # Incomplete, vouching for no disk, until the disks are uploaded: a run that
+            # dies half-way leaves a VM the next run rewrites.
+            extraConfig=[
+                vim.option.OptionValue(
+                    key=PROVENANCE_KEY, value=json.dumps(dict(prov, state="incomplete", disks={}), sort_keys=True)
+                )
+            ],
+            # Changed block tracking lets verify read back only the allocated areas.
+            changeTrackingEnabled=True,
         )
         if uefi:
             config.bootOptions = vim.vm.BootOptions(efiSecureBootEnabled=bool(spec["firmware"]["secure_boot"]))
         if options.get("hardware_version"):
             config.version = options["hardware_version"]
-        folder = self._folder(options.get("folder"))
-        pool = self._resource_pool(options.get("resource_pool"))
-        return wait_task(folder.CreateVM_Task(config=config, pool=pool), "create VM %s" % name, self.conn.timeout)
+        return config
 
     def _update_vm(self, vm, bundle, spec, decision, result, check_mode):
         """Same source, other content: upload the changed disks again, whole.
@@ -392,7 +519,14 @@ class VsphereTarget(VsphereInventory):
             }
             stats.append(self._upload_disk(bundle, item, []))
         self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(decision.want, sort_keys=True), INCOMPLETE_KEY: ""})
+        # An import that died half-way left its folder's marker; the VM is complete now.
+        ds_name, path = split_ds_path(vm.config.files.vmPathName)
+        try:
+            delete_file(self.conn, "[%s] %s" % (ds_name, posixpath.join(posixpath.dirname(path), "vmigrate.partial")))
+        except PlatformError as exc:
+            result["warnings"] = ["could not remove the import marker beside %s: %s" % (path, exc)]
         result["transfer"] = stats
+        result["bytes_sent"] = sum(s["bytes_sent"] for s in stats)
         result["bytes_written"] = sum(s["bytes"] for s in stats)
         return result
 
@@ -403,9 +537,20 @@ class VsphereTarget(VsphereInventory):
         return [dict(d, where=d["file"]) for d in vm_disks(vm)]
 
     def open_disk(self, vm, tdisk):
+        """The disk's flat extent; with changed block tracking on (the VM is off when
+        verify reads it), only its allocated areas are read, the rest count as zeros."""
         ds_name, path = split_ds_path(tdisk["file"])
+        areas, allocation = None, "unknown (changed block tracking is off): the whole capacity is read"
+        if vm.config.changeTrackingEnabled:
+            try:
+                areas = allocated_areas(vm, tdisk["key"], tdisk["capacity"])
+                allocation = "changed block tracking (QueryChangedDiskAreas '*')"
+            except vmodl.MethodFault as exc:
+                allocation = "unknown (QueryChangedDiskAreas failed: %s): the whole capacity is read" % fault_text(exc)
         # The size the guest sees is the VM's disk capacity, whatever the flat file's length.
-        return DatastoreFile(self.conn, ds_name, flat_name(path), size=tdisk["capacity"])
+        return DatastoreFile(
+            self.conn, ds_name, flat_name(path), size=tdisk["capacity"], allocated=areas, allocation=allocation
+        )
 
     def boot_check(self, vm, options):
         """Power on and wait for poweredOn (and a VMware Tools heartbeat where there are Tools)."""
@@ -514,3 +659,175 @@ class _ExtentSource:
             self.bytes_read += hi - lo
             self.hasher.feed(lo, data)
         return bytes(out)
+
+
+def _scratch_dir(bundle):
+    """Where the streamOptimized copy of a disk is written: beside the bundle (sized for
+    disks), else the system's temporary directory."""
+    return bundle.dir if os.access(bundle.dir, os.W_OK) else None
+
+
+SECTOR = 512
+_STREAM_FLAGS = (1 << 16) | (1 << 17)  # compressed grains, markers
+
+
+def read_stream_vmdk(path):
+    """A streamOptimized VMDK's capacity in bytes and an iterator of (offset, data) for
+    its grains, inflated, in file order (a reader for tests and checks; write_stream_vmdk
+    below writes them).
+
+    Layout (VMware's Virtual Disk Format 5.0): a 512-byte sparse header, the embedded
+    descriptor, then from ``overHead`` sectors on, sector-aligned records: a grain is
+    lba (u64), size (u32) and ``size`` bytes of zlib data; a marker has size 0, a type
+    (u32; 0 ends the stream) and is followed by ``lba`` sectors of metadata (tables,
+    footer), which are skipped.
+    """
+    with open(path, "rb") as fh:
+        header = fh.read(SECTOR)
+    if len(header) < SECTOR or header[:4] != b"KDMV":
+        raise PlatformError("%s is not a sparse VMDK" % path, "give a streamOptimized VMDK")
+    flags, sectors = struct.unpack_from("<IQ", header, 8)
+    overhead = struct.unpack_from("<Q", header, 64)[0]
+    if flags & _STREAM_FLAGS != _STREAM_FLAGS or struct.unpack_from("<H", header, 77)[0] != 1:
+        raise PlatformError("%s is not a streamOptimized VMDK" % path, "give a streamOptimized VMDK")
+    return sectors * SECTOR, _stream_grains(path, overhead * SECTOR, sectors * SECTOR)
+
+
+def _stream_grains(path, start, capacity):
+    with open(path, "rb") as fh:
+        pos = start
+        while True:
+            fh.seek(pos)
+            head = fh.read(16)
+            if not head:  # qemu-img ends a stream without grains after its tables, unmarked
+                return
+            if len(head) < 12:
+                raise PlatformError("%s ends inside a grain header" % path, "report this bug")
+            lba, size = struct.unpack_from("<QI", head)
+            if size == 0:
+                if len(head) < 16 or struct.unpack_from("<I", head, 12)[0] == 0:
+                    return
+                pos += SECTOR + lba * SECTOR
+                continue
+            fh.seek(pos + 12)
+            data = zlib.decompress(fh.read(size))
+            offset = lba * SECTOR
+            if offset + len(data) > capacity:
+                data = data[: max(0, capacity - offset)]
+            yield offset, data
+            pos += -(-(12 + size) // SECTOR) * SECTOR
+
+
+GRAIN = 64 * 1024  # bytes per grain (128 sectors), as VMware's tools write them
+GT_ENTRIES = 512  # grain table entries: one table covers 32 MiB
+_MARKER_GT, _MARKER_GD, _MARKER_FOOTER = 1, 2, 3
+_GD_AT_END = 0xFFFFFFFFFFFFFFFF
+
+
+def _stream_header(capacity, desc_sectors, overhead, gd_offset):
+    """The 512-byte sparse extent header of a streamOptimized VMDK (Virtual Disk Format 5.0)."""
+    head = struct.pack(
+        "<4sIIQQQQIQQQB4sH",
+        b"KDMV",
+        3,  # version
+        1 | _STREAM_FLAGS,  # newline test valid, compressed grains, markers
+        -(-capacity // SECTOR),
+        GRAIN // SECTOR,
+        1,  # the descriptor follows the header
+        desc_sectors,
+        GT_ENTRIES,
+        0,  # no redundant grain directory
+        gd_offset,
+        overhead,
+        0,  # clean
+        b"\n \r\n",
+        1,  # deflate
+    )
+    return head.ljust(SECTOR, b"\0")
+
+
+def _stream_descriptor(capacity, adapter):
+    sectors = -(-capacity // SECTOR)
+    cylinders = min(65535, max(1, sectors // (255 * 63)))
+    return (
+        '# Disk DescriptorFile\nversion=1\nCID=%08x\nparentCID=ffffffff\ncreateType="streamOptimized"\n\n'
+        '# Extent description\nRW %d SPARSE "disk.vmdk"\n\n# The Disk Data Base\n#DDB\n\n'
+        'ddb.adapterType = "%s"\nddb.geometry.cylinders = "%d"\nddb.geometry.heads = "255"\n'
+        'ddb.geometry.sectors = "63"\nddb.virtualHWVersion = "4"\n'
+    ) % (int.from_bytes(os.urandom(4), "big") | 1, sectors, adapter, cylinders)
+
+
+def _marker(sectors, kind):
+    return struct.pack("<QII", sectors, 0, kind).ljust(SECTOR, b"\0")
+
+
+def _deflate(grain):
+    """A grain as zlib data. Deflating incompressible data (encrypted, already compressed)
+    costs ~15 ns a byte and saves nothing, so a grain whose first 4 KiB do not shrink
+    by 1/16 is stored (deflate's uncompressed blocks: valid zlib at copying speed)."""
+    if len(zlib.compress(grain[:4096], 1)) > 3840:
+        return zlib.compress(grain, 0)
+    return zlib.compress(grain, 1)
+
+
+def write_stream_vmdk(reader, path, adapter="lsilogic", block_size=_blocks.DEFAULT_BLOCK_SIZE, workers=None):
+    """Write guest reader ``reader`` to ``path`` as a streamOptimized VMDK; return its
+    (DigestList, guest bytes in grains).
+
+    Only the allocated extents are read (once); grains that are all zeros are left out;
+    the others are deflated in parallel (zlib releases the GIL), then the grain tables,
+    the grain directory, the footer and the end-of-stream marker follow, as the format
+    asks of a stream. The digests are taken on the same pass.
+    """
+    capacity = reader.size
+    hasher = _blocks.BlockHasher(capacity, block_size)
+    ngrains = -(-capacity // GRAIN)
+    table = [0] * (-(-ngrains // GT_ENTRIES) * GT_ENTRIES)  # grain -> its sector in the file
+    descriptor = _stream_descriptor(capacity, adapter).encode("ascii")
+    desc_sectors = -(-len(descriptor) // SECTOR)
+    overhead = 128  # sectors before the first grain: header and descriptor, rounded to a grain
+    data = 0
+    zeros = bytes(GRAIN)
+    workers = workers or _blocks.default_workers()
+    ranges = _blocks._data_ranges(reader.extents(), capacity, max(GRAIN, block_size))
+    with open(path, "wb") as out, concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        out.write(_stream_header(capacity, desc_sectors, overhead, _GD_AT_END))
+        out.write(descriptor.ljust(desc_sectors * SECTOR, b"\0"))
+        out.seek(overhead * SECTOR)
+        pos = overhead * SECTOR
+        for off, chunk, length in _blocks._read_ahead(reader, ranges, _blocks.CHUNK, max(GRAIN, block_size)):
+            hasher.feed(off, chunk, length, pool=pool, workers=workers)
+            view = memoryview(chunk)
+            grains = [
+                (off + i, bytes(view[i : min(i + GRAIN, length)]))
+                for i in range(0, length, GRAIN)
+                if not chunk.startswith(zeros[: min(GRAIN, length - i)], i)
+            ]
+            packed = pool.map(lambda g: _deflate(g[1]), grains)
+            for (goff, grain), z in zip(grains, packed, strict=True):
+                table[goff // GRAIN] = pos // SECTOR
+                record = struct.pack("<QI", goff // SECTOR, len(z)) + z
+                out.write(record.ljust(-(-len(record) // SECTOR) * SECTOR, b"\0"))
+                pos += -(-len(record) // SECTOR) * SECTOR
+                data += len(grain)
+        # Grain tables (only those with grains), then the directory pointing at them.
+        directory = []
+        gt_sectors = GT_ENTRIES * 4 // SECTOR
+        for t in range(0, len(table), GT_ENTRIES):
+            entries = table[t : t + GT_ENTRIES]
+            if not any(entries):
+                directory.append(0)
+                continue
+            out.write(_marker(gt_sectors, _MARKER_GT))
+            directory.append(pos // SECTOR + 1)
+            out.write(struct.pack("<%dI" % GT_ENTRIES, *entries))
+            pos += SECTOR + gt_sectors * SECTOR
+        gd = struct.pack("<%dI" % len(directory), *directory)
+        gd_sectors = -(-len(gd) // SECTOR)
+        out.write(_marker(gd_sectors, _MARKER_GD))
+        gd_offset = pos // SECTOR + 1
+        out.write(gd.ljust(gd_sectors * SECTOR, b"\0"))
+        out.write(_marker(1, _MARKER_FOOTER))
+        out.write(_stream_header(capacity, desc_sectors, overhead, gd_offset))
+        out.write(bytes(SECTOR))  # end of stream
+    return hasher.finish(), data

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
+import subprocess
 
 import pytest
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _connection
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import target as _target
@@ -98,3 +101,134 @@ def test_vmdk_descriptor_is_qemu_img_s(tmp_path):
     with open(tmp_path / "web01-flat.vmdk", "wb") as fh:
         fh.truncate(64 * 1024 * 1024)
     assert _disk.info(str(tmp_path / "web01.vmdk"), "vmdk")["virtual-size"] == 64 * 1024 * 1024
+
+
+# -- streamOptimized VMDKs (the import's upload format) and allocated areas (verify's reads)
+
+MIB = 1024 * 1024
+
+
+def _stream_of(tmp_path, pieces, size):
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as fh:
+        fh.truncate(size)
+        for offset, data in pieces:
+            fh.seek(offset)
+            fh.write(data)
+    out = tmp_path / "disk.vmdk"
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, out],
+        check=True,
+    )
+    return str(raw), str(out)
+
+
+def test_stream_vmdk_grains_rebuild_the_disk(tmp_path):
+    # Data at odd places (inside a grain, across grains, in the last grain), a run of
+    # explicit zeros, and a compressible piece.
+    size = 8 * MIB + 4096
+    pieces = [(5, os.urandom(100)), (MIB - 10, os.urandom(70000)), (3 * MIB, bytes(MIB))]
+    pieces += [(4 * MIB, b"abc" * 100000), (size - 512, os.urandom(512))]
+    raw, stream = _stream_of(tmp_path, pieces, size)
+    capacity, grains = _target.read_stream_vmdk(stream)
+    assert capacity == size
+    rebuilt = bytearray(size)
+    sent = 0
+    for offset, data in grains:
+        assert offset % 512 == 0 and offset + len(data) <= size
+        rebuilt[offset : offset + len(data)] = data
+        sent += len(data)
+    with open(raw, "rb") as fh:
+        assert bytes(rebuilt) == fh.read()
+    # The 64 KiB grains holding data only (1 + 3 + 5 whole, the last one 4 KiB): no
+    # zeros, no holes.
+    assert sent == 9 * 64 * 1024 + 4096
+    assert os.path.getsize(stream) < 400000  # the repeated text is compressed
+
+
+def test_stream_vmdk_without_data_has_no_grains(tmp_path):
+    _raw, stream = _stream_of(tmp_path, [], 4 * MIB)
+    capacity, grains = _target.read_stream_vmdk(stream)
+    assert capacity == 4 * MIB and list(grains) == []
+
+
+def test_stream_vmdk_refuses_other_formats(tmp_path):
+    raw = tmp_path / "x.raw"
+    raw.write_bytes(bytes(4096))
+    with pytest.raises(PlatformError, match="not a sparse VMDK"):
+        _target.read_stream_vmdk(str(raw))
+    sparse = tmp_path / "x.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(sparse), "1M"], check=True)
+    with pytest.raises(PlatformError, match="not a streamOptimized VMDK"):
+        _target.read_stream_vmdk(str(sparse))
+
+
+def test_allocated_areas_become_extents():
+    def shape(extents):
+        return [(e.start, e.length, e.data) for e in extents]
+
+    assert shape(_connection.areas_to_extents([], 100)) == [(0, 100, False)]
+    # Touching areas merge, gaps are zero extents, areas past the end are cut.
+    got = _connection.areas_to_extents([(10, 5), (15, 5), (50, 10), (95, 20)], 100)
+    want = [(0, 10, False), (10, 10, True), (20, 30, False), (50, 10, True), (60, 35, False), (95, 5, True)]
+    assert shape(got) == want
+    assert all(e.zero for e in got if not e.data)
+    assert shape(_connection.areas_to_extents([(0, 100)], 100)) == [(0, 100, True)]
+
+
+def test_allocated_areas_pages_through_the_disk():
+    class Info:
+        def __init__(self, start, length, areas):
+            self.startOffset, self.length = start, length
+            self.changedArea = [type("A", (), {"start": s, "length": n})() for s, n in areas]
+
+    class Vm:
+        calls = []
+
+        def QueryChangedDiskAreas(self, snapshot, deviceKey, startOffset, changeId):
+            self.calls.append((snapshot, deviceKey, startOffset, changeId))
+            pages = {0: Info(0, 64, [(0, 8)]), 64: Info(64, 36, [(70, 4), (90, 10)])}
+            return pages[startOffset]
+
+    vm = Vm()
+    assert _connection.allocated_areas(vm, 2000, 100) == [(0, 8), (70, 4), (90, 10)]
+    assert vm.calls == [(None, 2000, 0, "*"), (None, 2000, 64, "*")]
+
+
+def test_write_stream_vmdk_is_read_back_by_qemu(tmp_path):
+    # Our own writer: data at odd places, explicit zeros, a last partial grain; qemu-img
+    # (an independent reader, through the grain directory and tables) must agree.
+    size = 40 * MIB + 4096  # two grain tables' worth and a bit
+    pieces = [(5, os.urandom(100)), (MIB - 10, os.urandom(70000)), (3 * MIB, bytes(MIB))]
+    pieces += [(33 * MIB, b"abc" * 100000), (size - 512, os.urandom(512))]
+    raw, _qemu_stream = _stream_of(tmp_path, pieces, size)
+    out = str(tmp_path / "ours.vmdk")
+    with _disk.open_guest(raw, "raw") as reader:
+        digests, data = _target.write_stream_vmdk(reader, out, adapter="ide", block_size=MIB)
+        want = _blocks.digest_disk(reader, MIB)
+    assert digests == want
+    assert data == 9 * 64 * 1024 + 4096  # the non-zero grains only
+    # The text and the mostly-zero grains are deflated: the file (with its 64 KiB head
+    # and tables) is under half the data.
+    assert os.path.getsize(out) < data // 2
+    check = subprocess.run(["qemu-img", "check", out], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vmdk", raw, out], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    info = subprocess.run(["qemu-img", "info", "--output=json", out], capture_output=True, text=True, check=True)
+    assert '"create-type": "streamOptimized"' in info.stdout and str(size) in info.stdout
+    # Our reader gives the same grains back.
+    capacity, grains = _target.read_stream_vmdk(out)
+    assert capacity == size and sum(len(g) for _o, g in grains) == data
+
+
+def test_write_stream_vmdk_of_an_empty_disk(tmp_path):
+    raw = str(tmp_path / "empty.raw")
+    with open(raw, "wb") as fh:
+        fh.truncate(8 * MIB)
+    out = str(tmp_path / "empty.vmdk")
+    with _disk.open_guest(raw, "raw") as reader:
+        _digests, data = _target.write_stream_vmdk(reader, out)
+    assert data == 0 and os.path.getsize(out) < 128 * 1024
+    cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vmdk", raw, out], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
