@@ -12,100 +12,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 
 import libvirt
 import pytest
-
-MIB = 1024 * 1024
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PLAYBOOK = os.path.join(ROOT, "playbooks", "migrate.yml")
+from plan_lab import MIB, SourceDomains, play, target_of, write_plan  # tests/integration/plan_lab.py
 
 
 @pytest.fixture
 def sources(lab, libvirt_conn):
-    """make(name, mib) defines a shut-off domain with a qcow2 disk of random data; the
-    domains, their disks and every target named lab-planmig-* are removed afterwards."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
-
-    tag = uuid.uuid4().hex[:6]
-    src_dir = lab["pool_paths"][lab["pools"]["source"]]
-    made = []
-
-    def make(name, mib=8):
-        name = "lab-planmig-%s-%s" % (name, tag)
-        path = os.path.join(src_dir, name + ".qcow2")
-        raw = path + ".raw"
-        with open(raw, "wb") as fh:
-            fh.truncate(4 * mib * MIB)
-            for i in range(4):  # data in pieces, holes between them
-                fh.seek(i * mib * MIB)
-                fh.write(os.urandom(mib * MIB // 4))
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, path], check=True)
-        os.unlink(raw)
-        spec = _spec.new_spec(
-            name=name,
-            memory_mib=64,
-            disks=[_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=4 * mib * MIB)],
-            nics=[],
-        )
-        xml = _libvirt_xml.libvirt_xml_from_spec(
-            spec, {"disk0": {"path": path, "format": "qcow2"}}, domain_type=lab["domain_type"]
-        )
-        libvirt_conn.defineXML(xml.replace(' mode="host-passthrough"', ""))
-        made.append(name)
-        return name, path
-
-    make.tag = tag
-    yield make
-    for dom in libvirt_conn.listAllDomains(0):
-        if (
-            dom.name().startswith("lab-planmig-")
-            and dom.name().endswith(tag)
-            or dom.name().startswith("lab-planmig-t-%s" % tag)
-        ):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-    for pool_name in (lab["pools"]["source"], lab["pools"]["target"]):
-        pool = libvirt_conn.storagePoolLookupByName(pool_name)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if tag in vol.name():
-                vol.delete(0)
-
-
-def plan(lab, tmp_path, waves, max_failed=0, mode="full", options=None):
-    """A plan file: KVM -> KVM, waves = [[source name, ...], ...]; targets lab-planmig-t-<tag>-<n>."""
-    lines = [
-        "plugin: vmigrate.v2v.plan",
-        "version: 1",
-        "defaults: {work_dir: '%s', mode: %s, options: %s}" % (tmp_path / "work", mode, json.dumps(options or {})),
-        "endpoints:",
-        "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}" % (lab["libvirt_uri"], lab["pools"]["target"]),
-        "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], lab["pools"]["target"]),
-        "waves:",
-    ]
-    for i, names in enumerate(waves):
-        lines += ["  - name: w%d" % i, "    source: lab-kvm", "    target: lab-kvm", "    concurrency: 2"]
-        lines += ["    max_failed: %d" % max_failed, "    vms:"]
-        for name in names:
-            lines.append("      - {name: %s, target_name: %s}" % (name, target_of(name)))
-    path = tmp_path / ("plan-%s.v2v.yml" % uuid.uuid4().hex[:4])
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-def target_of(name):
-    # lab-planmig-<what>-<tag> -> lab-planmig-t-<tag>-<what>
-    _lab, _planmig, what, tag = name.split("-", 3)
-    return "lab-planmig-t-%s-%s" % (tag, what)
-
-
-def migrate(run_playbook, plan_path, check=False, playbook=PLAYBOOK):
-    env = {"ANSIBLE_INVENTORY": plan_path}
-    return run_playbook(playbook, check=check, env=env, timeout=1200)
+    domains = SourceDomains(lab, libvirt_conn, "lab-planmig")
+    yield domains
+    domains.cleanup()
 
 
 def target_disk(libvirt_conn, name):
@@ -121,15 +38,15 @@ def same_disk(src, dst, dst_fmt):
 
 
 def test_plan_migrates_wave_by_wave_and_a_rerun_changes_nothing(lab, libvirt_conn, sources, run_playbook, tmp_path):
-    ok1, ok1_disk = sources("ok1")
-    ok2, ok2_disk = sources("ok2")
-    path = plan(lab, tmp_path, [[ok1], [ok2]])
+    ok1, ok1_disk = sources.make("ok1", mib=8)
+    ok2, ok2_disk = sources.make("ok2", mib=8)
+    path = write_plan(lab, tmp_path, [[ok1], [ok2]])
 
-    checked = migrate(run_playbook, path, check=True)
+    checked = play(run_playbook, path, "migrate.yml", check=True)
     assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-2000:]
     assert not any(d.name().startswith("lab-planmig-t-" + sources.tag) for d in libvirt_conn.listAllDomains(0))
 
-    first = migrate(run_playbook, path)
+    first = play(run_playbook, path, "migrate.yml")
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
     # Wave order: every task of wave w0 ran before any of wave w1.
     out = first.stdout
@@ -141,18 +58,18 @@ def test_plan_migrates_wave_by_wave_and_a_rerun_changes_nothing(lab, libvirt_con
         status = json.loads((tmp_path / "work" / ("w%d" % (src == ok2)) / target_of(src) / "status.json").read_text())
         assert status["status"] == "migrated" and status["steps"]["verify"]["ok"], status
 
-    again = migrate(run_playbook, path)
+    again = play(run_playbook, path, "migrate.yml")
     assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
 
 
 def test_a_wave_over_its_tolerance_stops_later_waves(lab, libvirt_conn, sources, run_playbook, tmp_path):
-    ok1, ok1_disk = sources("good")
-    bad, bad_disk = sources("bad")
-    later, _later_disk = sources("later")
+    ok1, ok1_disk = sources.make("good", mib=8)
+    bad, bad_disk = sources.make("bad", mib=8)
+    later, _later_disk = sources.make("later", mib=8)
     os.truncate(bad_disk, 256 * 1024)  # the qcow2 cut short: its tables point past the end
-    path = plan(lab, tmp_path, [[ok1, bad], [later]], max_failed=0)
+    path = write_plan(lab, tmp_path, [[ok1, bad], [later]], max_failed=0)
 
-    run = migrate(run_playbook, path)
+    run = play(run_playbook, path, "migrate.yml")
     assert run.returncode != 0, run.stdout[-6000:]
     assert run.recap[target_of(bad)]["failed"] == 1, run.recap
     assert run.recap[target_of(ok1)]["failed"] == 0, run.recap
@@ -189,19 +106,19 @@ def same_running_disk(src, dst, dst_fmt):
 
 def test_warm_vm_migrate_sync_cutover(lab, libvirt_conn, sources, run_playbook, tmp_path):
     """A running source (no OS: it ignores ACPI, so the shutdown times out into a power-off)."""
-    name, disk = sources("warm", mib=4)
+    name, disk = sources.make("warm")
     src = libvirt_conn.lookupByName(name)
     src.create()
     options = {"shutdown_timeout": 2, "on_shutdown_timeout": "poweroff"}
-    path = plan(lab, tmp_path, [[name]], mode="warm", options=options)
+    path = write_plan(lab, tmp_path, [[name]], mode="warm", options=options)
     work = tmp_path / "work" / "w0" / target_of(name)
-    first = migrate(run_playbook, path)
+    first = play(run_playbook, path, "migrate.yml")
     assert first.returncode == 0, first.stdout[-5000:]
     dst, fmt = target_disk(libvirt_conn, target_of(name))
     assert same_running_disk(disk, dst, fmt)
 
     guest_write(src, 5 * MIB + 4096, 8192, 0x5A)
-    synced = migrate(run_playbook, path, playbook=os.path.join(ROOT, "playbooks", "sync.yml"))
+    synced = play(run_playbook, path, "sync.yml")
     assert synced.returncode == 0, synced.stdout[-5000:]
     sync = json.loads((work / "sync.json").read_text())
     assert sync["status"] == "synced" and sync["sync_index"] == 2, sync
@@ -209,7 +126,7 @@ def test_warm_vm_migrate_sync_cutover(lab, libvirt_conn, sources, run_playbook, 
     assert same_running_disk(disk, dst, fmt)
 
     guest_write(src, 9 * MIB, 4096, 0x33)
-    cut = migrate(run_playbook, path, playbook=os.path.join(ROOT, "playbooks", "cutover.yml"))
+    cut = play(run_playbook, path, "cutover.yml")
     assert cut.returncode == 0, cut.stdout[-5000:]
     assert not src.isActive()  # the source is left off
     assert libvirt_conn.lookupByName(target_of(name)).isActive()  # the target runs
@@ -218,5 +135,5 @@ def test_warm_vm_migrate_sync_cutover(lab, libvirt_conn, sources, run_playbook, 
     assert cutover["source_shutdown"] in ("acpi", "forced"), cutover
     assert same_running_disk(disk, dst, fmt)
 
-    again = migrate(run_playbook, path, playbook=os.path.join(ROOT, "playbooks", "cutover.yml"))
+    again = play(run_playbook, path, "cutover.yml")
     assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]

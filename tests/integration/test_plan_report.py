@@ -7,92 +7,19 @@ run changes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import uuid
 
-import libvirt
 import pytest
-
-MIB = 1024 * 1024
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PLAYBOOKS = os.path.join(ROOT, "playbooks")
+from plan_lab import MIB, SourceDomains, play, target_of, write_plan  # tests/integration/plan_lab.py
 
 
 @pytest.fixture
 def sources(lab, libvirt_conn):
-    """make(name) defines a shut-off domain lab-report-<name>-<tag> with an 8 MiB qcow2
-    disk holding 2 MiB of random data; domains and volumes with the tag go afterwards."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
-
-    tag = uuid.uuid4().hex[:6]
-    src_dir = lab["pool_paths"][lab["pools"]["source"]]
-
-    def make(name):
-        name = "lab-report-%s-%s" % (name, tag)
-        path = os.path.join(src_dir, name + ".qcow2")
-        raw = path + ".raw"
-        with open(raw, "wb") as fh:
-            fh.truncate(8 * MIB)
-            for i in range(4):  # data in pieces, holes between them
-                fh.seek(i * 2 * MIB)
-                fh.write(os.urandom(MIB // 2))
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, path], check=True)
-        os.unlink(raw)
-        spec = _spec.new_spec(
-            name=name,
-            memory_mib=64,
-            disks=[_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=8 * MIB)],
-            nics=[],
-        )
-        xml = _libvirt_xml.libvirt_xml_from_spec(
-            spec, {"disk0": {"path": path, "format": "qcow2"}}, domain_type=lab["domain_type"]
-        )
-        libvirt_conn.defineXML(xml.replace(' mode="host-passthrough"', ""))
-        return name
-
-    make.tag = tag
-    yield make
-    for dom in libvirt_conn.listAllDomains(0):
-        if dom.name().startswith("lab-report-") and tag in dom.name():
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-    for pool_name in (lab["pools"]["source"], lab["pools"]["target"]):
-        pool = libvirt_conn.storagePoolLookupByName(pool_name)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if tag in vol.name():
-                vol.delete(0)
-
-
-def target_of(name):
-    # lab-report-<what>-<tag> -> lab-report-t-<tag>-<what>
-    _lab, _report, what, tag = name.split("-", 3)
-    return "lab-report-t-%s-%s" % (tag, what)
-
-
-def write_plan(lab, tmp_path, names):
-    lines = [
-        "plugin: vmigrate.v2v.plan",
-        "version: 1",
-        "defaults: {work_dir: '%s'}" % (tmp_path / "work"),
-        "endpoints:",
-        "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}" % (lab["libvirt_uri"], lab["pools"]["target"]),
-        "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], lab["pools"]["target"]),
-        "waves:",
-        "  - name: w0",
-        "    source: lab-kvm",
-        "    target: lab-kvm",
-        "    concurrency: 2",
-        "    vms:",
-    ] + ["      - {name: %s, target_name: %s}" % (n, target_of(n)) for n in names]
-    path = tmp_path / "plan.v2v.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    domains = SourceDomains(lab, libvirt_conn, "lab-report")
+    yield domains
+    domains.cleanup()
 
 
 def chromium():
@@ -118,14 +45,13 @@ def open_in_browser(html_path):
 
 
 def test_report_after_a_plan_migration(lab, libvirt_conn, sources, run_playbook, tmp_path):
-    one, two = sources("one"), sources("two")
-    plan = write_plan(lab, tmp_path, [one, two])
-    env = {"ANSIBLE_INVENTORY": plan}
+    (one, _), (two, _) = sources.make("one", mib=2), sources.make("two", mib=2)
+    plan = write_plan(lab, tmp_path, [[one, two]])
 
-    migrated = run_playbook(os.path.join(PLAYBOOKS, "migrate.yml"), env=env, timeout=1200)
+    migrated = play(run_playbook, plan, "migrate.yml")
     assert migrated.returncode == 0, migrated.stdout[-5000:] + migrated.stderr[-2000:]
 
-    first = run_playbook(os.path.join(PLAYBOOKS, "report.yml"), env=env, timeout=600)
+    first = play(run_playbook, plan, "report.yml")
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-2000:]
     report_dir = tmp_path / "report"
     assert "%s/report.html" % report_dir in first.stdout
@@ -161,7 +87,7 @@ def test_report_after_a_plan_migration(lab, libvirt_conn, sources, run_playbook,
     assert 'data-ready="1"' in dom_text  # the page's script ran to its end
     assert dom_text.count('data-vm="lab-report-t-') == 2 and "<svg" in dom_text
 
-    again = run_playbook(os.path.join(PLAYBOOKS, "report.yml"), env=env, timeout=600)
+    again = play(run_playbook, plan, "report.yml")
     assert again.returncode == 0 and again.changed == 0, again.stdout[-4000:]
 
 

@@ -10,87 +10,17 @@ target off and the source on (libvirt's state), and a second run changes nothing
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import uuid
 
 import libvirt
 import pytest
-
-MIB = 1024 * 1024
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PLAYBOOKS = os.path.join(ROOT, "playbooks")
+from plan_lab import SourceDomains, play, target_of, write_plan  # tests/integration/plan_lab.py
 
 
 @pytest.fixture
 def sources(lab, libvirt_conn):
-    """make(name) defines a shut-off domain lab-prerb-<name>-<tag> with a small qcow2 disk
-    of random data; every domain and volume carrying the tag is removed afterwards."""
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
-
-    tag = uuid.uuid4().hex[:6]
-    src_dir = lab["pool_paths"][lab["pools"]["source"]]
-
-    def make(name, mib=4, disk=True):
-        name = name if name.startswith("lab-prerb-") else "lab-prerb-%s-%s" % (name, tag)
-        disks, files = [], {}
-        if disk:
-            path = os.path.join(src_dir, name + ".qcow2")
-            raw = path + ".raw"
-            with open(raw, "wb") as fh:
-                fh.truncate(4 * mib * MIB)
-                fh.write(os.urandom(mib * MIB // 2))
-            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, path], check=True)
-            os.unlink(raw)
-            disks = [_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=4 * mib * MIB)]
-            files = {"disk0": {"path": path, "format": "qcow2"}}
-        spec = _spec.new_spec(name=name, memory_mib=64, disks=disks, nics=[])
-        xml = _libvirt_xml.libvirt_xml_from_spec(spec, files, domain_type=lab["domain_type"])
-        libvirt_conn.defineXML(xml.replace(' mode="host-passthrough"', ""))
-        return name
-
-    make.tag = tag
-    yield make
-    for dom in libvirt_conn.listAllDomains(0):
-        if dom.name().startswith("lab-prerb-") and tag in dom.name():
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-    for pool_name in (lab["pools"]["source"], lab["pools"]["target"]):
-        pool = libvirt_conn.storagePoolLookupByName(pool_name)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if tag in vol.name():
-                vol.delete(0)
-
-
-def target_of(name):
-    # lab-prerb-<what>-<tag> -> lab-prerb-t-<tag>-<what>
-    _lab, _prerb, what, tag = name.split("-", 3)
-    return "lab-prerb-t-%s-%s" % (tag, what)
-
-
-def plan(lab, tmp_path, names):
-    """One wave, KVM -> KVM, full mode; targets lab-prerb-t-<tag>-<what>."""
-    lines = [
-        "plugin: vmigrate.v2v.plan",
-        "version: 1",
-        "defaults: {work_dir: '%s', mode: full}" % (tmp_path / "work"),
-        "endpoints:",
-        "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}" % (lab["libvirt_uri"], lab["pools"]["target"]),
-        "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], lab["pools"]["target"]),
-        "waves:",
-        "  - {name: w0, source: lab-kvm, target: lab-kvm, concurrency: 2, max_failed: 0, vms: [%s]}"
-        % ", ".join("{name: %s, target_name: %s}" % (n, target_of(n)) for n in names),
-    ]
-    path = tmp_path / ("plan-%s.v2v.yml" % uuid.uuid4().hex[:4])
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-def play(run_playbook, plan_path, name):
-    return run_playbook(os.path.join(PLAYBOOKS, name), env={"ANSIBLE_INVENTORY": plan_path}, timeout=1200)
+    domains = SourceDomains(lab, libvirt_conn, "lab-prerb")
+    yield domains
+    domains.cleanup()
 
 
 def world(libvirt_conn, lab):
@@ -103,10 +33,10 @@ def world(libvirt_conn, lab):
 
 
 def test_preflight_finds_a_name_collision_and_changes_nothing(lab, libvirt_conn, sources, run_playbook, tmp_path):
-    good = sources("good")
-    taken = sources("taken")
-    sources(target_of(taken), disk=False)  # an unrelated domain of the target's name
-    path = plan(lab, tmp_path, [good, taken])
+    good, _ = sources.make("good")
+    taken, _ = sources.make("taken")
+    sources.make(target_of(taken), disk=False)  # an unrelated domain of the target's name
+    path = write_plan(lab, tmp_path, [[good, taken]])
     before = world(libvirt_conn, lab)
 
     run = play(run_playbook, path, "preflight.yml")
@@ -133,8 +63,8 @@ def test_preflight_finds_a_name_collision_and_changes_nothing(lab, libvirt_conn,
 
 
 def test_rollback_stops_the_target_and_starts_the_source(lab, libvirt_conn, sources, run_playbook, tmp_path):
-    name = sources("rb")
-    path = plan(lab, tmp_path, [name])
+    name, _ = sources.make("rb")
+    path = write_plan(lab, tmp_path, [[name]])
     migrated = play(run_playbook, path, "migrate.yml")
     assert migrated.returncode == 0, migrated.stdout[-5000:]
     target = libvirt_conn.lookupByName(target_of(name))
