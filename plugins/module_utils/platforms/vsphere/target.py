@@ -718,6 +718,11 @@ def _stream_grains(path, start, capacity):
             pos += -(-(12 + size) // SECTOR) * SECTOR
 
 
+# The streamOptimized writer below is hand-written rather than `qemu-img convert -O vmdk
+# -o subformat=streamOptimized`: qemu-img deflates on one thread (22 s for 1 GiB of data
+# here against 3.2 s on every core), and it would need a second read of the bundle's disk
+# to check it against the bundle's digests, which this does on its one pass. qemu-img
+# still judges the files: the unit tests run `qemu-img check` and `compare` on them.
 GRAIN = 64 * 1024  # bytes per grain (128 sectors), as VMware's tools write them
 GT_ENTRIES = 512  # grain table entries: one table covers 32 MiB
 _MARKER_GT, _MARKER_GD, _MARKER_FOOTER = 1, 2, 3
