@@ -41,8 +41,18 @@ lab-proof: venv
 	tests/lab/lab up
 	tests/lab/lab status
 
+# The modules one by one (demo.yml), then a plan: three VMs in three waves across
+# platforms, a warm one synced and cut over, and the report (demo_plan_lab.yml makes the
+# VMs and the plan).
+DEMO_PLAN := /var/tmp/vmigrate-demo-plan/plan.v2v.yml
 demo: lab
 	$(VENV)/bin/ansible-playbook playbooks/demo.yml
+	$(VENV)/bin/ansible-playbook playbooks/demo_plan_lab.yml
+	export VMIGRATE_DEMO_VC_PASSWORD="$$(cat tests/lab/state/vcsim.password)" && \
+	for step in preflight migrate sync cutover report; do \
+		echo "== make demo: $$step.yml on $(DEMO_PLAN)"; \
+		$(VENV)/bin/ansible-playbook -i $(DEMO_PLAN) playbooks/$$step.yml || exit 1; \
+	done
 
 ruff: venv
 	$(VENV)/bin/ruff check plugins tests bench
