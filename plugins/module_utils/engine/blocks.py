@@ -285,24 +285,28 @@ def _chunks(ranges, chunk):
             yield off, min(chunk, start + length - off)
 
 
-def _read_ahead(reader, ranges, chunk, block_size):
+def _read_ahead(reader, ranges, chunk, block_size, keep=0):
     """Yield (offset, data, length) with the next read running while the caller works.
 
-    Raw files are read into two alternating buffers (no allocation per read); NBD
-    reads return fresh bytes. The caller must be done with a buffer before asking for
-    the next item, which a generator guarantees.
+    Raw files are read into alternating buffers (no allocation per read); NBD readers
+    keep several requests in flight into a ring of buffers (read_chunks). A buffer is
+    reused once the caller has asked for ``keep + 1`` more items: it must be done with
+    it by then (with keep=0, before asking for the next item).
     """
     zero_copy = getattr(reader, "zero_copy", False)
     chunk = max(block_size, min(chunk, getattr(reader, "preferred_chunk", chunk)) // block_size * block_size)
     items = list(_chunks(ranges, chunk))
     if not items:
         return
-    buffers = [bytearray(chunk), bytearray(chunk)] if zero_copy else None
+    if hasattr(reader, "read_chunks"):  # NBD: several requests in flight
+        yield from reader.read_chunks(items, chunk, keep=keep)
+        return
+    buffers = [bytearray(chunk) for _ in range(2 + keep)] if zero_copy else None
 
     def read(i):
         off, length = items[i]
         if zero_copy:
-            buf = buffers[i % 2]
+            buf = buffers[i % len(buffers)]
             reader.readinto(memoryview(buf)[:length], off)
             return buf
         return reader.pread(length, off)
@@ -366,25 +370,42 @@ def copy_with_digests(
     ranges = _data_ranges(reader.extents() if extents is None else extents, size, bs)
     stats = {"bytes_read": 0, "bytes_written": 0}
     workers = workers or default_workers()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers - 1))
-    for off, data, length in _read_ahead(reader, ranges, chunk, bs):
-        hasher.feed(off, data, length, pool=pool, workers=workers)
-        view = memoryview(data)
-        # Write runs of non-zero blocks; digests already tell which blocks are zero.
-        run_start = None
-        for pos in range(0, length + bs, bs):
-            is_data = pos < length and hasher.result[(off + pos) // bs] != ZERO_DIGEST
-            if is_data and run_start is None:
-                run_start = pos
-            elif not is_data and run_start is not None:
-                end = min(pos, length)
-                writer.pwrite(view[run_start:end], off + run_start)
-                stats["bytes_written"] += end - run_start
-                run_start = None
-        stats["bytes_read"] += length
-        if progress is not None:
-            progress.advance(length)
-    pool.shutdown()
+    writeback = getattr(writer, "start_writeback", None)
+
+    def write(off, view, runs):
+        for start, end in runs:
+            writer.pwrite(view[start:end], off + start)
+        if writeback is not None:
+            writeback(off, len(view))
+
+    # A chunk is written on its own thread while the next one is hashed: _read_ahead
+    # (keep=1) leaves its buffer alone until the write has been waited for.
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers - 1)) as pool,
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as write_pool,
+    ):
+        pending = None
+        for off, data, length in _read_ahead(reader, ranges, chunk, bs, keep=1):
+            hasher.feed(off, data, length, pool=pool, workers=workers)
+            # Runs of non-zero blocks; digests already tell which blocks are zero.
+            runs = []
+            run_start = None
+            for pos in range(0, length + bs, bs):
+                is_data = pos < length and hasher.result[(off + pos) // bs] != ZERO_DIGEST
+                if is_data and run_start is None:
+                    run_start = pos
+                elif not is_data and run_start is not None:
+                    runs.append((run_start, min(pos, length)))
+                    run_start = None
+            if pending is not None:
+                pending.result()
+            pending = write_pool.submit(write, off, memoryview(data)[:length], runs)
+            stats["bytes_written"] += sum(end - start for start, end in runs)
+            stats["bytes_read"] += length
+            if progress is not None:
+                progress.advance(length)
+        if pending is not None:
+            pending.result()
     writer.flush()
     if progress is not None and progress.total > stats["bytes_read"]:
         progress.advance(progress.total - stats["bytes_read"])

@@ -11,8 +11,10 @@ format is exported by qemu-nbd on a private unix socket and read through libnbd.
 from __future__ import annotations
 
 import collections
+import ctypes
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -270,6 +272,22 @@ def compare(a, fmt_a, b, fmt_b):
 
 # --- guest-visible readers and writers ---------------------------------------------
 
+# os has no sync_file_range; libc's (Linux) is called through ctypes when it is there.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range():
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_sync_file_range = _load_sync_file_range()
+
 
 class RawFile:
     """Guest bytes of a raw image or block device, read with pread."""
@@ -306,6 +324,13 @@ class RawFile:
             view = view[n:]
             offset += n
 
+    def start_writeback(self, offset, length):
+        """Start writing the range to disk now (sync_file_range, not waiting): a long copy
+        then overlaps its writes to disk with its reads instead of paying them all in the
+        final fsync (measured: 0.5 s of 1.7 s for 1 GiB). Without it, nothing is done."""
+        if _sync_file_range is not None:
+            _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
     def flush(self):
         os.fsync(self.fd)
 
@@ -326,9 +351,11 @@ class NbdReader:
 
     path = None
     writable = False
-    # 4 MiB requests were ~2x faster than 32 MiB ones from qemu-nbd (measured: each
-    # pread returns a new bytes object, and large ones cost page faults).
-    preferred_chunk = 4 * 1024 * 1024
+    # read_chunks keeps 4 requests of 1 MiB in flight: a chunk is received, hashed and
+    # written while it is still in the core's L2 cache (measured on 1 GiB from qemu-nbd:
+    # 1 MiB took 1.4 s and 1.0 s CPU, 4 MiB 2-3 s and 1.3-1.9 s CPU; 32 MiB preads
+    # were ~2x slower again, as each returned a new bytes object).
+    preferred_chunk = 1024 * 1024
 
     def __init__(self, handle, name):
         self.h = handle
@@ -413,6 +440,94 @@ class NbdReader:
             view[done : done + n] = self.pread(n, offset + done)
             done += n
         return done
+
+    def read_chunks(self, items, chunk, depth=4, keep=0):
+        """Yield (offset, buffer, length) for each (offset, length) of ``items``, in order.
+
+        One request at a time leaves the server idle while a reply is handled: a thread
+        keeps ``depth`` aio_pread requests in flight on this handle, each into a
+        preallocated buffer (no bytes object per read). A yielded buffer is reused once
+        the caller has asked for ``keep + 1`` more items; it must be done with it by then.
+        ``chunk`` (at most MAX_REQUEST) is the largest length in ``items``; every offset
+        and length must be aligned to the server's minimum block size.
+        """
+        items = list(items)
+        if any(self._aligned(off, length) != (off, off + length) for off, length in items):
+            # The server would refuse these requests; pread reads around them.
+            for off, length in items:
+                yield off, self.pread(length, off), length
+            return
+        buffers = [bytearray(chunk) for _ in range(depth + 2 + keep)]
+        free = queue.Queue()
+        for b in range(len(buffers)):
+            free.put(b)
+        ready = queue.Queue()
+        stop = threading.Event()
+
+        def io_loop():
+            inflight = {}  # cookie -> (item index, buffer index)
+            done = {}
+            nxt = emit = 0
+            failed_at = 0
+            try:
+                while emit < len(items) and not stop.is_set():
+                    while nxt < len(items) and len(inflight) < depth:
+                        try:
+                            b = free.get(block=not inflight)
+                        except queue.Empty:
+                            break
+                        if b is None:  # the caller stopped
+                            return
+                        off, length = items[nxt]
+                        view = memoryview(buffers[b])[:length]
+                        failed_at = off
+                        inflight[self.h.aio_pread(nbd.Buffer.from_buffer(view), off)] = (nxt, b)
+                        nxt += 1
+                    if inflight:
+                        self.h.poll(-1)
+                    for cookie, (i, b) in list(inflight.items()):
+                        failed_at = items[i][0]
+                        if self.h.aio_command_completed(cookie):
+                            del inflight[cookie]
+                            done[i] = b
+                    while emit in done:
+                        ready.put((emit, done.pop(emit)))
+                        emit += 1
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                ready.put((failed_at, exc))
+            finally:
+                # Let no request write into a buffer after this thread is gone.
+                while inflight:
+                    try:
+                        self.h.poll(-1)
+                    except nbd.Error:
+                        break
+                    for cookie in list(inflight):
+                        try:
+                            finished = self.h.aio_command_completed(cookie)
+                        except nbd.Error:
+                            finished = True
+                        if finished:
+                            del inflight[cookie]
+
+        thread = threading.Thread(target=io_loop, name="nbd-read", daemon=True)
+        thread.start()
+        held = collections.deque()
+        try:
+            for _ in range(len(items)):
+                i, got = ready.get()
+                if isinstance(got, nbd.Error):
+                    self._fail("reading", i, got)
+                if isinstance(got, Exception):
+                    raise got
+                if len(held) > keep:
+                    free.put(held.popleft())
+                held.append(got)
+                yield items[i][0], buffers[got], items[i][1]
+        finally:
+            stop.set()
+            free.put(None)
+            thread.join()
 
     def _aligned(self, offset, length):
         """The range rounded out to the server's minimum block size (vhdx exports ask 4 KiB)."""

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from blake3 import blake3  # an independent BLAKE3 implementation, not the code under test
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
@@ -260,3 +260,85 @@ def test_write_with_digests_refuses_a_piece_outside_the_disk(tmp_path):
     with _disk.open_guest(str(path), "raw", writable=True) as target:
         with pytest.raises(_disk.DiskError, match="outside"):
             _blocks.write_with_digests(target, [(8192 - 512, bytes(1024))], digests)
+
+
+@pytest.mark.parametrize("chunk", [MiB, 4 * MiB], ids=["1MiB", "4MiB"])
+def test_copy_with_digests_from_nbd(images, tmp_path, chunk):
+    """An NBD source (qemu-nbd, several aio reads in flight into a ring of buffers) copied
+    into a sparse raw file: the digests are digest_disk's, the bytes the source's, and
+    zeros and holes are not written."""
+    src, src_fmt = images["qcow2"]
+    dst = str(tmp_path / "copy.raw")
+    _disk.create(dst, "raw", SIZE)
+    ticks = []
+
+    class Progress:
+        total = SIZE
+
+        def advance(self, n):
+            ticks.append(n)
+
+    # The second pass reads the whole disk as data: zero blocks must still not be written.
+    for bs, extents in ((BS, None), (64 * 1024, [_disk.Extent(0, SIZE, True, False)])):
+        with _disk.open_guest(src, src_fmt) as r:
+            expected = _blocks.digest_disk(r, bs)
+        os.unlink(dst)
+        _disk.create(dst, "raw", SIZE)
+        del ticks[:]
+        with _disk.open_guest(src, src_fmt) as r, _disk.open_guest(dst, "raw", writable=True) as w:
+            assert hasattr(r, "read_chunks")
+            dl, stats = _blocks.copy_with_digests(r, w, bs, progress=Progress(), extents=extents, chunk=chunk)
+        assert dl == expected
+        assert bytes(dl.digests) == independent_digests(src, src_fmt, tmp_path, bs)
+        assert _disk.compare(src, src_fmt, dst, "raw")
+        assert sum(ticks) == SIZE and len(ticks) > 2
+        nonzero = sum(min(bs, SIZE - i * bs) for i in range(len(dl)) if dl[i] != _blocks.ZERO_DIGEST)
+        assert stats["bytes_written"] == nonzero
+        allocated = sum(e.length for e in _disk.allocation_map(dst, "raw") if e.data)
+        assert allocated <= nonzero + 4096  # holes stay holes
+        if extents:
+            assert stats["bytes_read"] == SIZE
+
+
+def test_nbd_read_chunks_keeps_buffers_until_asked(images):
+    """read_chunks yields the bytes at each offset in order; with keep=1 the buffer yielded
+    before stays untouched while the caller holds the next one."""
+    raw, _fmt = images["raw"]
+    src, src_fmt = images["qcow2"]
+    data = open(raw, "rb").read()
+    items = [(off, min(MiB, SIZE - off)) for off in range(0, SIZE, MiB)]
+    with _disk.open_guest(src, src_fmt) as r:
+        prev = None
+        for (off, length), (got_off, buf, got_len) in zip(items, r.read_chunks(items, MiB, keep=1), strict=True):
+            assert (got_off, got_len) == (off, length)
+            assert bytes(buf[:length]) == data[off : off + length]
+            if prev is not None:
+                assert bytes(prev[1][: prev[2]]) == data[prev[0] : prev[0] + prev[2]]
+            prev = (got_off, buf, got_len)
+        # A caller that stops early leaves the handle usable.
+        gen = r.read_chunks(items, MiB)
+        next(gen)
+        gen.close()
+        assert r.pread(4096, 0) == data[:4096]
+
+
+def test_nbd_read_chunks_reads_around_unaligned_requests(images):
+    """A vhdx export asks 4 KiB requests; items aligned to 512 bytes only are read with pread."""
+    raw, _fmt = images["raw"]
+    src, src_fmt = images["vhdx"]
+    data = open(raw, "rb").read()
+    items = [(5 * MiB + 512, 3 * MiB), (SIZE - 1536, 1536)]
+    with _disk.open_guest(src, src_fmt) as r:
+        got = [(off, bytes(buf[:n]), n) for off, buf, n in r.read_chunks(items, 3 * MiB)]
+    assert got == [(off, data[off : off + n], n) for off, n in items]
+
+
+def test_nbd_read_chunks_reports_a_failed_read(images):
+    """A request the export refuses becomes a DiskError naming the export and the offset."""
+    src, src_fmt = images["qcow2"]
+    items = [(0, MiB), (MiB, MiB), (SIZE, MiB)]  # the last lies past the end
+    with _disk.open_guest(src, src_fmt) as r:
+        with pytest.raises(DiskError, match="reading %s at offset %d" % (src, SIZE)):
+            for _item in r.read_chunks(items, MiB):
+                pass
+        assert r.pread(4096, MiB) == open(images["raw"][0], "rb").read(2 * MiB)[MiB : MiB + 4096]
