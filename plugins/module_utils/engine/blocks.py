@@ -301,7 +301,7 @@ def _read_ahead(reader, ranges, chunk, block_size, keep=0):
     if hasattr(reader, "read_chunks"):  # NBD: several requests in flight
         yield from reader.read_chunks(items, chunk, keep=keep)
         return
-    buffers = [bytearray(chunk) for _ in range(2 + keep)] if zero_copy else None
+    buffers = [bytearray(chunk) for _slot in range(2 + keep)] if zero_copy else None
 
     def read(i):
         off, length = items[i]

@@ -457,7 +457,7 @@ class NbdReader:
             for off, length in items:
                 yield off, self.pread(length, off), length
             return
-        buffers = [bytearray(chunk) for _ in range(depth + 2 + keep)]
+        buffers = [bytearray(chunk) for _slot in range(depth + 2 + keep)]
         free = queue.Queue()
         for b in range(len(buffers)):
             free.put(b)
@@ -514,7 +514,7 @@ class NbdReader:
         thread.start()
         held = collections.deque()
         try:
-            for _ in range(len(items)):
+            for _item in range(len(items)):
                 i, got = ready.get()
                 if isinstance(got, nbd.Error):
                     self._fail("reading", i, got)
