@@ -527,7 +527,9 @@ def row_source_reads(bench, src):
 
 
 def row_vsphere(bench, src, kvm_play):
-    """(3) cold KVM -> vSphere (vcsim): bytes uploaded and read back vs allocated, time vs row 1."""
+    """(3) cold KVM -> vSphere (vcsim): bytes uploaded and read back vs allocated, time vs row 1.
+
+    Returns the run (vm, results, and vcsim's own byte counts) for row 3b, which reads it."""
     work = os.path.join(bench.dir, "vsphere")
     vm = "%s-vs" % bench.tag
     bench.vsphere_vms.append(vm)
@@ -545,6 +547,7 @@ def row_vsphere(bench, src, kvm_play):
     settle()
     try:
         seconds, results = bench.play(tasks)
+        counts = vcsim_counts(bench)
     finally:
         bench.drop_vsphere_vm(vm)
         shutil.rmtree(work, ignore_errors=True)
@@ -558,6 +561,7 @@ def row_vsphere(bench, src, kvm_play):
         "     %.1f s whole process = %.2fx cold KVM -> KVM; modules' own seconds: %s"
         % (seconds, seconds / kvm_play, ", ".join("%s %.1f" % (s, r["seconds"]) for s, r in results.items()))
     )
+    return {"vm": vm, "results": results, "counts": counts}
 
 
 def vcsim_counts(bench):
@@ -574,30 +578,11 @@ def vcsim_counts(bench):
         return None
 
 
-def row_vsphere_data(bench, src):
+def row_vsphere_data(src, run):
     """(3b) KVM -> vSphere costs data, not capacity: bytes sent by the import and read back
-    by verify vs the allocated data, as the module counts them and as vcsim saw them."""
-    work = os.path.join(bench.dir, "vsphere-data")
-    vm = "%s-vsd" % bench.tag
-    bench.vsphere_vms.append(vm)
-    tasks = [
-        bench.export_task(src, work + "/export", "cold"),
-        {
-            "name": "convert",
-            "vmigrate.v2v.convert": {"src": work + "/export", "dest": work + "/vsphere", "target_platform": "vsphere"},
-        },
-        bench.vsphere_task(
-            "import", "vsphere_import", bundle=work + "/vsphere", name=vm, datastore=bench.lab["vcsim"]["datastore"]
-        ),
-        bench.vsphere_task("verify", "vsphere_verify", bundle=work + "/vsphere", vm=vm, boot_check=False),
-    ]
-    settle()
-    try:
-        _seconds, results = bench.play(tasks)
-        counts = vcsim_counts(bench)
-    finally:
-        bench.drop_vsphere_vm(vm)
-        shutil.rmtree(work, ignore_errors=True)
+    by verify vs the allocated data, as the module counts them and as vcsim saw them (from
+    row 3's migration, ``run``)."""
+    vm, results, counts = run["vm"], run["results"], run["counts"]
     imp, ver = results["import"], results["verify"]
     sent, back = imp.get("bytes_sent", imp["bytes_written"]), ver["bytes_read"]
     say("(e3b) KVM -> vSphere (vcsim): what the transfer costs, vs %.0f MiB allocated" % mib(src.allocated))
@@ -971,8 +956,7 @@ def run(args, workdir):
             src = bench.make_source(args.e2e_data_mib * MiB, args.e2e_capacity_gib * GiB)
             cold = row_cold_kvm(bench, src, args.repeat)
             row_source_reads(bench, src)
-            row_vsphere(bench, src, cold["play"])
-            row_vsphere_data(bench, src)
+            row_vsphere_data(src, row_vsphere(bench, src, cold["play"]))
             bundle = os.path.join(bench.dir, "warm")
             dom = start(bench, src)
             full = row_warm_full(bench, src, dom, bundle)

@@ -20,6 +20,7 @@ import posixpath
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 VERSION = 1
 PLATFORMS = ("kvm", "vsphere")
@@ -828,7 +829,7 @@ def _check_sources(plan, records, facts, listing, vms_of, p):
         for disk in spec.get("disks") or []:
             storage = disk.get("storage")
             if storage is None:
-                storage = _storage_of(disk.get("source"))
+                storage = _spec.storage_of(disk.get("source"))
             if storage and storage not in rec["v2v_storage_map"]:
                 p.add(
                     rec["_path"],
@@ -837,19 +838,6 @@ def _check_sources(plan, records, facts, listing, vms_of, p):
                     % (rec["v2v_vm"], disk.get("id"), storage),
                     "add %r: <target pool or datastore> to storage_map (the plan's, the wave's or the VM's)" % storage,
                 )
-
-
-def _storage_of(source):
-    # engine/spec.storage_of, without importing the engine (and qemu-img) here.
-    source = source or {}
-    for key in ("pool", "datastore"):
-        if source.get(key):
-            return source[key]
-    path = source.get("path") or source.get("dev")
-    if path:
-        match = re.match(r"^/vmfs/volumes/([^/]+)/", path)
-        return match.group(1) if match else (posixpath.dirname(path) or None)
-    return None
 
 
 def inventory(plan, records):

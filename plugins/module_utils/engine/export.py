@@ -49,7 +49,8 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
             "leave it out (it follows the disk's capacity) or give e.g. 65536 or 1048576",
         )
     name = platform.vm_name(vm)
-    running = platform.power_state(vm) != "off"
+    power_state = platform.power_state(vm)
+    running = power_state != "off"
     source = platform.source_record(vm)
     spec = platform.describe(vm)
     bundle = _bundle.Bundle.load(bundle_dir) if _bundle.Bundle.exists(bundle_dir) else None
@@ -76,7 +77,7 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
         "mode": read_mode,
         "kind": "incremental" if incremental else "full",
         "bundle": os.path.abspath(bundle_dir),
-        "vm": {"name": name, "id": source.get("id"), "power_state": platform.power_state(vm)},
+        "vm": {"name": name, "id": source.get("id"), "power_state": power_state},
         "bytes_read": 0,
         "bytes_written": 0,
         "frozen": False,

@@ -216,14 +216,7 @@ class VsphereTarget(VsphereInventory):
                 )
             block_size = record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE
             digests, data = write_stream_vmdk(reader, stream, adapter, block_size)
-        want = bundle.load_digests(record)
-        if want is not None and want != digests:
-            bad = digests.changed_blocks(want)
-            raise PlatformError(
-                "disk %s read from the bundle differs from its manifest digests in %d blocks (first at byte %d)"
-                % (item["id"], len(bad), bad[0] * digests.block_size),
-                "the bundle's disk changed after export: re-run the export",
-            )
+        _check_digests(bundle, record, item["id"], digests)
         return {"path": stream, "data": data}
 
     def remove_vm(self, vm, spec, options, check_mode):
@@ -326,15 +319,7 @@ class VsphereTarget(VsphereInventory):
         descriptor = vmdk_descriptor(capacity, os.path.basename(flat), adapter)
         uploaded.append((item["datastore"], item["path"]))
         put_file(self.conn, item["datastore"], item["path"], descriptor, len(descriptor))
-        digests = hasher.finish()
-        want = bundle.load_digests(record)
-        if want is not None and want != digests:
-            bad = digests.changed_blocks(want)
-            raise PlatformError(
-                "disk %s read from the bundle differs from its manifest digests in %d blocks (first at byte %d)"
-                % (item["id"], len(bad), bad[0] * digests.block_size),
-                "the bundle's disk changed after export: re-run the export",
-            )
+        _check_digests(bundle, record, item["id"], hasher.finish())
         summary = progress.finish()
         return {
             "id": item["id"],
@@ -659,6 +644,19 @@ class _ExtentSource:
             self.bytes_read += hi - lo
             self.hasher.feed(lo, data)
         return bytes(out)
+
+
+def _check_digests(bundle, record, disk_id, digests):
+    """Refuse to go on with a disk whose bytes, hashed while they were read from the bundle
+    for the upload, differ from the bundle's manifest digests."""
+    want = bundle.load_digests(record)
+    if want is not None and want != digests:
+        bad = digests.changed_blocks(want)
+        raise PlatformError(
+            "disk %s read from the bundle differs from its manifest digests in %d blocks (first at byte %d)"
+            % (disk_id, len(bad), bad[0] * digests.block_size),
+            "the bundle's disk changed after export: re-run the export",
+        )
 
 
 def _scratch_dir(bundle):
