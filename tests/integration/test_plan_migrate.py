@@ -15,7 +15,7 @@ import subprocess
 
 import libvirt
 import pytest
-from plan_lab import MIB, SourceDomains, play, target_of, write_plan  # tests/integration/plan_lab.py
+from plan_lab import MIB, PLAYBOOKS, SourceDomains, play, target_of, write_plan  # tests/integration/plan_lab.py
 
 
 @pytest.fixture
@@ -137,3 +137,66 @@ def test_warm_vm_migrate_sync_cutover(lab, libvirt_conn, sources, run_playbook, 
 
     again = play(run_playbook, path, "cutover.yml")
     assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
+
+
+def test_warm_vm_into_vsphere_syncs_changed_data(lab, libvirt_conn, vsphere_si, sources, run_playbook, tmp_path):
+    """Warm KVM -> vSphere: migrate (first copy), a guest write, sync, cutover. The sync's
+    convert writes the delta into the converted disk and the import rewrites the vSphere
+    disk from it: vcsim's flat extent equals the source after each round."""
+    from test_vsphere_import import destroy, find_vm, flat_path
+
+    name, disk = sources.make("vswarm")
+    src = libvirt_conn.lookupByName(name)
+    src.create()
+    vc, target = lab["vcsim"], target_of(name)
+    plan = [
+        "plugin: vmigrate.v2v.plan",
+        "version: 1",
+        "defaults: {work_dir: '%s', mode: warm, options: {shutdown_timeout: 2, on_shutdown_timeout: poweroff}}"
+        % (tmp_path / "work"),
+        "endpoints:",
+        "  lab-kvm: {platform: kvm, uri: '%s'}" % lab["libvirt_uri"],
+        "  lab-vc:",
+        "    platform: vsphere",
+        "    hostname: %s" % vc["hostname"],
+        "    port: %d" % vc["port"],
+        "    username: %s" % vc["username"],
+        "    password: \"{{ lookup('env', 'LAB_VC_PASSWORD') }}\"",
+        "    ca_path: %s" % vc["ca_path"],
+        "    datacenter: %s" % vc["datacenter"],
+        "    placement: {datastore: %s}" % vc["datastore"],
+        "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], vc["datastore"]),
+        "waves:",
+        "  - {name: w0, source: lab-kvm, target: lab-vc, vms: [{name: %s, target_name: %s}]}" % (name, target),
+    ]
+    path = tmp_path / "plan-vs.v2v.yml"
+    path.write_text("\n".join(plan) + "\n")
+    env = {"ANSIBLE_INVENTORY": str(path), "LAB_VC_PASSWORD": vc["password"]}
+    work = tmp_path / "work" / "w0" / target
+
+    def run(playbook):
+        proc = run_playbook(os.path.join(PLAYBOOKS, playbook), env=env, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        return proc
+
+    def same_as_source():
+        cmd = ["qemu-img", "compare", "-q", "-U", "-f", "qcow2", "-F", "raw", disk, flat_path(lab, target)]
+        return subprocess.run(cmd).returncode == 0
+
+    try:
+        run("migrate.yml")
+        assert same_as_source()
+        guest_write(src, 5 * MIB + 4096, 8192, 0x5A)
+        run("sync.yml")
+        sync = json.loads((work / "sync.json").read_text())
+        assert sync["status"] == "synced" and sync["sync_index"] == 2, sync
+        assert same_as_source()
+        guest_write(src, 9 * MIB, 4096, 0x33)
+        run("cutover.yml")
+        assert not src.isActive()
+        assert find_vm(vsphere_si, target).runtime.powerState == "poweredOn"
+        assert json.loads((work / "cutover.json").read_text())["status"] == "cut-over"
+        assert same_as_source()
+        assert run("cutover.yml").changed == 0
+    finally:
+        destroy(vsphere_si, target)

@@ -194,7 +194,8 @@ class Converter:
         return out
 
     def refresh(self, src, out, input_fp, changes, check_mode):
-        """Carry new deltas, digests and sync history into the output; no disk is converted."""
+        """Carry new deltas, digests and sync history into the output; no disk is converted
+        again (a disk converted into the output gets the new deltas' bytes written in)."""
         new_deltas = []
         for disk, old in zip(src.disks, out.disks, strict=True):
             for delta in (disk.get("deltas") or [])[len(old.get("deltas") or []) :]:
@@ -204,7 +205,19 @@ class Converter:
         out.mark_incomplete()
         for disk, old in zip(src.disks, out.disks, strict=True):
             old["checkpoint"] = copy.deepcopy(disk.get("checkpoint"))
-            old["deltas"] = self._absolute_deltas(src, disk)
+            deltas = self._absolute_deltas(src, disk)
+            if not old.get("ref_stamp"):
+                # A disk converted into this bundle holds the sync it was converted at: the
+                # new deltas go into it too (their bytes only), so that like the export's
+                # base it holds every delta it lists and a step that reads it whole (an
+                # import rewriting a disk) reads the current data.
+                written = self._patch(out.disk_path(old), old["format"], deltas[len(old.get("deltas") or []) :])
+                for item in new_deltas:
+                    if item["disk"] == disk["id"]:
+                        item["bytes_written"] = written.get(item["index"], 0)
+                for f in old.get("files") or []:
+                    f["bytes"] = os.path.getsize(out.resolve(f["path"]))
+            old["deltas"] = deltas
             old["action"] = "refresh"
             if old.get("ref_stamp"):
                 old["ref_stamp"] = _bundle.file_stamp(out.disk_path(old))
@@ -216,6 +229,17 @@ class Converter:
         out.manifest["convert"].update(input_fingerprint=input_fp, at=_bundle.now(), changes=changes)
         out.mark_complete()
         return new_deltas
+
+    @staticmethod
+    def _patch(path, fmt, deltas):
+        """Write ``deltas`` into the converted disk ``path``; {delta index: bytes written}."""
+        written = {}
+        for delta in deltas:
+            progress = Progress("apply delta %s to %s" % (delta.get("index"), os.path.basename(path)), delta["bytes"])
+            pieces = _bundle.delta_pieces(delta["path"], delta["extents"], _disk.MAX_REQUEST)
+            written[delta.get("index")] = _blocks.apply_delta(path, fmt, pieces, progress=progress)["bytes_written"]
+            progress.finish()
+        return written
 
     @staticmethod
     def _absolute_deltas(src, disk):
@@ -230,7 +254,9 @@ class Converter:
     def run(self, check_mode=False):
         started = time.monotonic()
         result = self._run(check_mode)
-        result["bytes_written"] = sum(int(p.get("bytes") or 0) for p in result.get("progress") or [])
+        result["bytes_written"] = sum(int(p.get("bytes") or 0) for p in result.get("progress") or []) + sum(
+            int(d.get("bytes_written") or 0) for d in result.get("deltas") or []
+        )
         return _steps.finish_step(result, started, "convert to %s %s" % (self.target, self.dest))
 
     def _run(self, check_mode):
