@@ -31,12 +31,14 @@ description:
     vouched for; it is set when the upload completed. A failure aborts the import and
     removes the VM, the run's files, and the VM folder when the run made it. While an
     existing target is updated it carries extraConfig C(vmigrate.incomplete)."
-  - "Incremental syncs: the bundle's disk image is kept up to date by the export, so the
-    changed disks of an existing VM are uploaded again B(whole) as monolithicFlat extents
-    over the datastore file service (HTTPS C(/folder)), which has no partial write. On
-    real vSphere that costs a full disk transfer per changed disk per sync; writing only
-    the changed blocks needs NBD through VMware's VDDK (nbdkit vddk plugin), which is not
-    used here. The target must be powered off."
+  - "Incremental syncs: the bundle's disk image is kept up to date by the export and the
+    convert, and no vSphere API writes part of a disk (only VDDK's NBD transport does,
+    which is not used here). So each changed disk of an existing VM is uploaded again as
+    a B(new file): through an import lease into a helper VM C(<name>.vmigrate-sync-<tag>)
+    as a streamOptimized VMDK (its data, not its capacity), placed in the VM's folder; the
+    helper is deleted and one reconfigure swaps the new file in for the old one (same
+    controller and unit; the old files deleted). The cost per sync is the changed disks'
+    allocated data, not the bytes that changed. The target must be powered off."
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:

@@ -143,7 +143,7 @@ def test_warm_vm_into_vsphere_syncs_changed_data(lab, libvirt_conn, vsphere_si, 
     """Warm KVM -> vSphere: migrate (first copy), a guest write, sync, cutover. The sync's
     convert writes the delta into the converted disk and the import rewrites the vSphere
     disk from it: vcsim's flat extent equals the source after each round."""
-    from test_vsphere_import import destroy, find_vm, flat_path
+    from test_vsphere_import import backing_flat_path, destroy, find_vm
 
     name, disk = sources.make("vswarm")
     src = libvirt_conn.lookupByName(name)
@@ -180,7 +180,8 @@ def test_warm_vm_into_vsphere_syncs_changed_data(lab, libvirt_conn, vsphere_si, 
         return proc
 
     def same_as_source():
-        cmd = ["qemu-img", "compare", "-q", "-U", "-f", "qcow2", "-F", "raw", disk, flat_path(lab, target)]
+        flat = backing_flat_path(lab, find_vm(vsphere_si, target))
+        cmd = ["qemu-img", "compare", "-q", "-U", "-f", "qcow2", "-F", "raw", disk, flat]
         return subprocess.run(cmd).returncode == 0
 
     try:

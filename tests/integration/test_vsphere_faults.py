@@ -30,7 +30,7 @@ import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 from test_vsphere_export import same_bytes
-from test_vsphere_import import conn_vars, destroy, find_vm, flat_path, make_bundle
+from test_vsphere_import import backing_flat_path, conn_vars, destroy, find_vm, flat_path, make_bundle
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
@@ -217,7 +217,7 @@ def test_import_vcsim_stops_mid_upload(lab, vsphere_si, run_module, proxy, tmp_p
     # The re-run, straight to vcsim, completes it.
     res = run_module("vsphere_import", import_args(lab, bundle.dir))
     assert res.get("changed") and not res.get("failed"), res
-    assert same_bytes(flat_path(lab, vm_name), image)
+    assert same_bytes(backing_flat_path(lab, find_vm(vsphere_si, vm_name)), image)
     assert not os.path.exists(os.path.join(vm_dir, "vmigrate.partial"))
     assert find_vm(vsphere_si, vm_name) is not None
 
@@ -234,7 +234,13 @@ def test_update_cut_mid_upload_leaves_vm_marked_incomplete(lab, vsphere_si, run_
 
     res = run_module("vsphere_import", import_args(lab, newer.dir, port=p.port))
     assert res.get("failed") and p.cuts == 1, res
-    assert "upload of [%s] %s/%s-flat.vmdk" % (lab["vcsim"]["datastore"], random_vm, random_vm) in res["msg"]
+    # The changed disk goes as a new file beside the old one (see VsphereTarget._update_vm).
+    assert "upload of disk [%s] %s/%s-" % (lab["vcsim"]["datastore"], random_vm, random_vm) in res["msg"], res
+    vm = find_vm(vsphere_si, random_vm)
+    assert backing_flat_path(lab, vm) == flat_path(lab, random_vm)  # the old disk is still attached
+    view = vsphere_si.content.viewManager.CreateContainerView(vsphere_si.content.rootFolder, [vim.VirtualMachine], True)
+    assert not [v.name for v in view.view if v.name.startswith(random_vm + ".vmigrate-sync-")]  # the helper is gone
+    view.Destroy()
     # The VM exists and says it is incomplete; vm_info reports it.
     vm = find_vm(vsphere_si, random_vm)
     values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
@@ -245,7 +251,7 @@ def test_update_cut_mid_upload_leaves_vm_marked_incomplete(lab, vsphere_si, run_
 
     res = run_module("vsphere_import", import_args(lab, newer.dir))
     assert res.get("changed") and res["action"] == "rewrite" and not res.get("failed"), res
-    assert same_bytes(flat_path(lab, random_vm), image)
+    assert same_bytes(backing_flat_path(lab, find_vm(vsphere_si, random_vm)), image)
     vm = find_vm(vsphere_si, random_vm)
     values = {o.key: o.value for o in vm.config.extraConfig}
     assert not values.get("vmigrate.incomplete")
@@ -413,7 +419,7 @@ def test_import_hand_edited_bundle_is_refused(lab, vsphere_si, run_module, tmp_p
         fh.write(original)
     res = run_module("vsphere_import", import_args(lab, bundle.dir))
     assert res.get("changed") and not res.get("failed"), res
-    assert same_bytes(flat_path(lab, vm_name), image)
+    assert same_bytes(backing_flat_path(lab, find_vm(vsphere_si, vm_name)), image)
     disks = [d for d in find_vm(vsphere_si, vm_name).config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
     assert [d.capacityInBytes for d in disks] == [8 * MIB]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -100,6 +101,14 @@ def vm_name(vsphere_si):
 
 def flat_path(lab, name):
     return os.path.join(lab["vcsim"]["datastore_dir"], name, name + "-flat.vmdk")
+
+
+def backing_flat_path(lab, vm):
+    """The extent of the VM's first disk as vcsim reports its backing (an update swaps
+    in new files), in the lab datastore's directory."""
+    disk = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
+    path = disk.backing.fileName.split("] ", 1)[1]
+    return os.path.join(lab["vcsim"]["datastore_dir"], re.sub(r"\.vmdk$", "-flat.vmdk", path))
 
 
 def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
@@ -212,9 +221,20 @@ def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tm
     newer = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, source_id=src_id)
     res = run_module("vsphere_import", dict(args, bundle=newer.dir))
     assert res["changed"] and res["action"] == "rewrite" and res["updated_disks"] == ["disk0"], res
-    cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", flat_path(lab, vm_name), guest_copy])
-    assert cmp.returncode == 0
+    # Sent as a streamOptimized upload (data, not capacity) into a new file swapped in;
+    # the old files and the helper VM are gone.
+    assert res["transfer"][0]["format"] == "streamOptimized", res
+    assert res["bytes_sent"] < os.path.getsize(guest_copy), res
     vm = find_vm(vsphere_si, vm_name)
+    cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", backing_flat_path(lab, vm), guest_copy])
+    assert cmp.returncode == 0
+    assert not os.path.exists(flat_path(lab, vm_name))
+    folder = os.path.dirname(flat_path(lab, vm_name))
+    extents = [f for f in os.listdir(folder) if f.endswith("-flat.vmdk")]
+    assert extents == [os.path.basename(backing_flat_path(lab, vm))], extents
+    view = vsphere_si.content.viewManager.CreateContainerView(vsphere_si.content.rootFolder, [vim.VirtualMachine], True)
+    assert not [v.name for v in view.view if v.name.startswith(vm_name + ".vmigrate-sync")]
+    view.Destroy()
     values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
     assert not values.get("vmigrate.incomplete")
     assert json.loads(values["vmigrate.provenance"])["fingerprint"] == steps.content_fingerprint(newer.manifest)

@@ -2,7 +2,8 @@
 # Copyright: vmigrate.v2v contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """vSphere as a target: import (ImportVApp with streamOptimized VMDKs through an NFC
-lease; whole monolithicFlat disks to bring a VM up to date), the primitives verify reads
+lease; to bring a VM up to date, its changed disks as new files through a helper VM's
+lease, swapped in), the primitives verify reads
 the target with (only allocated areas where changed block tracking says which), and the
 boot check."""
 
@@ -15,7 +16,6 @@ import posixpath
 import re
 import shutil
 import struct
-import subprocess
 import tempfile
 import time
 import zlib
@@ -28,7 +28,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps a
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import escape_name
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
-    HTTP_CHUNK,
     DatastoreFile,
     allocated_areas,
     datastore_dir_exists,
@@ -51,31 +50,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inv
 )
 
 ADAPTER_TYPE = {"ide": "ide", "buslogic": "buslogic"}  # VMDK ddb.adapterType; lsilogic otherwise
-
-
-def vmdk_descriptor(capacity, extent_name, adapter_type="lsilogic"):
-    """A monolithicFlat VMDK descriptor, written by qemu-img (not by hand).
-
-    qemu-img creates the descriptor and a sparse extent in a scratch directory; only
-    the descriptor text is kept, with the extent renamed to ``extent_name``.
-    """
-    work = tempfile.mkdtemp(prefix="vmigrate-vmdk-")
-    try:
-        base = os.path.join(work, re.sub(r"-flat\.vmdk$", "", extent_name) + ".vmdk")
-        cmd = ["qemu-img", "create", "-q", "-f", "vmdk"]
-        cmd += ["-o", "subformat=monolithicFlat,adapter_type=%s" % adapter_type, base, str(int(capacity))]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise PlatformError(
-                "qemu-img could not write a VMDK descriptor: %s" % proc.stderr.strip(), "install qemu-utils"
-            )
-        with open(base, encoding="ascii") as fh:
-            text = fh.read()
-        if extent_name not in text:
-            raise PlatformError("qemu-img's descriptor does not name extent %s" % extent_name, "report this bug")
-        return text.encode("ascii")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 class VsphereTarget(VsphereInventory):
@@ -293,45 +267,6 @@ class VsphereTarget(VsphereInventory):
             "map it in network_map to one of: %s" % ", ".join(sorted({n.name for n in self.dc.network})),
         )
 
-    def _upload_disk(self, bundle, item, uploaded):
-        """PUT the flat extent (guest bytes, the whole capacity) and then its descriptor.
-
-        Used to rewrite a disk of an existing VM (incremental sync): the datastore file
-        service writes whole files only, and an import lease makes a new VM.
-        """
-        record = item["record"]
-        path = bundle.disk_path(record)
-        capacity = item["capacity"]
-        flat = flat_name(item["path"])
-        progress = Progress("upload %s" % item["id"], capacity)
-        hasher = _blocks.BlockHasher(capacity, record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE)
-        with _disk.open_guest(path, record["format"]) as reader:
-            if reader.size > capacity:
-                raise InputError(
-                    "disk %s of bundle %s holds %d bytes, more than its capacity %d"
-                    % (item["id"], bundle.dir, reader.size, capacity),
-                    "re-run the export",
-                )
-            source = _ExtentSource(reader, capacity, hasher)
-            uploaded.append((item["datastore"], flat))
-            put_file(self.conn, item["datastore"], flat, source.read, capacity, progress)
-        adapter = ADAPTER_TYPE.get(item["controller"] or item["bus"], "lsilogic")
-        descriptor = vmdk_descriptor(capacity, os.path.basename(flat), adapter)
-        uploaded.append((item["datastore"], item["path"]))
-        put_file(self.conn, item["datastore"], item["path"], descriptor, len(descriptor))
-        _check_digests(bundle, record, item["id"], hasher.finish())
-        summary = progress.finish()
-        return {
-            "id": item["id"],
-            "file": item["file"],
-            "capacity": capacity,
-            "bytes": capacity,
-            "bytes_sent": capacity + len(descriptor),
-            "format": "monolithicFlat",
-            "bytes_read": source.bytes_read,
-            "progress": summary,
-        }
-
     def _cleanup(self, uploaded, ds_name, marker, folder=None):
         """Remove what a failed import made: the folder if it made it, else its files."""
         files = [(ds, path) for ds, path in uploaded if folder is None or ds != ds_name]
@@ -466,10 +401,16 @@ class VsphereTarget(VsphereInventory):
         return config
 
     def _update_vm(self, vm, bundle, spec, decision, result, check_mode):
-        """Same source, other content: upload the changed disks again, whole.
+        """Same source, other content: the changed disks go again, as new disk files.
 
-        vSphere gets no deltas applied: the datastore /folder endpoint writes whole
-        files (issue 10 looks for a way to write only changed ranges).
+        vSphere has no API that writes part of a disk (only VDDK's NBD transport does, which
+        this collection does not use), and an import lease only makes a new VM. So the
+        changed disks are imported through a lease into a helper VM, as streamOptimized
+        VMDKs (their data, not their capacity), with their files placed in the target's
+        folder; the helper lets go of them and is deleted; then one reconfigure of the
+        target removes the old disks (their files deleted) and attaches the new files at
+        the same controller and unit. Until that reconfigure the target keeps its old disks
+        and says incomplete; a failure removes the helper and the new files.
         """
         disks = vm_disks(vm)
         todo = [d for d in spec["disks"] if d["id"] in decision.disks]
@@ -487,22 +428,27 @@ class VsphereTarget(VsphereInventory):
                 "power the target off before applying an incremental sync",
             )
         self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(_steps.mark_updating(decision), sort_keys=True)})
-        stats = []
+        tag = os.urandom(3).hex()  # new file names: a run that died left its own behind
+        items = []
         for i, disk in enumerate(spec["disks"]):
             if disk not in todo:
                 continue
             ds_name, path = split_ds_path(disks[i]["file"])
-            item = {
-                "id": disk["id"],
-                "datastore": ds_name,
-                "path": path,
-                "file": disks[i]["file"],
-                "capacity": disks[i]["capacity"],
-                "bus": disk["bus"],
-                "controller": disk.get("controller"),
-                "record": bundle.disk(disk["id"]),
-            }
-            stats.append(self._upload_disk(bundle, item, []))
+            new_path = "%s-%s.vmdk" % (re.sub(r"(-[0-9a-f]{6})?\.vmdk$", "", path), tag)
+            items.append(
+                {
+                    "id": disk["id"],
+                    "datastore": ds_name,
+                    "path": new_path,
+                    "file": "[%s] %s" % (ds_name, new_path),
+                    "capacity": disks[i]["capacity"],
+                    "bus": disk["bus"],
+                    "controller": disk.get("controller"),
+                    "record": bundle.disk(disk["id"]),
+                    "old": disks[i],
+                }
+            )
+        stats = self._replace_disks(vm, bundle, spec, items, tag, decision.want)
         self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(decision.want, sort_keys=True), INCOMPLETE_KEY: ""})
         # An import that died half-way left its folder's marker; the VM is complete now.
         ds_name, path = split_ds_path(vm.config.files.vmPathName)
@@ -514,6 +460,90 @@ class VsphereTarget(VsphereInventory):
         result["bytes_sent"] = sum(s["bytes_sent"] for s in stats)
         result["bytes_written"] = sum(s["bytes"] for s in stats)
         return result
+
+    def _replace_disks(self, vm, bundle, spec, items, tag, prov):
+        """Upload ``items`` as new files through a helper VM's import lease, then swap them
+        into ``vm``; see _update_vm. Returns the upload statistics."""
+        helper_name = "%s.vmigrate-sync-%s" % (vm.name, tag)
+        ds_name = items[0]["datastore"]
+        self._check_free_space(ds_name, sum(int(i["record"].get("allocated") or i["capacity"]) for i in items))
+        work = tempfile.mkdtemp(prefix=".vmigrate-upload-", dir=_scratch_dir(bundle))
+        lease = helper = None
+        attached = False
+        try:
+            # Checked against the bundle's digests before vSphere is asked for anything.
+            streams = [self._stream_disk(bundle, item, work) for item in items]
+            plan = {"datastore": ds_name, "disks": items, "networks": {}}
+            config = self._config_spec(helper_name, dict(spec, nics=[], disks=[]), plan, prov, {})
+            config.annotation = "vmigrate.v2v: uploads new disks for VM %s; delete it if it is left behind" % vm.name
+            config.extraConfig = [vim.option.OptionValue(key="vmigrate.sync_helper_of", value=vm.name)]
+            config.changeTrackingEnabled = False
+            try:
+                lease = vm.resourcePool.ImportVApp(
+                    spec=vim.VirtualMachineImportSpec(configSpec=config), folder=vm.parent
+                )
+            except vmodl.MethodFault as exc:
+                raise PlatformError(
+                    "vSphere refused the upload of the changed disks of VM %s: %s" % (vm.name, fault_text(exc)),
+                    "read the error above (free space, permissions)",
+                    fault=type(exc).__name__,
+                ) from exc
+            info = wait_lease(lease, "the upload of the changed disks of VM %s" % vm.name, self.conn.timeout)
+            helper = info.entity
+            stats = self._upload_disks(plan, streams, lease, info)
+            lease.HttpNfcLeaseComplete()
+            lease = None
+            # The helper lets go of the files (kept), and goes.
+            self._change_devices(
+                helper,
+                [
+                    vim.vm.device.VirtualDeviceSpec(operation="remove", device=d)
+                    for d in helper.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualDisk)
+                ],
+            )
+            self._destroy(helper)
+            helper = None
+            changes = []
+            for item in items:
+                old = next(d for d in vm.config.hardware.device if d.key == item["old"]["key"])
+                new = vim.vm.device.VirtualDisk(
+                    key=-101 - len(changes),
+                    controllerKey=old.controllerKey,
+                    unitNumber=old.unitNumber,
+                    capacityInBytes=item["capacity"],
+                    capacityInKB=item["capacity"] // 1024,
+                    backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                        fileName=item["file"], diskMode="persistent", thinProvisioned=True
+                    ),
+                )
+                changes.append(vim.vm.device.VirtualDeviceSpec(operation="remove", fileOperation="destroy", device=old))
+                changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=new))
+            self._change_devices(vm, changes)
+            attached = True
+            return stats
+        except BaseException:
+            self._abort_import(lease, helper)  # the helper's disks go with it
+            if not attached:
+                for item in items:
+                    for path in (flat_name(item["path"]), item["path"]):
+                        try:
+                            delete_file(self.conn, "[%s] %s" % (item["datastore"], path))
+                        except Exception:  # best effort: the first error is the one to report
+                            pass
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _change_devices(self, vm, changes):
+        name = vm.name
+        try:
+            task = vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=changes))
+        except vmodl.MethodFault as exc:
+            raise PlatformError(
+                "vSphere refused to change the disks of VM %s: %s" % (name, fault_text(exc)), "read the error above"
+            ) from exc
+        wait_task(task, "change the disks of VM %s" % name, self.conn.timeout)
 
     # -- the target primitives run_verify uses --
 
@@ -615,35 +645,6 @@ def _annotation(spec, prov):
         prov["source_id"],
     )
     return (note + "\n\n" + origin).strip()
-
-
-class _ExtentSource:
-    """Guest bytes in order for an upload: data extents are read, holes are zeros.
-
-    Data bytes are fed to the hasher on the way, so the upload checks itself against
-    the bundle's digests without a second read.
-    """
-
-    def __init__(self, reader, size, hasher):
-        self.reader = reader
-        self.size = size
-        self.hasher = hasher
-        self.extents = [e for e in reader.extents() if e.data and not e.zero]
-        self.bytes_read = 0
-        self._zeros = bytes(HTTP_CHUNK)
-
-    def read(self, offset, length):
-        out = bytearray(self._zeros[:length]) if length <= len(self._zeros) else bytearray(length)
-        end = offset + length
-        for e in self.extents:
-            lo, hi = max(offset, e.start), min(end, e.start + e.length, self.reader.size)
-            if lo >= hi:
-                continue
-            data = self.reader.pread(hi - lo, lo)
-            out[lo - offset : hi - offset] = data
-            self.bytes_read += hi - lo
-            self.hasher.feed(lo, data)
-        return bytes(out)
 
 
 def _check_digests(bundle, record, disk_id, digests):

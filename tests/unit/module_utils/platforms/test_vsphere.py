@@ -93,16 +93,6 @@ def test_ssl_context_checks_ca_path(tmp_path):
     assert _connection.ssl_context(False).verify_mode.name == "CERT_NONE"
 
 
-def test_vmdk_descriptor_is_qemu_img_s(tmp_path):
-    text = _target.vmdk_descriptor(64 * 1024 * 1024, "web01-flat.vmdk", "lsilogic")
-    assert b'createType="monolithicFlat"' in text and b'RW 131072 FLAT "web01-flat.vmdk" 0' in text
-    # With a raw extent beside it, qemu-img reads the pair as one 64 MiB vmdk.
-    (tmp_path / "web01.vmdk").write_bytes(text)
-    with open(tmp_path / "web01-flat.vmdk", "wb") as fh:
-        fh.truncate(64 * 1024 * 1024)
-    assert _disk.info(str(tmp_path / "web01.vmdk"), "vmdk")["virtual-size"] == 64 * 1024 * 1024
-
-
 # -- streamOptimized VMDKs (the import's upload format) and allocated areas (verify's reads)
 
 MIB = 1024 * 1024
