@@ -217,3 +217,59 @@ def test_a_missing_disk_file_comes_back_as_hyperv_reports_it(hv):
         and "'C:\\VMs\\lab-hv-gone-disk0.vhdx' is not an existing virtual hard disk file" in msg
     )
     assert err.value.details["hyperv_error_id"] == "ObjectNotFound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD"
+
+
+def module_env(hv):
+    # The connection comes from the environment fallbacks, as a playbook would set it.
+    return {
+        "VMIGRATE_HYPERV_HOST": "127.0.0.1",
+        "VMIGRATE_HYPERV_PORT": str(hv["https_port"]),
+        "VMIGRATE_HYPERV_USERNAME": USER,
+        "VMIGRATE_HYPERV_PASSWORD": hv["password"],
+        "VMIGRATE_HYPERV_CA_PATH": hv["ca"],
+    }
+
+
+def test_hyperv_vm_info_module_describes_and_changes_nothing(hv, run_module):
+    name = "lab-hv-info"
+    hv["host"].new_vm(
+        name,
+        generation=2,
+        cpus=2,
+        memory_mib=1536,
+        disks=[{"size": 32 << 20}, {"size": 8 << 20}],
+        nics=[{"switch": "lab", "mac": "00155D001122"}],
+    )
+    state_file = os.path.join(hv["state"], "hyperv.json")
+    with open(state_file, "rb") as f:
+        before = f.read()
+    for check in (False, True):
+        res = run_module("hyperv_vm_info", {"vms": [name]}, check=check, env=module_env(hv))
+        assert not res.get("failed"), res.get("msg")
+        assert res["changed"] is False and res["_recap_changed"] == 0
+        (vm,) = res["vms"]
+        spec = vm["spec"]
+        assert (spec["name"], spec["firmware"], spec["memory_mib"]) == (
+            name,
+            {"type": "uefi", "secure_boot": True},
+            1536,
+        )
+        assert spec["cpu"] == {"sockets": 1, "cores": 2, "threads": 1}
+        for disk, size in zip(spec["disks"], (32 << 20, 8 << 20), strict=True):
+            local = os.path.join(hv["share"], disk["source"]["path"].split("\\")[-1])
+            info = json.loads(
+                subprocess.run(["qemu-img", "info", "--output=json", local], check=True, capture_output=True).stdout
+            )
+            assert (
+                disk["capacity"] == info["virtual-size"] == size and disk["format"] == "vhdx" and disk["bus"] == "scsi"
+            )
+        assert [n["mac"] for n in spec["nics"]] == ["00:15:5d:00:11:22"]
+    with open(state_file, "rb") as f:
+        assert f.read() == before
+
+
+def test_hyperv_vm_info_module_unknown_vm(hv, run_module):
+    hv["host"].new_vm("lab-hv-listed")
+    res = run_module("hyperv_vm_info", {"vms": ["lab-hv-nope"]}, env=module_env(hv))
+    assert res["failed"] and "no VM named 'lab-hv-nope' on Hyper-V host 127.0.0.1" in res["msg"]
+    assert "lab-hv-listed" in res["msg"]  # the fix lists the VMs the host has

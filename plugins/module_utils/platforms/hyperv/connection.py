@@ -155,6 +155,11 @@ SCRIPTS = {
     })
     [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Depth 6 -Compress
 """,
+    # Just the names, for error messages that say what exists.
+    "vm_names": """
+    $names = @(foreach ($vm in @(Get-VM)) { $vm.Name })
+    [pscustomobject]@{ ok = $true; result = $names } | ConvertTo-Json -Compress
+""",
 }
 
 
