@@ -23,7 +23,7 @@ options:
   username:
     description:
       - User to log in with, a member of Hyper-V Administrators on the host. A local account as
-        V(user) or V(HOST\user); a domain account as V(DOMAIN\user) or V(user@domain).
+        V(user) or V(HOST\\user); a domain account as V(DOMAIN\\user) or V(user@domain).
       - If not set, the environment variable E(VMIGRATE_HYPERV_USERNAME) is used.
     type: str
     required: true

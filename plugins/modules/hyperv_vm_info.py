@@ -24,7 +24,7 @@ extends_documentation_fragment:
 options:
   vms:
     description:
-      - VM names to describe, compared as Hyper-V compares them (case-insensitively, exactly:
+      - VM names to describe, compared as Hyper-V compares them (case-insensitively, exactly,
         no wildcards). Empty describes every VM of the host.
       - A name that matches no VM fails, listing the VMs the host has.
     type: list

@@ -46,15 +46,15 @@ def test_json_literal_round_trip_with_quotes_dollar_backtick_unicode():
 
 def test_output_is_code_page_437_unless_the_script_sets_utf8():
     script = "'%s' | ConvertTo-Json" % "\u00e9\u6f22"
-    stdout, _, _ = run(script)
+    stdout = run(script)[0]
     assert stdout == '"\u00e9?"\r\n'.encode("cp437")  # what a Windows console without UTF-8 writes
-    stdout, _, _ = run("[Console]::OutputEncoding = [System.Text.Encoding]::UTF8\n" + script)
+    stdout = run("[Console]::OutputEncoding = [System.Text.Encoding]::UTF8\n" + script)[0]
     assert stdout.decode("utf-8") == '"\u00e9\u6f22"\r\n'
 
 
 def test_typographic_quotes_end_a_single_quoted_string_as_in_powershell():
     # \u2019 closes the string, so the rest is parsed as code (and refused here).
-    _, stderr, code = run("$x = 'a\u2019; Get-Evil -Now 'b'")
+    _stdout, stderr, code = run("$x = 'a\u2019; Get-Evil -Now 'b'")
     assert code == 1 and "Get-Evil" in err_text(stderr)
     utf8 = "[Console]::OutputEncoding = [System.Text.Encoding]::UTF8\n"
     assert out_json(utf8 + "'a\u2019\u2019b' | ConvertTo-Json") == "a\u2019b"
@@ -100,10 +100,12 @@ def test_depth_turns_deeper_objects_into_strings():
     assert got == {"a": {"b": "@{c=1}"}}  # the default -Depth is 2
 
 
+def fail_boom(args, inputs):
+    raise ps.PSRuntimeError("boom", "ObjectNotFound", "X,Y")
+
+
 def test_try_catch_gives_the_error_record():
-    host_cmd = ps.Cmdlet(
-        "Get-Fail", {}, lambda a, i: (_ for _ in ()).throw(ps.PSRuntimeError("boom", "ObjectNotFound", "X,Y"))
-    )
+    host_cmd = ps.Cmdlet("Get-Fail", {}, fail_boom)
     cmdlets = dict(ps.GENERIC_CMDLETS, **{"Get-Fail": host_cmd})
     got = out_json(
         "$ErrorActionPreference = 'Stop'\ntry { Get-Fail } catch {\n"
@@ -169,7 +171,7 @@ def test_objects_are_not_formatted_as_tables():
     cmd = ps.Cmdlet(
         "Get-Thing", {}, lambda args, inputs: [ps.PSObject("Microsoft.HyperV.PowerShell.VirtualMachine", Name="a")]
     )
-    _, stderr, code = run("Get-Thing", dict(ps.GENERIC_CMDLETS, **{"Get-Thing": cmd}))
+    _stdout, stderr, code = run("Get-Thing", dict(ps.GENERIC_CMDLETS, **{"Get-Thing": cmd}))
     assert code == 1 and "pipe it into ConvertTo-Json" in err_text(stderr)
 
 
@@ -203,7 +205,7 @@ def hv(host, body):
 
 
 def test_get_vm_unknown_name_is_hyperv_error(host):
-    _, stderr, code = host.run_powershell("$ErrorActionPreference = 'Stop'\nGet-VM -Name 'nope' | ConvertTo-Json")
+    _stdout, stderr, code = host.run_powershell("$ErrorActionPreference = 'Stop'\nGet-VM -Name 'nope' | ConvertTo-Json")
     text = err_text(stderr)
     assert code == 1
     assert (
@@ -250,7 +252,7 @@ def test_disks_come_from_qemu_img(host):
 
 
 def test_get_vhd_missing_file(host):
-    _, stderr, code = host.run_powershell(
+    _stdout, stderr, code = host.run_powershell(
         "$ErrorActionPreference = 'Stop'\nGet-VHD -Path 'C:\\VMs\\gone.vhdx' | ConvertTo-Json"
     )
     assert code == 1 and "is not an existing virtual hard disk file" in err_text(stderr)
@@ -268,7 +270,7 @@ def test_firmware_only_on_generation_2(host):
         "[string]$f.SecureBoot | ConvertTo-Json",
     )
     assert got == "On"
-    _, stderr, code = host.run_powershell(
+    _stdout, stderr, code = host.run_powershell(
         "$ErrorActionPreference = 'Stop'\nGet-VMFirmware -VMName 'g1' | ConvertTo-Json"
     )
     assert code == 1 and "Generation 1" in err_text(stderr)

@@ -357,5 +357,5 @@ def _ssl_reason(exc):
     text = str(exc)
     marker = "certificate verify failed:"
     if marker in text:
-        return text[text.index(marker) :].split(" (_ssl")[0].rstrip("')")
+        return text[text.index(marker) :].split(" (_ssl", maxsplit=1)[0].rstrip("')")
     return text

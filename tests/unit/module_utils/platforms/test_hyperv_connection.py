@@ -134,3 +134,113 @@ def test_argument_spec_env_fallbacks():
     envs = {name: opts["fallback"][1] for name, opts in spec.items() if "fallback" in opts}
     assert envs["hostname"] == ["VMIGRATE_HYPERV_HOST"] and envs["ca_path"][0] == "VMIGRATE_HYPERV_CA_PATH"
     assert all(v[0].startswith("VMIGRATE_HYPERV_") for v in envs.values())
+
+
+# Parameters of the cmdlets the scripts may use, as Microsoft documents them for Windows
+# Server's Hyper-V module and Windows PowerShell 5.1 (learn.microsoft.com, module
+# Hyper-V and Microsoft.PowerShell.Utility/Core). Common parameters (-ErrorAction, ...)
+# are left out on purpose: the scripts rely on $ErrorActionPreference instead.
+_REMOTE = {"ComputerName", "Credential", "CimSession"}
+DOCUMENTED = {
+    "Get-VM": {"Name", "Id", "ClusterObject"} | _REMOTE,
+    "Get-VMHardDiskDrive": {
+        "VMName",
+        "VM",
+        "VMSnapshot",
+        "VMDriveController",
+        "ControllerType",
+        "ControllerNumber",
+        "ControllerLocation",
+    }
+    | _REMOTE,  # fmt: skip
+    "Get-VHD": {"Path", "DiskNumber", "VMId"} | _REMOTE,
+    "Get-VMNetworkAdapter": {"VMName", "VM", "VMSnapshot", "Name", "All", "ManagementOS", "SwitchName", "IsLegacy"}
+    | _REMOTE,
+    "Get-VMFirmware": {"VMName", "VM", "VMSnapshot"} | _REMOTE,
+    "Get-VMMemory": {"VMName", "VM", "VMSnapshot"} | _REMOTE,
+    "Get-VMProcessor": {"VMName", "VM", "VMSnapshot"} | _REMOTE,
+    "Get-VMSnapshot": {"VMName", "VM", "Name", "Id", "SnapshotType", "ParentOf", "ChildOf"} | _REMOTE,
+    "Get-VMCheckpoint": {"VMName", "VM", "Name", "Id", "SnapshotType", "ParentOf", "ChildOf"} | _REMOTE,
+    "Get-VMIntegrationService": {"VMName", "VM", "VMSnapshot", "Name"} | _REMOTE,
+    "ConvertTo-Json": {"InputObject", "Depth", "Compress"},
+    "ConvertFrom-Json": {"InputObject"},
+    "Select-Object": {
+        "InputObject",
+        "Property",
+        "ExcludeProperty",
+        "ExpandProperty",
+        "Unique",
+        "Last",
+        "First",
+        "Skip",
+        "SkipLast",
+        "Wait",
+        "Index",
+    },  # fmt: skip
+    "Where-Object": {
+        "InputObject",
+        "FilterScript",
+        "Property",
+        "Value",
+        "EQ",
+        "CEQ",
+        "NE",
+        "CNE",
+        "GT",
+        "CGT",
+        "LT",
+        "CLT",
+        "GE",
+        "CGE",
+        "LE",
+        "CLE",
+        "Like",
+        "CLike",
+        "NotLike",
+        "CNotLike",
+        "Match",
+        "CMatch",
+        "NotMatch",
+        "CNotMatch",
+        "Contains",
+        "CContains",
+        "NotContains",
+        "CNotContains",
+        "In",
+        "CIn",
+        "NotIn",
+        "CNotIn",
+        "Is",
+        "IsNot",
+    },  # fmt: skip
+}
+
+
+def _commands(node):
+    """(cmdlet, [parameter names]) for every cmdlet call in a parsed script."""
+    if isinstance(node, tuple) and node and node[0] == "command":
+        yield node[1], [name for name, _value in node[2]]
+    if isinstance(node, (tuple, list)):
+        for child in node:
+            yield from _commands(child)
+
+
+@pytest.mark.parametrize("name", sorted(_conn.SCRIPTS))
+def test_scripts_use_only_documented_cmdlets_and_parameters(name):
+    program = ps.Parser(_conn.build_script(_conn.SCRIPTS[name], {"Names": ["x"]})).script()
+    used = list(_commands(program))
+    assert used, name
+    for cmdlet, params in used:
+        assert cmdlet in DOCUMENTED, "%s uses %s, which is not in the documented table" % (name, cmdlet)
+        assert set(params) <= DOCUMENTED[cmdlet], "%s: %s -%s" % (
+            name,
+            cmdlet,
+            sorted(set(params) - DOCUMENTED[cmdlet]),
+        )
+
+
+def test_the_simulator_accepts_only_documented_parameters(tmp_path):
+    host = HyperVHost(str(tmp_path))
+    cmdlets = dict(ps.GENERIC_CMDLETS, **host.cmdlets())
+    for name, cmdlet in cmdlets.items():
+        assert set(cmdlet.params) <= DOCUMENTED[name], (name, sorted(set(cmdlet.params) - DOCUMENTED[name]))
