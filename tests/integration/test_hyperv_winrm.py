@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 
@@ -33,22 +32,30 @@ USER = "vmigrate"
 
 @pytest.fixture(scope="module")
 def hv(lab, tmp_path_factory):
-    """A running simulator: {state, share, http_port, https_port, password, ca, log, host}."""
+    """A running simulator, made by simulator.up() as `lab up` will make it, on free ports:
+    {state, share, http_port, https_port, password, ca, log, host}."""
     base = tmp_path_factory.mktemp("hyperv")
     state, share = str(base / "state"), str(base / "share")
-    host = HyperVHost.init(state, share)
-    password = "pw-" + secrets.token_hex(8)
-    simulator.write_users(state, {USER: password})
     ca = lab["vcsim"]["ca_path"]
-    simulator.make_certificate(state, ca, os.path.join(os.path.dirname(ca), "ca.key"))
-    http_port, https_port = simulator.free_port(), simulator.free_port()
-    proc = simulator.start(state, http_port, https_port)
+    ca_key = os.path.join(os.path.dirname(ca), "ca.key")
+    facts = simulator.up(state, share, ca, ca_key, simulator.free_port(), simulator.free_port())
     try:
-        yield dict(state=state, share=share, http_port=http_port, https_port=https_port, password=password, ca=ca,
-                   log=os.path.join(state, "winrm.log"), host=host)  # fmt: skip
+        # A second up() keeps the running server: it is idempotent, as lab up must be.
+        again = simulator.up(state, share, ca, ca_key, facts["http_port"], facts["https_port"])
+        assert again["pid"] == facts["pid"]
+        yield dict(
+            state=state,
+            share=share,
+            http_port=facts["http_port"],
+            https_port=facts["https_port"],
+            password=facts["password"],
+            ca=ca,
+            log=os.path.join(state, "winrm.log"),
+            host=HyperVHost(state),
+        )
     finally:
-        proc.kill()
-        proc.wait()
+        simulator.down(state)
+        assert simulator.running_pid(state) is None
 
 
 def params(hv, **over):

@@ -5,6 +5,8 @@
     PYTHONPATH=tests/lab python3 -m hyperv.simulator cert   --state-dir D --ca-cert ca.pem --ca-key ca.key
     PYTHONPATH=tests/lab python3 -m hyperv.simulator new-vm --state-dir D --name web01 --disk 1G ...
     PYTHONPATH=tests/lab python3 -m hyperv.simulator serve  --state-dir D --http-port 5985 --https-port 5986
+    PYTHONPATH=tests/lab python3 -m hyperv.simulator up     --state-dir D --share DIR --ca-cert ca.pem --ca-key ca.key
+    PYTHONPATH=tests/lab python3 -m hyperv.simulator down   --state-dir D
 
 (``tests/lab/hyperv/hvsim`` is the same with the path set.) ``start()`` runs ``serve`` as a
 child process and waits until both ports answer: the tests' fixture and ``lab up`` use it.
@@ -16,8 +18,13 @@ users (``DOMAIN:USER:PASSWORD``, pyspnego's NTLM_USER_FILE format), winrm.pem/wi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import secrets
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -127,6 +134,90 @@ def start(state_dir, http_port, https_port, python=sys.executable, timeout=15):
     return proc
 
 
+def _pid_alive(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except OSError:
+        return False
+    # Only our server: a recycled pid of another process must not count, nor be killed.
+    return b"hyperv.simulator" in cmdline and b"serve" in cmdline
+
+
+def running_pid(state_dir):
+    try:
+        with open(os.path.join(state_dir, "server.pid"), encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def tls_ok(port, ca_cert):
+    """The HTTPS listener answers with a certificate the lab CA verifies for 127.0.0.1."""
+    ctx = ssl.create_default_context(cafile=ca_cert)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def down(state_dir):
+    """Stop the server this state directory started (by its pid file, nothing else)."""
+    pid = running_pid(state_dir)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.05)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(state_dir, "server.pid"))
+
+
+def up(state_dir, share, ca_cert, ca_key, http_port=5985, https_port=5986, user="vmigrate"):
+    """What ``lab up`` needs, idempotent: the host model, a users file with a password made
+    once (state_dir/password), the certificate, and a server answering on both ports
+    (restarted when it is not, or listens elsewhere). Returns the connection facts."""
+    from hyperv.host import HyperVHost
+
+    host = HyperVHost.init(state_dir, share)
+    pw_file = os.path.join(state_dir, "password")
+    if not os.path.exists(pw_file):
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(16))
+    with open(pw_file, encoding="ascii") as f:
+        password = f.read().strip()
+    write_users(state_dir, {user: password})
+    pem, _key = make_certificate(state_dir, ca_cert, ca_key)
+    stamp = os.path.join(state_dir, "server.ports")
+    want = "%d %d" % (http_port, https_port)
+    pid = running_pid(state_dir)
+    same = os.path.exists(stamp) and open(stamp, encoding="ascii").read().strip() == want  # noqa: SIM115
+    if pid is None or not same or not tls_ok(https_port, ca_cert):
+        down(state_dir)
+        pid = start(state_dir, http_port, https_port).pid
+        with open(stamp, "w", encoding="ascii") as f:
+            f.write(want + "\n")
+    state = host.load()
+    return {
+        "hostname": "127.0.0.1",
+        "http_port": http_port,
+        "https_port": https_port,
+        "username": user,
+        "password": password,
+        "ca_path": ca_cert,
+        "certificate": pem,
+        "state_dir": state_dir,
+        "share_local": state["share_local"],
+        "share_windows": state["share_windows"],
+        "pid": pid,
+    }
+
+
 def main(argv=None):
     from hyperv.host import HyperVHost
 
@@ -156,6 +247,16 @@ def main(argv=None):
     p.add_argument("--nic", action="append", default=[], help="switch=NAME[,mac=00155D...][,vlan=N]")
     p.add_argument("--state", default="Off")
     p.add_argument("--notes", default="")
+    p = sub.add_parser("up", help="everything lab up needs, idempotent; prints the facts as JSON")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--share", required=True)
+    p.add_argument("--ca-cert", required=True)
+    p.add_argument("--ca-key", required=True)
+    p.add_argument("--http-port", type=int, default=5985)
+    p.add_argument("--https-port", type=int, default=5986)
+    p.add_argument("--user", default="vmigrate")
+    p = sub.add_parser("down", help="stop the server of this state directory")
+    p.add_argument("--state-dir", required=True)
     p = sub.add_parser("serve", help="run the WinRM listeners")
     p.add_argument("--state-dir", required=True)
     p.add_argument("--http-port", type=int)
@@ -200,6 +301,11 @@ def main(argv=None):
             disks=disks, nics=nics, state=args.state, notes=args.notes,
         )  # fmt: skip
         print(vm_id)
+    elif args.cmd == "up":
+        facts = up(args.state_dir, args.share, args.ca_cert, args.ca_key, args.http_port, args.https_port, args.user)
+        print(json.dumps(facts, indent=2))
+    elif args.cmd == "down":
+        down(args.state_dir)
     elif args.cmd == "serve":
         if args.http_port is None and args.https_port is None:
             ap.error("give --http-port, --https-port or both")
