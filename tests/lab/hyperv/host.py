@@ -49,12 +49,19 @@ def enum(type_name, table, name):
     return PSEnum("Microsoft.HyperV.PowerShell." + type_name, name, table[name])
 
 
+def error_id(reason, cmdlet):
+    """Hyper-V's FullyQualifiedErrorId: '<reason>,Microsoft.HyperV.PowerShell.Commands.GetVMCommand'."""
+    return "%s,Microsoft.HyperV.PowerShell.Commands.%sCommand" % (reason, cmdlet.replace("-", ""))
+
+
 def _not_found_vm(name, cmdlet):
+    # As Windows Server 2016+ prints it (CategoryInfo "InvalidArgument: (name:String)").
     return PSRuntimeError(
-        'Hyper-V was unable to find a virtual machine with name "%s".' % name,
+        "A parameter is invalid. Hyper-V was unable to find a virtual machine with name %s." % name,
         "InvalidArgument",
-        "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.%s" % cmdlet.replace("-", ""),
+        error_id("InvalidParameter", cmdlet),
         target=name,
+        exception="Microsoft.HyperV.PowerShell.VirtualizationInvalidArgumentException",
     )
 
 
@@ -181,34 +188,27 @@ class HyperVHost:
         return ps.Interpreter(cmdlets).run(script)
 
     def cmdlets(self):
-        vm_params = {"Name": "list", "VM": "value", "VMName": "list"}
-        return {
+        table = {
             "Get-VM": Cmdlet("Get-VM", {"Name": "list", "Id": "value"}, self.get_vm),
-            "Get-VMHardDiskDrive": Cmdlet(
-                "Get-VMHardDiskDrive", {"VMName": "list", "VM": "value"}, self._per_vm(self._drives), pipeline="VM"
-            ),
             "Get-VHD": Cmdlet("Get-VHD", {"Path": "list"}, self.get_vhd, pipeline="Path", required=("Path",)),
-            "Get-VMNetworkAdapter": Cmdlet(
-                "Get-VMNetworkAdapter", {"VMName": "list", "VM": "value"}, self._per_vm(self._nics), pipeline="VM"
-            ),
-            "Get-VMFirmware": Cmdlet(
-                "Get-VMFirmware", {"VMName": "list", "VM": "value"}, self._per_vm(self._firmware), pipeline="VM"
-            ),
-            "Get-VMMemory": Cmdlet(
-                "Get-VMMemory", {"VMName": "list", "VM": "value"}, self._per_vm(self._memory), pipeline="VM"
-            ),
-            "Get-VMProcessor": Cmdlet(
-                "Get-VMProcessor", {"VMName": "list", "VM": "value"}, self._per_vm(self._processor), pipeline="VM"
-            ),
-            "Get-VMSnapshot": Cmdlet("Get-VMSnapshot", vm_params, self._per_vm(self._snapshots), pipeline="VM"),
-            "Get-VMCheckpoint": Cmdlet("Get-VMCheckpoint", vm_params, self._per_vm(self._snapshots), pipeline="VM"),
-            "Get-VMIntegrationService": Cmdlet(
-                "Get-VMIntegrationService",
-                {"VMName": "list", "VM": "value", "Name": "list"},
-                self._per_vm(self._integration),
-                pipeline="VM",
-            ),
         }
+        # The Get-VM* cmdlets that take a VM by -VMName or -VM (also from the pipeline).
+        per_vm = {
+            "Get-VMHardDiskDrive": self._drives,
+            "Get-VMNetworkAdapter": self._nics,
+            "Get-VMFirmware": self._firmware,
+            "Get-VMMemory": self._memory,
+            "Get-VMProcessor": self._processor,
+            "Get-VMSnapshot": self._snapshots,
+            "Get-VMCheckpoint": self._snapshots,
+            "Get-VMIntegrationService": self._integration,
+        }
+        for name, fn in per_vm.items():
+            params = {"VMName": "list", "VM": "value"}
+            if name in ("Get-VMSnapshot", "Get-VMCheckpoint", "Get-VMIntegrationService"):
+                params["Name"] = "list"
+            table[name] = Cmdlet(name, params, self._per_vm(fn, name), pipeline="VM")
+        return table
 
     # Get-VM
 
@@ -233,10 +233,12 @@ class HyperVHost:
             vms = [vm for vm in state["vms"] if vm["id"].lower() == ps.to_string(args["Id"]).lower()]
             if not vms:
                 raise PSRuntimeError(
-                    'Hyper-V was unable to find a virtual machine with id "%s".' % ps.to_string(args["Id"]),
+                    "A parameter is invalid. Hyper-V was unable to find a virtual machine with id %s."
+                    % ps.to_string(args["Id"]),
                     "InvalidArgument",
-                    "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM",
+                    error_id("InvalidParameter", "Get-VM"),
                     target=args["Id"],
+                    exception="Microsoft.HyperV.PowerShell.VirtualizationInvalidArgumentException",
                 )
         elif "Name" in args:
             names = args["Name"] if isinstance(args["Name"], list) else [args["Name"]]
@@ -256,7 +258,7 @@ class HyperVHost:
             Path="C:\\ProgramData\\Microsoft\\Windows\\Hyper-V",
         )  # fmt: skip
 
-    def _per_vm(self, fn):
+    def _per_vm(self, fn, cmdlet):
         """A Get-VM* cmdlet taking -VMName (names) or -VM (objects, also from the pipeline)."""
 
         def run(args, inputs):
@@ -267,12 +269,12 @@ class HyperVHost:
                 vms = [vm for i in ids for vm in state["vms"] if vm["id"] == i]
             elif "VMName" in args:
                 names = args["VMName"] if isinstance(args["VMName"], list) else [args["VMName"]]
-                vms = self._find(state, names, "Get-VM")
+                vms = self._find(state, names, cmdlet)
             else:
                 raise PSRuntimeError(
                     "Parameter set cannot be resolved using the specified named parameters.",
                     "InvalidArgument",
-                    "AmbiguousParameterSet",
+                    "AmbiguousParameterSet," + error_id("", cmdlet).split(",", 1)[1],
                     exception="System.Management.Automation.ParameterBindingException",
                 )
             out = []
@@ -315,7 +317,7 @@ class HyperVHost:
                 "Generation 1 virtual machines do not support the operation. Get-VMFirmware applies to generation 2 "
                 'virtual machines; "%s" is generation 1.' % vm["name"],
                 "InvalidArgument",
-                "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVMFirmware",
+                error_id("InvalidParameter", "Get-VMFirmware"),
                 target=vm["name"],
             )
         yield PSObject(

@@ -208,12 +208,10 @@ def test_get_vm_unknown_name_is_hyperv_error(host):
     _stdout, stderr, code = host.run_powershell("$ErrorActionPreference = 'Stop'\nGet-VM -Name 'nope' | ConvertTo-Json")
     text = err_text(stderr)
     assert code == 1
-    assert (
-        'Hyper-V was unable to find a virtual machine with name \\"nope\\".' in text
-        or "name &quot;nope&quot;" in text
-        or ('name "nope"' in text)
-    )
-    assert "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM" in text
+    # Hyper-V's own words, category and error id (Windows Server 2016 and later).
+    assert "A parameter is invalid. Hyper-V was unable to find a virtual machine with name nope." in text
+    assert "CategoryInfo          : InvalidArgument" in text
+    assert "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVMCommand" in text
 
 
 def test_get_vm_name_takes_wildcards_like_hyperv(host):
