@@ -349,7 +349,11 @@ class HyperVConnection:
                 % self.host,
             ) from exc
         except WinRMError as exc:
-            raise PlatformError("WinRM at %s: %s" % (self.endpoint, exc), "check the connection options") from exc
+            fix = "check the connection options"
+            if "not installed" in str(exc):
+                # pywinrm builds the transport lazily: a missing extra shows up on the first call.
+                fix = "pip install pywinrm[%s] on the conversion host, or use transport ntlm" % self.transport
+            raise PlatformError("WinRM at %s: %s" % (self.endpoint, exc), fix) from exc
 
 
 def _ssl_reason(exc):
