@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MODULES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "plugins", "modules")) if f.endswith(".py"))
-PLATFORM_LIBS = {"libvirt": ("libvirt", "libvirtmod"), "pyvmomi": ("pyVmomi", "pyVim")}
+PLATFORM_LIBS = {"libvirt": ("libvirt", "libvirtmod"), "pyvmomi": ("pyVmomi", "pyVim"), "pywinrm": ("winrm",)}
 
 
 def imported_libraries(module):
@@ -31,6 +31,8 @@ def allowed(module):
         return {"libvirt"}
     if module.startswith("vsphere_"):
         return {"pyvmomi"}
+    if module.startswith("hyperv_"):
+        return {"pywinrm"}
     return set()  # convert, descriptor_info: the engine only
 
 

@@ -1,0 +1,365 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Talking to a Hyper-V host: PowerShell over WinRM (pywinrm), JSON back.
+
+Every operation is one script from ``SCRIPTS``: fixed text, plus one JSON document of
+parameters. The parameters never become code: ``build_script`` puts them in a single
+PowerShell string literal that the script reads with ConvertFrom-Json, so VM names with
+quotes, ``$``, backticks or any unicode reach the cmdlets unchanged. The script answers
+with one JSON line: ``{"ok": true, "result": ...}``, or, from its catch block,
+``{"ok": false, "message", "category", "id", ...}`` carrying the cmdlet's own error,
+which ``run`` turns into InputError or PlatformError naming the VM and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils import _retry
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, MissingLibraryError, PlatformError
+
+try:
+    import requests
+    import winrm
+    from winrm.exceptions import (
+        InvalidCredentialsError,
+        WinRMError,
+        WinRMOperationTimeoutError,
+        WinRMTransportError,
+        WSManFaultError,
+    )
+
+    HAS_WINRM = True
+    WINRM_IMPORT_ERROR = None
+except ImportError as exc:
+    winrm = requests = None
+    HAS_WINRM = False
+    WINRM_IMPORT_ERROR = exc
+
+TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
+# cmd.exe, through which WinRM starts powershell, refuses longer command lines.
+COMMAND_LINE_MAX = 8191
+
+CONNECTION_ARGS = dict(
+    hostname=dict(type="str", required=True, fallback=("env_fallback", ["VMIGRATE_HYPERV_HOST"])),
+    port=dict(type="int", fallback=("env_fallback", ["VMIGRATE_HYPERV_PORT"])),
+    username=dict(type="str", required=True, aliases=["user"], fallback=("env_fallback", ["VMIGRATE_HYPERV_USERNAME"])),
+    password=dict(
+        type="str",
+        required=True,
+        no_log=True,
+        aliases=["pass", "pwd"],
+        fallback=("env_fallback", ["VMIGRATE_HYPERV_PASSWORD"]),
+    ),
+    transport=dict(
+        type="str", default="ntlm", choices=list(TRANSPORTS), fallback=("env_fallback", ["VMIGRATE_HYPERV_TRANSPORT"])
+    ),
+    scheme=dict(
+        type="str", default="https", choices=["https", "http"], fallback=("env_fallback", ["VMIGRATE_HYPERV_SCHEME"])
+    ),
+    validate_certs=dict(type="bool", default=True, fallback=("env_fallback", ["VMIGRATE_HYPERV_VALIDATE_CERTS"])),
+    ca_path=dict(type="path", fallback=("env_fallback", ["VMIGRATE_HYPERV_CA_PATH", "VMIGRATE_CA_PATH"])),
+    message_encryption=dict(
+        type="str",
+        default="auto",
+        choices=["auto", "always", "never"],
+        fallback=("env_fallback", ["VMIGRATE_HYPERV_MESSAGE_ENCRYPTION"]),
+    ),
+    operation_timeout=dict(type="int", default=120),
+)
+
+
+def argument_spec(**extra):
+    """The connection options (doc fragment vmigrate.v2v.hyperv) with Ansible's env_fallback."""
+    from ansible.module_utils.basic import env_fallback
+
+    spec = {}
+    for name, opts in CONNECTION_ARGS.items():
+        opts = dict(opts)
+        if "fallback" in opts:
+            opts["fallback"] = (env_fallback, opts["fallback"][1])
+        spec[name] = opts
+    spec.update(extra)
+    return spec
+
+
+def require_winrm():
+    if not HAS_WINRM:
+        raise MissingLibraryError(
+            "the Python library pywinrm is not installed on the conversion host (%s)" % WINRM_IMPORT_ERROR,
+            "pip install pywinrm (it brings requests-ntlm and pyspnego; pywinrm[kerberos] or pywinrm[credssp] "
+            "for those transports)",
+        )
+
+
+# ---------------------------------------------------------------- scripts
+
+# What every script starts with. UTF-8 output because the WinRM shell's code page (437)
+# cannot carry most non-ASCII names; Stop makes every cmdlet error terminating, so the
+# catch block sees it.
+PROLOGUE = """$ErrorActionPreference = 'Stop'
+[Console]::OutputEncoding = [System.Text.Encoding]::UTF8
+$p = '%s' | ConvertFrom-Json
+try {
+"""
+# The structured error: the cmdlet's message, its ErrorCategory as a name ([string]: a
+# bare enum would serialize as a number), the fully qualified error id, the target.
+EPILOGUE = """
+} catch {
+    [pscustomobject]@{ ok = $false; message = $_.Exception.Message; category = [string]$_.CategoryInfo.Category
+        reason = [string]$_.CategoryInfo.Reason; id = [string]$_.FullyQualifiedErrorId; target = [string]$_.TargetObject
+    } | ConvertTo-Json -Compress
+}
+"""
+
+# Each body ends by writing one object: [pscustomobject]@{ ok = $true; result = ... }.
+SCRIPTS = {
+    # VMs by exact name (Where-Object, because Get-VM -Name takes wildcards: a VM called
+    # 'web[1]' would otherwise not find itself) or every VM; then each VM's parts.
+    "vm_info": """
+    if ($p.Names.Count -gt 0) {
+        $vms = @(Get-VM | Where-Object -Property Name -In -Value $p.Names)
+    } else {
+        $vms = @(Get-VM)
+    }
+    $out = @(foreach ($vm in $vms) {
+        $drives = @(Get-VMHardDiskDrive -VM $vm)
+        $vhds = @()
+        if ($drives.Count -gt 0) { $vhds = @(Get-VHD -Path $drives.Path) }
+        $fw = $null
+        if ($vm.Generation -eq 2) { $fw = Get-VMFirmware -VM $vm }
+        $mem = Get-VMMemory -VM $vm
+        [pscustomobject]@{
+            Name = $vm.Name; Id = [string]$vm.Id; State = [string]$vm.State; Generation = $vm.Generation
+            ProcessorCount = $vm.ProcessorCount; Notes = $vm.Notes
+            MemoryStartup = $mem.Startup; DynamicMemoryEnabled = $mem.DynamicMemoryEnabled
+            MemoryMinimum = $mem.Minimum; MemoryMaximum = $mem.Maximum
+            SecureBoot = [string]$fw.SecureBoot; SecureBootTemplate = $fw.SecureBootTemplate
+            Drives = @(foreach ($d in $drives) { [pscustomobject]@{
+                ControllerType = [string]$d.ControllerType; ControllerNumber = $d.ControllerNumber
+                ControllerLocation = $d.ControllerLocation; Path = $d.Path } })
+            Vhds = @(foreach ($v in $vhds) { [pscustomobject]@{
+                Path = $v.Path; VhdFormat = [string]$v.VhdFormat; VhdType = [string]$v.VhdType
+                Size = $v.Size; FileSize = $v.FileSize; ParentPath = $v.ParentPath } })
+            Nics = @(foreach ($n in @(Get-VMNetworkAdapter -VM $vm)) { [pscustomobject]@{
+                Name = $n.Name; MacAddress = $n.MacAddress; DynamicMacAddressEnabled = $n.DynamicMacAddressEnabled
+                SwitchName = $n.SwitchName; VlanMode = [string]$n.VlanSetting.OperationMode
+                AccessVlanId = $n.VlanSetting.AccessVlanId } })
+            Checkpoints = @(foreach ($c in @(Get-VMSnapshot -VM $vm)) { [pscustomobject]@{
+                Name = $c.Name; Id = [string]$c.Id; SnapshotType = [string]$c.SnapshotType } })
+            IntegrationServices = @(foreach ($s in @(Get-VMIntegrationService -VM $vm)) { [pscustomobject]@{
+                Name = $s.Name; Enabled = $s.Enabled; Status = $s.PrimaryStatusDescription } })
+        }
+    })
+    [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Depth 6 -Compress
+""",
+    # Just the names, for error messages that say what exists.
+    "vm_names": """
+    $names = @(foreach ($vm in @(Get-VM)) { $vm.Name })
+    [pscustomobject]@{ ok = $true; result = $names } | ConvertTo-Json -Compress
+""",
+}
+
+
+def ps_literal(params):
+    """The parameters as the inside of a PowerShell single-quoted string.
+
+    json.dumps with ensure_ascii leaves only printable ASCII: newlines and every non-ASCII
+    character become \\n / \\uXXXX escapes, which ConvertFrom-Json turns back. That also
+    matters for safety: PowerShell ends a single-quoted string at the typographic quotes
+    U+2018-U+201B too, and those are escaped like any non-ASCII character. The one ASCII
+    quote left, ', is doubled, the only escape a single-quoted string has; $ and ` mean
+    nothing inside one.
+    """
+    return json.dumps(params, ensure_ascii=True, sort_keys=True).replace("'", "''")
+
+
+def build_script(body, params):
+    """Fixed text around one literal: the only place a parameter value appears.
+
+    Indentation is dropped (PowerShell does not need it and the encoded command line must
+    stay under cmd.exe's 8191 characters); the literal holds no line breaks, so it is
+    never touched by that."""
+    text = PROLOGUE % ps_literal(params) + body + EPILOGUE
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip()) + "\n"
+
+
+def encoded_command(script):
+    """The command line pywinrm's run_ps sends, to check its length before sending."""
+    return "powershell -encodedcommand " + base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+
+
+def parse_output(stdout, stderr, status, what, host):
+    """The script's one JSON document, or PlatformError saying what came back instead."""
+    text = stdout.decode("utf-8", errors="replace").lstrip("\ufeff")  # a UTF-8 console may start with a BOM
+    lines = [line for line in text.splitlines() if line.strip()]
+    err = stderr.decode("utf-8", errors="replace").strip()
+    if len(lines) == 1:
+        try:
+            doc = json.loads(lines[0])
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and "ok" in doc:
+            return doc
+    raise PlatformError(
+        "PowerShell on %s did not answer %s with one JSON document (exit code %s): %s%s"
+        % (host, what, status, (text.strip()[:500] or "no output"), ("; stderr: %s" % err[:1000]) if err else ""),
+        "check that the Hyper-V PowerShell module is installed on %s (Get-Command Get-VM) and that the user may "
+        "use it (member of Hyper-V Administrators)" % host,
+    )
+
+
+# Hyper-V categories that mean the request named something wrong, not that the host failed.
+INPUT_CATEGORIES = ("ObjectNotFound", "InvalidArgument")
+
+
+def script_error(doc, what, host, vm=None, fix=None):
+    """InputError or PlatformError from the catch block's structured error."""
+    category = doc.get("category") or "NotSpecified"
+    target = "VM '%s'" % vm if vm else "the host"
+    problem = "Hyper-V on %s failed %s for %s: %s (category %s, error id %s)" % (
+        host,
+        what,
+        target,
+        (doc.get("message") or "no message").strip(),
+        category,
+        doc.get("id") or "none",
+    )
+    details = dict(hyperv_category=category, hyperv_error_id=doc.get("id"), hyperv_message=doc.get("message"))
+    if category in INPUT_CATEGORIES:
+        default_fix = "check the name%s: Get-VM on %s lists the VMs this user can see" % (
+            " '%s'" % vm if vm else "",
+            host,
+        )
+        return InputError(problem, fix or default_fix, **details)
+    if category == "PermissionDenied":
+        default_fix = "the user needs to be a member of Hyper-V Administrators (or Administrators) on %s" % host
+    elif category in ("InvalidOperation", "ResourceBusy"):
+        default_fix = "the state of %s does not allow this now; read Hyper-V's message above" % target
+    else:
+        default_fix = "read Hyper-V's message above; run the same cmdlet on %s to see more" % host
+    return PlatformError(problem, fix or default_fix, **details)
+
+
+def _transient(exc):
+    # A refused or reset connection may be WinRM restarting; a TLS failure never heals.
+    if HAS_WINRM and isinstance(exc, requests.exceptions.SSLError):
+        return False
+    return HAS_WINRM and isinstance(exc, (requests.exceptions.ConnectionError, WinRMOperationTimeoutError))
+
+
+class HyperVConnection:
+    """A pywinrm session to one Hyper-V host; ``run`` is the only way scripts are sent."""
+
+    def __init__(self, params):
+        require_winrm()
+        self.host = params["hostname"]
+        self.scheme = params.get("scheme") or "https"
+        self.port = int(params.get("port") or (5986 if self.scheme == "https" else 5985))
+        self.username = params["username"]
+        self.transport = params.get("transport") or "ntlm"
+        self.endpoint = "%s://%s:%d/wsman" % (self.scheme, self.host, self.port)
+        validate = params.get("validate_certs", True)
+        ca_path = params.get("ca_path") or None
+        if self.transport == "basic" and self.scheme == "http":
+            raise InputError(
+                "transport basic over http would send the password of %s to %s unencrypted"
+                % (self.username, self.host),
+                "use scheme https (WinRM's HTTPS listener, port 5986) or transport ntlm, which encrypts "
+                "messages over http",
+            )
+        encryption = params.get("message_encryption") or "auto"
+        op_timeout = int(params.get("operation_timeout") or 120)
+        self.session = winrm.Session(
+            self.endpoint,
+            auth=(self.username, params["password"]),
+            transport=self.transport,
+            server_cert_validation="validate" if validate else "ignore",
+            # None: the system store; never the REQUESTS_CA_BUNDLE guess pywinrm makes by default.
+            ca_trust_path=ca_path,
+            message_encryption=encryption,
+            operation_timeout_sec=op_timeout,
+            read_timeout_sec=op_timeout + 10,
+            proxy=None,
+        )
+        self._retrying_send = _retry.retry(
+            _transient,
+            lambda script, what: "sending %s to %s" % (what, self.endpoint),
+            "check that %s is up and WinRM listens on port %d (winrm enumerate winrm/config/listener)"
+            % (self.host, self.port),
+        )(self._send)
+
+    def _send(self, script, what):
+        return self.session.run_ps(script)
+
+    def run(self, script_name, params, vm=None, what=None, fix=None):
+        """Run ``SCRIPTS[script_name]`` with ``params``; return its ``result``."""
+        what = what or script_name.replace("_", " ")
+        script = build_script(SCRIPTS[script_name], params)
+        if len(encoded_command(script)) > COMMAND_LINE_MAX:
+            # A bug in the collection, not the user's: say so plainly.
+            raise PlatformError(
+                "the %s script with these parameters is %d characters encoded, over the %d cmd.exe accepts"
+                % (script_name, len(encoded_command(script)), COMMAND_LINE_MAX),
+                "report this to the collection's maintainers; pass fewer VMs per call meanwhile",
+            )
+        response = self._call(script, what)
+        doc = parse_output(response.std_out, response.std_err, response.status_code, what, self.host)
+        if not doc.get("ok"):
+            raise script_error(doc, what, self.host, vm=vm, fix=fix)
+        return doc.get("result")
+
+    def _call(self, script, what):
+        try:
+            return self._retrying_send(script, what)
+        except InvalidCredentialsError as exc:
+            raise PlatformError(
+                "WinRM at %s refused the credentials of %s (HTTP 401, transport %s)"
+                % (self.endpoint, self.username, self.transport),
+                "check username and password (a local account as 'user' or 'HOST\\user', a domain one as "
+                "'DOMAIN\\user' or 'user@domain'), and that the %s auth is enabled in winrm/config/service/auth"
+                % self.transport,
+            ) from exc
+        except requests.exceptions.SSLError as exc:
+            raise PlatformError(
+                "TLS verification of %s:%d failed: %s" % (self.host, self.port, _ssl_reason(exc)),
+                "give ca_path (the PEM CA that signed the WinRM listener's certificate) and connect by the name the "
+                "certificate carries; validate_certs=false disables verification and is unsafe",
+            ) from exc
+        except WSManFaultError as exc:
+            raise PlatformError(
+                "WinRM at %s answered %s with a fault: %s (code %s)"
+                % (self.endpoint, what, exc.reason, exc.wsman_fault_code),
+                "read WinRM's message above",
+            ) from exc
+        except WinRMTransportError as exc:
+            hint = "read the status above"
+            if exc.code == 500 and self.scheme == "http":
+                hint = (
+                    "the host refuses unencrypted messages over http (AllowUnencrypted=false, as it should): "
+                    "use message_encryption auto with transport ntlm/kerberos/credssp, or scheme https"
+                )
+            raise PlatformError("WinRM at %s answered %s with HTTP %s" % (self.endpoint, what, exc.code), hint) from exc
+        except requests.exceptions.RequestException as exc:
+            raise PlatformError(
+                "cannot reach WinRM at %s: %s" % (self.endpoint, exc),
+                "check hostname, port and scheme (HTTPS listener 5986, HTTP 5985) and that WinRM runs on %s"
+                % self.host,
+            ) from exc
+        except WinRMError as exc:
+            fix = "check the connection options"
+            if "not installed" in str(exc):
+                # pywinrm builds the transport lazily: a missing extra shows up on the first call.
+                fix = "pip install pywinrm[%s] on the conversion host, or use transport ntlm" % self.transport
+            raise PlatformError("WinRM at %s: %s" % (self.endpoint, exc), fix) from exc
+
+
+def _ssl_reason(exc):
+    # requests nests the ssl error two or three levels down; its text names the cause.
+    text = str(exc)
+    marker = "certificate verify failed:"
+    if marker in text:
+        return text[text.index(marker) :].split(" (_ssl", maxsplit=1)[0].rstrip("')")
+    return text
