@@ -233,7 +233,7 @@ def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tm
     extents = [f for f in os.listdir(folder) if f.endswith("-flat.vmdk")]
     assert extents == [os.path.basename(backing_flat_path(lab, vm))], extents
     view = vsphere_si.content.viewManager.CreateContainerView(vsphere_si.content.rootFolder, [vim.VirtualMachine], True)
-    assert not [v.name for v in view.view if v.name.startswith(vm_name + ".vmigrate-sync")]
+    assert not [v.name for v in view.view if ".vmigrate-sync-" in v.name]
     view.Destroy()
     values = {o.key: o.value for o in vm.config.extraConfig}  # the last entry of a key wins
     assert not values.get("vmigrate.incomplete")

@@ -464,7 +464,8 @@ class VsphereTarget(VsphereInventory):
     def _replace_disks(self, vm, bundle, spec, items, tag, prov):
         """Upload ``items`` as new files through a helper VM's import lease, then swap them
         into ``vm``; see _update_vm. Returns the upload statistics."""
-        helper_name = "%s.vmigrate-sync-%s" % (vm.name, tag)
+        # Plain characters and a bounded length: vSphere names are at most 80 characters.
+        helper_name = "%s.vmigrate-sync-%s" % (re.sub(r"[^A-Za-z0-9._-]", "_", vm.name)[:50], tag)
         ds_name = items[0]["datastore"]
         self._check_free_space(ds_name, sum(int(i["record"].get("allocated") or i["capacity"]) for i in items))
         work = tempfile.mkdtemp(prefix=".vmigrate-upload-", dir=_scratch_dir(bundle))
