@@ -14,7 +14,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 PLATFORMS = ("kvm", "vsphere", "hyperv")
-STEPS = ("vm_info", "export", "convert", "import", "verify", "power")
+STEPS = ("vm_info", "export", "convert", "import", "verify", "power", "cleanup")
 
 ARGUMENT_SPEC = {
     "step": {"type": "str", "required": True, "choices": list(STEPS)},

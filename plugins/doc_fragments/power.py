@@ -39,4 +39,15 @@ options:
     type: str
     default: fail
     choices: [fail, poweroff]
+  mark_rolled_back:
+    description:
+      - With O(state=off) or O(state=shutdown), once the VM is off, mark it as the target of a rollback - its
+        provenance (the record an import left on it) gets state C(rolled-back) and the time, and a note people
+        see is put first in its description (libvirt C(<title>) and C(<description>), the vSphere annotation).
+      - Only a VM that carries a provenance (one an import made) can be marked. A VM already marked is left
+        as it is (changed=false).
+      - A marked VM is not started by O(state=running) (the step fails, naming the fix; in check mode RV(reason)
+        says so); the next import into it writes every disk again and removes the mark (see the rollback role).
+    type: bool
+    default: false
 """

@@ -108,6 +108,7 @@ def power_options(**extra):
         state=dict(type="str", default="running", choices=list(_power.STATES)),
         shutdown_timeout=dict(type="int", default=_power.SHUTDOWN_TIMEOUT),
         on_timeout=dict(type="str", default="fail", choices=list(_power.ON_TIMEOUT)),
+        mark_rolled_back=dict(type="bool", default=False),
     )
     spec.update(extra)
     return spec
@@ -121,6 +122,26 @@ def power_step(module, platform_class):
 
     def step(platform):
         result = platform.power(platform.find_vm(p["vm"]), p, module.check_mode)
+        if not module._diff:
+            result.pop("diff", None)
+        return result
+
+    run_step(module, platform_class, step)
+
+
+def cleanup_options(**extra):
+    """Doc fragment vmigrate.v2v.cleanup."""
+    spec = dict(vm=dict(type="str", required=True, aliases=["name"]), bundle=dict(type="path"))
+    spec.update(extra)
+    return spec
+
+
+def cleanup_step(module, platform_class):
+    """The whole main() of a cleanup module after its argument_spec."""
+    p = module.params
+
+    def step(platform):
+        result = platform.cleanup(platform.find_vm(p["vm"]), p["bundle"], module.check_mode)
         if not module._diff:
             result.pop("diff", None)
         return result

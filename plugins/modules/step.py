@@ -25,7 +25,7 @@ options:
     description: The step to run.
     type: str
     required: true
-    choices: [vm_info, export, convert, import, verify, power]
+    choices: [vm_info, export, convert, import, verify, power, cleanup]
   platform:
     description: The endpoint's platform; required for every step but V(convert).
     type: str
@@ -82,7 +82,11 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            step=dict(type="str", required=True, choices=["vm_info", "export", "convert", "import", "verify", "power"]),
+            step=dict(
+                type="str",
+                required=True,
+                choices=["vm_info", "export", "convert", "import", "verify", "power", "cleanup"],
+            ),
             platform=dict(type="str", choices=["kvm", "vsphere", "hyperv"]),
             connection=dict(type="dict", default={}, no_log=True),
             args=dict(type="dict", default={}),

@@ -74,8 +74,22 @@ method:
   returned: always
   type: str
 reason:
-  description: Why nothing was done, or why the VM was powered off hard; null otherwise.
+  description:
+    - Why nothing was done, or why the VM was powered off hard; in check mode also that a VM marked rolled back
+      would not be started; null otherwise.
   returned: always
+  type: str
+marked_rolled_back:
+  description: Whether this run marked the VM rolled back (false when it already was).
+  returned: with O(mark_rolled_back)
+  type: bool
+rolled_back:
+  description: When the VM was marked rolled back (UTC, ISO 8601).
+  returned: with O(mark_rolled_back)
+  type: str
+note:
+  description: The note the VM now shows first in its description (libvirt title/description, vSphere annotation).
+  returned: with O(mark_rolled_back)
   type: str
 name:
   description: The VM's name.

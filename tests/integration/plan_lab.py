@@ -18,14 +18,15 @@ PLAYBOOKS = os.path.join(ROOT, "playbooks")
 
 class SourceDomains:
     """make(name) defines a shut-off domain <prefix>-<name>-<tag> whose qcow2 disk of 4 x mib
-    MiB holds four pieces of mib/4 MiB random data (holes between them), or no disk;
+    MiB holds four pieces of random data (holes between them) of piece_mib MiB each (default
+    mib/4), or no disk;
     cleanup() removes every domain and volume carrying the tag."""
 
     def __init__(self, lab, conn, prefix):
         self.lab, self.conn, self.prefix = lab, conn, prefix
         self.tag = uuid.uuid4().hex[:6]
 
-    def make(self, name, mib=4, disk=True):
+    def make(self, name, mib=4, disk=True, piece_mib=None):
         from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
         from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 
@@ -37,7 +38,8 @@ class SourceDomains:
                 fh.truncate(4 * mib * MIB)
                 for i in range(4):
                     fh.seek(i * mib * MIB)
-                    fh.write(os.urandom(mib * MIB // 4))
+                    for _chunk in range(piece_mib or 1):  # 1 MiB at a time: big pieces stay cheap on memory
+                        fh.write(os.urandom(MIB if piece_mib else mib * MIB // 4))
             subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", path + ".raw", path], check=True)
             os.unlink(path + ".raw")
             disks = [_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=4 * mib * MIB)]

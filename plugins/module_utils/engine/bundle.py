@@ -415,6 +415,12 @@ class Bundle:
         """Remember something made on the source (checkpoint, snapshot) so it can be cleaned up."""
         self.manifest.setdefault("created", {}).setdefault(what, []).append(item)
 
+    def forget_created(self, what, item):
+        """Drop ``item`` from what the bundle records as made on the source (it was removed)."""
+        created = (self.manifest.get("created") or {}).get(what)
+        if created:
+            created[:] = [c for c in created if c != item]
+
     @property
     def complete(self):
         return self.manifest.get("state") == "complete"

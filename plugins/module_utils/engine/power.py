@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 
 STATES = ("running", "shutdown", "off")
@@ -36,6 +37,12 @@ def run_power(platform, vm, options, check_mode=False, clock=time.monotonic, sle
     on_timeout = options.get("on_timeout") or "fail"
     timeout = options.get("shutdown_timeout")
     timeout = SHUTDOWN_TIMEOUT if timeout is None else int(timeout)
+    mark = bool(options.get("mark_rolled_back"))
+    if mark and want == "running":
+        raise InputError(
+            "mark_rolled_back marks a VM that is powered off, but state is running",
+            "use state=off or state=shutdown with mark_rolled_back",
+        )
     name = platform.vm_name(vm)
     before = platform.power_state(vm)
     result = {"name": name, "state_before": before, "method": "none", "reason": None}
@@ -43,6 +50,14 @@ def run_power(platform, vm, options, check_mode=False, clock=time.monotonic, sle
     if before == _target_state(want):
         result["reason"] = "already %s" % before
     elif want == "running":
+        # A rolled-back target holds stale disks: it is started only after an import. In
+        # check mode the import before it (a checked cutover) would have cleared the mark.
+        try:
+            _rollback.refuse_start(platform, vm)
+        except InputError as exc:
+            if not check_mode:
+                raise
+            result["reason"] = "%s: a run refuses to start it unless an import clears the mark first" % exc.problem
         if before != "off":
             # A paused or suspended VM is neither: starting it means something else on each
             # platform (resume, or power on from the suspend file), so the user decides.
@@ -66,6 +81,13 @@ def run_power(platform, vm, options, check_mode=False, clock=time.monotonic, sle
     else:
         result["state_after"] = platform.power_state(vm)
     result["diff"] = {"before": {"power_state": before}, "after": {"power_state": result["state_after"]}}
+    if mark:
+        # Marked once off: a VM that is still running is not mistaken for stopped.
+        marked = _rollback.mark_target(platform, vm, check_mode)
+        result.update(marked_rolled_back=marked["marked"], rolled_back=marked["rolled_back"], note=marked["note"])
+        result["changed"] = result["changed"] or marked["marked"]
+        result["diff"]["before"]["rolled_back"] = None if marked["marked"] else marked["rolled_back"]
+        result["diff"]["after"]["rolled_back"] = marked["rolled_back"]
     steps.finish_step(result, started, "power %s" % name)
     result["seconds"] = round(clock() - started, 3)
     result["summary"] = _summary(name, want, result, check_mode)
@@ -116,8 +138,15 @@ def _shutdown(platform, vm, name, before, result, timeout, on_timeout, check_mod
 
 
 def _summary(name, want, result, check_mode):
-    if not result["changed"]:
-        return "power %s: already %s (nothing to do)" % (name, result["state_before"])
+    text = _power_summary(name, result, check_mode)
+    if result.get("marked_rolled_back"):
+        text += "; %smarked rolled back" % ("would be " if check_mode else "")
+    return text if result["changed"] else text + " (nothing to do)"
+
+
+def _power_summary(name, result, check_mode):
+    if result["method"] == "none":
+        return "power %s: already %s" % (name, result["state_before"])
     words = {
         "start": "started",
         "poweroff": "powered off",

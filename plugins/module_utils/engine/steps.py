@@ -26,7 +26,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms import prof
 # extraConfig, Hyper-V Notes). `fingerprint` is the content: the digest lists of the
 # disks, so two bundles of the same bytes agree whatever else their manifests say.
 # `verified` is the fingerprint a verify last compared the target's disks with and found
-# equal: a target running since (booted by the check) is not read again.
+# equal: a target running since (booted by the check) is not read again. `rolled_back` is
+# when a rollback marked the target (engine/rollback.py; state is then rolled-back).
 PROVENANCE_KEYS = (
     "source_id",
     "source_platform",
@@ -38,6 +39,7 @@ PROVENANCE_KEYS = (
     "disks",
     "state",
     "verified",
+    "rolled_back",
 )
 
 
@@ -79,6 +81,7 @@ def provenance(manifest, state="complete"):
         "disks": disk_fingerprints(manifest),
         "state": state,
         "verified": None,
+        "rolled_back": None,
     }
 
 
@@ -216,6 +219,16 @@ def plan_import(manifest, target, exists, found, replace=False):
                 json.dumps(found, sort_keys=True) if found else "none",
             ),
             "choose another name, or set replace=true to remove that VM and import again",
+        )
+    if prov.get("rolled_back"):
+        # It ran after its import (a cutover started it): neither its fingerprints nor a
+        # delta chain describe its disks any more. Writing them all again clears the mark.
+        return ImportPlan(
+            "rewrite",
+            want,
+            found=prov,
+            disks=list(want["disks"]),
+            reason="the target was rolled back at %s: every disk is written again" % prov["rolled_back"],
         )
     complete = prov["state"] == "complete"
     same_chain = prov["chain"] == want["chain"]

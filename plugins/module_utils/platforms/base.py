@@ -14,6 +14,7 @@ import abc
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import export as _export
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power as _power
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps
 
 # Seconds a boot check waits for its sign of life, the same on every platform (a TCG
@@ -99,6 +100,21 @@ class Platform(abc.ABC):
         """Write or refresh the bundle directory ``bundle`` from ``vm``; a result dict."""
         return _export.run_export(self, vm, bundle, mode, options, check_mode)
 
+    @abc.abstractmethod
+    def migration_leftovers(self, vm, bundle):
+        """What exports made on the source ``vm`` and left there (checkpoints, snapshots, a
+        backup job of a killed run): [{kind, name, record, ...}], ``record`` being the
+        entry ``bundle`` (None when there is none) keeps of it under ``created[kind + 's']``,
+        or None. Only what is recorded or unmistakably ours by name; never the user's."""
+
+    @abc.abstractmethod
+    def remove_leftover(self, vm, item):
+        """Remove one item of migration_leftovers (never the VM's disks)."""
+
+    def cleanup(self, vm, bundle_dir, check_mode=False):
+        """The cleanup step is the engine's (engine/rollback.run_cleanup); a result dict."""
+        return _rollback.run_cleanup(self, vm, bundle_dir, check_mode)
+
     # -- target --
 
     def import_vm(self, bundle, options, check_mode=False):
@@ -131,7 +147,8 @@ class Platform(abc.ABC):
     # -- power (the power step is the engine's: engine/power.py) --
 
     def power(self, vm, options, check_mode=False):
-        """Bring ``vm`` to ``options['state']`` (running, shutdown, off); a result dict."""
+        """Bring ``vm`` to ``options['state']`` (running, shutdown, off), marking it rolled
+        back with ``options['mark_rolled_back']``; a result dict."""
         return _power.run_power(self, vm, options, check_mode)
 
     @abc.abstractmethod

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.connection import (
     error_code,
@@ -155,6 +156,26 @@ def write_provenance(dom, prov):
     if dom.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, provenance_xml(prov), NS_PREFIX, NS, flags)
+    show_rollback(dom, prov, flags)
+
+
+def show_rollback(dom, prov, flags):
+    """The rollback mark where people look (virsh list --title, virsh desc): the note in
+    <title> and <description> follows the provenance, so a new import removes it."""
+    read = libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0
+    for kind, note, sep in (
+        (libvirt.VIR_DOMAIN_METADATA_TITLE, _rollback.title(prov), " | "),
+        (libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, _rollback.note(prov), "\n"),
+    ):
+        try:
+            old = dom.metadata(kind, None, read)
+        except libvirt.libvirtError as exc:
+            if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                raise
+            old = ""
+        new = _rollback.with_note(old, note, sep)
+        if new != (old or ""):
+            dom.setMetadata(kind, new or None, None, None, flags)
 
 
 # --- facts ----------------------------------------------------------------------------

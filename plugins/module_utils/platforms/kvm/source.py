@@ -37,6 +37,9 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.invento
 )
 
 CHECKPOINT_PREFIX = "vmigrate-"
+# A backup job's NBD socket lives in a private directory of this prefix: how a job an
+# export left running (its module killed) is told from anyone else's.
+BACKUP_DIR_PREFIX = "vmigrate-backup-"
 
 
 # --- checkpoints and the backup API -----------------------------------------------------
@@ -100,6 +103,35 @@ def delete_checkpoints(dom, names):
                     "delete it by hand (virsh checkpoint-delete %s %s)" % (dom.name(), name),
                 ) from exc
     return deleted
+
+
+def leftover_backup_job(dom):
+    """The NBD socket of a pull-mode backup job an export of ours left running on ``dom``
+    (its module was killed, so nothing ended it), or None."""
+    if not dom.isActive():
+        return None
+    try:
+        xml = dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return None  # no backup job
+    server = ET.fromstring(xml).find("server")
+    sock = server.get("socket") if server is not None else None
+    if sock and os.path.basename(os.path.dirname(sock)).startswith(BACKUP_DIR_PREFIX):
+        return sock
+    return None
+
+
+def end_backup_job(dom, sock):
+    """End a backup job found by leftover_backup_job and remove its socket directory."""
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError as exc:
+        if leftover_backup_job(dom):
+            raise PlatformError(
+                "cannot end the backup job an earlier export left on domain %s: %s" % (dom.name(), error_message(exc)),
+                "end it by hand (virsh domjobabort %s)" % dom.name(),
+            ) from exc
+    shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
 
 
 class GuestFreeze:
@@ -168,7 +200,7 @@ class BackupJob:
         self.socket = None
 
     def __enter__(self):
-        self.tmpdir = tempfile.mkdtemp(prefix="vmigrate-backup-")
+        self.tmpdir = tempfile.mkdtemp(prefix=BACKUP_DIR_PREFIX)
         owner = _qemu_owner(self.dom)
         if owner:
             os.chown(self.tmpdir, owner[0], owner[1])
@@ -277,6 +309,12 @@ class KvmSession(SourceSession):
         for rec in self.live.values():
             if not rec["path"]:
                 self.platform._check_source_disk(rec, dom)  # raises: nothing to back up
+        # An export killed while it read (no except clause ran) leaves its backup job
+        # running in libvirtd, and a domain holds one backup job at a time: end it.
+        sock = leftover_backup_job(dom)
+        if sock:
+            end_backup_job(dom, sock)
+            self.notes["ended_leftover_backup_job"] = sock
         name = self.new_checkpoint
         if name:
             # Recorded before it exists: a run that dies leaves nothing unrecorded.
@@ -395,6 +433,27 @@ class KvmSource(KvmInventory):
 
     def source_session(self, vm, bundle, incremental, options):
         return KvmSession(self, vm, bundle, incremental, options)
+
+    def migration_leftovers(self, vm, bundle):
+        """A backup job an export left running, and the checkpoints exports made: those
+        ``bundle`` records and those named as ours (vmigrate-<UUID start>-<time>). A
+        checkpoint of any other name is the user's and stays."""
+        out = []
+        sock = leftover_backup_job(vm)
+        if sock:
+            out.append({"kind": "backup job", "name": sock, "record": None})
+        recorded = list(((bundle.manifest.get("created") or {}).get("checkpoints")) or []) if bundle else []
+        ours = "%s%s-" % (CHECKPOINT_PREFIX, vm.UUIDString()[:8])
+        for name in checkpoint_names(vm):
+            if name in recorded or name.startswith(ours):
+                out.append({"kind": "checkpoint", "name": name, "record": name if name in recorded else None})
+        return out
+
+    def remove_leftover(self, vm, item):
+        if item["kind"] == "backup job":
+            end_backup_job(vm, item["name"])
+        else:
+            delete_checkpoints(vm, [item["name"]])
 
     def _check_source_disk(self, rec, dom, path=None):
         """qemu-img info of a shut-off domain's disk, with `qemu-img check` for qcow2/vmdk/vhdx.

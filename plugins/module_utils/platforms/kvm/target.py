@@ -6,12 +6,14 @@ date, rewrite, replace), and the primitives verify reads the target with."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
@@ -70,6 +72,34 @@ def _bundle_path(bundle_dir, rel):
 
 def _xml_from_spec(spec, disks, provenance, domain_type):
     return _libvirt_xml.libvirt_xml_from_spec(spec, disks, provenance=provenance, domain_type=domain_type)
+
+
+class _VolumeJournal:
+    """The volumes an import is making, in a file of the bundle directory until the
+    domain that owns them is defined. An import killed half-way (no except clause runs)
+    leaves volumes and no domain; the next import of the same bundle and name finds them
+    here and makes them again instead of refusing them as someone else's."""
+
+    def __init__(self, bundle_dir, name):
+        self.path = os.path.join(bundle_dir, ".import-%s.volumes.json" % name)
+        try:
+            with open(self.path) as fh:
+                self.volumes = {tuple(v) for v in json.load(fh)}
+        except (OSError, ValueError):
+            self.volumes = set()
+
+    def holds(self, pool_name, vname):
+        return (pool_name, vname) in self.volumes
+
+    def write(self, volumes):
+        with atomic_file(self.path, mode="w") as fh:
+            json.dump(sorted(set(volumes) | self.volumes), fh)
+
+    def remove(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 class KvmTarget(KvmInventory):
@@ -171,6 +201,7 @@ class KvmTarget(KvmInventory):
             refresh_pool(pools[pool_name])
         plan = []
         need = {}
+        journal = _VolumeJournal(bundle, name)
         for disk in manifest["disks"]:
             pool = pools[options["pools"][disk["id"]]]
             vname = self._volume_name(name, disk, fmt)
@@ -179,7 +210,9 @@ class KvmTarget(KvmInventory):
                 exists = True
             except libvirt.libvirtError:
                 exists = False
-            if exists and not options.get("replace"):
+            # A volume an earlier import of this bundle was making when it was killed is
+            # made again; any other volume of that name is someone's.
+            if exists and not options.get("replace") and not journal.holds(pool.name(), vname):
                 raise InputError(
                     "storage volume %s already exists in pool %s" % (vname, pool.name()),
                     "remove it, choose another name, or set replace=true",
@@ -214,6 +247,7 @@ class KvmTarget(KvmInventory):
             return result
         made = []
         dom = None
+        journal.write([(p["pool"].name(), p["volume"]) for p in plan])
         try:
             disks_map = {}
             for item in plan:
@@ -249,6 +283,7 @@ class KvmTarget(KvmInventory):
             xml = _xml_from_spec(spec, disks_map, want, options.get("domain_type") or domain_type_for(self.conn))
             dom = self.conn.defineXML(with_cpu_mode(xml, options.get("cpu_mode")))
             write_provenance(dom, want)
+            journal.remove()  # the domain owns its volumes now
         except BaseException as exc:
             # Leave nothing half-made behind: the domain and the volumes we created.
             if dom is not None:
@@ -261,6 +296,7 @@ class KvmTarget(KvmInventory):
                     vol.delete(0)
                 except libvirt.libvirtError:
                     pass
+            journal.remove()
             if isinstance(exc, libvirt.libvirtError):
                 raise PlatformError(
                     "cannot import %s into pool(s) %s: %s" % (name, ", ".join(pools), error_message(exc)),

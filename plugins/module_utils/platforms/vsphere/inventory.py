@@ -10,6 +10,7 @@ import json
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import escape_name
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
@@ -144,6 +145,7 @@ def snapshot_list(vm):
             out.append(
                 {
                     "name": tree.name,
+                    "description": tree.description,
                     "moid": tree.snapshot._moId,
                     "id": tree.id,
                     "created": tree.createTime.isoformat() if tree.createTime else None,
@@ -327,8 +329,10 @@ class VsphereInventory:
     def describe(self, vm):
         return describe_vm(vm)
 
-    def _reconfigure(self, vm, extra):
+    def _reconfigure(self, vm, extra, annotation=None):
         spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in extra.items()])
+        if annotation is not None:
+            spec.annotation = annotation
         wait_task(vm.ReconfigVM_Task(spec=spec), "reconfigure %s" % vm.name, self.conn.timeout)
 
     # -- what run_verify asks of every platform --
@@ -342,7 +346,16 @@ class VsphereInventory:
         return read_provenance(vm)
 
     def write_provenance(self, vm, prov):
-        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
+        self._write_provenance(vm, prov)
+
+    def _write_provenance(self, vm, prov, extra=None):
+        """``prov`` in extraConfig (with ``extra`` keys, in one reconfigure). The rollback
+        mark is also shown in the annotation (what the vSphere Client shows first); it
+        follows the provenance, so a new import removes it."""
+        old = (vm.config.annotation if vm.config else None) or ""
+        new = _rollback.with_note(old, _rollback.note(prov))
+        keys = dict(extra or {}, **{PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
+        self._reconfigure(vm, keys, new if new != old else None)
 
     @staticmethod
     def power_state(vm):

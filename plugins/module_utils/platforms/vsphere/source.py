@@ -26,6 +26,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inv
 )
 
 SNAPSHOT_PREFIX = "vmigrate-"
+SNAPSHOT_DESCRIPTION = "vmigrate.v2v sync; removed by it"
+STUN_SNAPSHOT = SNAPSHOT_PREFIX + "cbt-stun"
 
 
 class VsphereSession(SourceSession):
@@ -125,6 +127,41 @@ class VsphereSource(VsphereInventory):
     def source_session(self, vm, bundle, incremental, options):
         return VsphereSession(self, vm, bundle, incremental, options)
 
+    def migration_leftovers(self, vm, bundle):
+        """Snapshots exports made and left (a run killed before removing its own): those
+        ``bundle`` records, and those made as ours (vmigrate-<n> with our description, the
+        CBT stun snapshot). Any other snapshot is the user's and stays. CBT, when an export
+        turned it on, stays on (it changes no guest data)."""
+        recorded = (
+            {s.get("moid"): s for s in ((bundle.manifest.get("created") or {}).get("snapshots") or [])}
+            if bundle
+            else {}
+        )
+        out = []
+        for snap in snapshot_list(vm):
+            ours = snap["name"] == STUN_SNAPSHOT or (
+                snap["name"].startswith(SNAPSHOT_PREFIX) and snap.get("description") == SNAPSHOT_DESCRIPTION
+            )
+            if snap["moid"] in recorded or ours:
+                out.append(
+                    {
+                        "kind": "snapshot",
+                        "name": snap["name"],
+                        "moid": snap["moid"],
+                        "record": recorded.get(snap["moid"]),
+                    }
+                )
+        # Children first: removing one never re-parents a snapshot still to be removed.
+        return out[::-1]
+
+    def remove_leftover(self, vm, item):
+        snap = vim.vm.Snapshot(item["moid"], vm._stub)
+        what = "snapshot %s (%s) of VM %s" % (item["name"], item["moid"], vm.name)
+        try:
+            wait_task(snap.RemoveSnapshot_Task(removeChildren=False), "remove " + what, self.conn.timeout)
+        except vmodl.fault.ManagedObjectNotFound:
+            pass  # gone meanwhile: what was asked
+
     def _enable_cbt(self, vm, powered_on, result):
         """Turn on changed block tracking.
 
@@ -135,7 +172,7 @@ class VsphereSource(VsphereInventory):
         wait_task(vm.ReconfigVM_Task(spec=spec), "enable change tracking on %s" % vm.name, self.conn.timeout)
         result["cbt_enabled_now"] = True
         if powered_on:
-            task = vm.CreateSnapshot_Task(name=SNAPSHOT_PREFIX + "cbt-stun", memory=False, quiesce=False)
+            task = vm.CreateSnapshot_Task(name=STUN_SNAPSHOT, memory=False, quiesce=False)
             snap = wait_task(task, "stun snapshot of %s" % vm.name, self.conn.timeout)
             wait_task(snap.RemoveSnapshot_Task(removeChildren=False), "remove stun snapshot", self.conn.timeout)
             result["stun_cycle"] = "a snapshot was created and removed so that change tracking starts"
@@ -148,9 +185,7 @@ class VsphereSource(VsphereInventory):
         quiesce = bool(quiesce) and tools == "guestToolsRunning"
         result.frozen = quiesce
         result.freeze_reason = None if quiesce else "VMware Tools are not running in the guest, or quiesce is off"
-        task = vm.CreateSnapshot_Task(
-            name=name, description="vmigrate.v2v sync; removed by it", memory=False, quiesce=quiesce
-        )
+        task = vm.CreateSnapshot_Task(name=name, description=SNAPSHOT_DESCRIPTION, memory=False, quiesce=quiesce)
         snap = wait_task(task, "snapshot %s of %s" % (name, vm.name), self.conn.timeout)
         bundle.record_created("snapshots", {"name": name, "moid": snap._moId, "vm": vm._moId})
         bundle.save()

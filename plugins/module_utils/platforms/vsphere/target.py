@@ -427,7 +427,7 @@ class VsphereTarget(VsphereInventory):
                 "VM %s is %s; its disk files cannot be rewritten while it runs" % (vm.name, vm.runtime.powerState),
                 "power the target off before applying an incremental sync",
             )
-        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(_steps.mark_updating(decision), sort_keys=True)})
+        self.write_provenance(vm, _steps.mark_updating(decision))
         tag = os.urandom(3).hex()  # new file names: a run that died left its own behind
         items = []
         for i, disk in enumerate(spec["disks"]):
@@ -449,7 +449,7 @@ class VsphereTarget(VsphereInventory):
                 }
             )
         stats = self._replace_disks(vm, bundle, spec, items, tag, decision.want)
-        self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(decision.want, sort_keys=True), INCOMPLETE_KEY: ""})
+        self._write_provenance(vm, decision.want, {INCOMPLETE_KEY: ""})
         # An import that died half-way left its folder's marker; the VM is complete now.
         ds_name, path = split_ds_path(vm.config.files.vmPathName)
         try:

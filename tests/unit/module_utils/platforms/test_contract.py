@@ -140,6 +140,12 @@ class FakePlatform(Platform):
         self.booted.append(vm)
         return {"ok": True, "reason": "fake boot", "changed": False}
 
+    def migration_leftovers(self, vm, bundle):
+        return [{"kind": "checkpoint", "name": c, "record": c} for c in sorted(self.vms[vm].get("leftovers", ()))]
+
+    def remove_leftover(self, vm, item):
+        self.vms[vm]["leftovers"].discard(item["name"])
+
 
 class FakeSession(SourceSession):
     """The fake source: a VM's ``dirty`` list is what its change tracker saw since checkpoint
