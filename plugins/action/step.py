@@ -83,8 +83,10 @@ class ActionModule(ActionBase):
         """Run ``module`` in the background where the task runs and wait for its result,
         showing the progress it writes into ``progress_file`` there."""
         path, interval = args["progress_file"], max(float(args["progress_interval"]), 0.5)
-        # Events of an earlier run (one killed mid-copy) are not this run's progress.
-        self._low_level_execute_command(self._connection._shell.remove(path), sudoable=False)
+        # Events of an earlier run (one killed mid-copy) are not this run's progress. The
+        # files here are the module's (the become user's when the task uses become), so
+        # these commands run as it too (sudoable).
+        self._low_level_execute_command(self._connection._shell.remove(path), sudoable=True)
         environment = list(self._task.environment or [])
         try:
             # The async wrapper reads the limit and the environment from the task; this
@@ -115,7 +117,7 @@ class ActionModule(ActionBase):
             # The host waits for the job itself; this only matters when it could not.
             time.sleep(max(interval - (time.monotonic() - begun), 0))
         rm = self._connection._shell.remove
-        self._low_level_execute_command("%s; %s" % (rm(job), rm(path)), sudoable=False)
+        self._low_level_execute_command("%s; %s" % (rm(job), rm(path)), sudoable=True)
         # Read as ansible.builtin.async_status's result would be (our modules answer in
         # the legacy serialization profile): the same result as a step in the foreground.
         data = self._parse_returned_data({"stdout": job_text, "stderr": "", "rc": 0}, "legacy")
@@ -138,7 +140,7 @@ class ActionModule(ActionBase):
             "do sleep 0.1; i=$((i+1)); done; "
             "echo %s; cat %s 2>/dev/null || echo %s; echo; echo %s; tail -n 2 %s 2>/dev/null; true"
         ) % (int(interval * 10), q(job), JOB_MARK, q(job), MISSING_MARK, PROGRESS_MARK, q(path))
-        res = self._low_level_execute_command(cmd, sudoable=False)
+        res = self._low_level_execute_command(cmd, sudoable=True)
         out = res.get("stdout", "")
         if JOB_MARK not in out or PROGRESS_MARK not in out:
             raise AnsibleActionFail("could not read the progress of job %s: %s" % (job, res.get("stderr", "")))

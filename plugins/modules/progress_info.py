@@ -16,8 +16,10 @@ description:
   - With O(job), also tells whether that background job (a module started with Ansible's
     async wrapper) finished, waiting up to O(wait) seconds for it on the host; a finished
     job's result is returned as it is in RV(job_result).
-  - M(vmigrate.v2v.step) runs it in its wait loop when given C(progress_file); it can be
-    used on its own too (for example in an C(async_status) poll loop).
+  - M(vmigrate.v2v.step) with C(progress_file) does the same read in its wait loop (as a
+    shell command, to spare a Python start-up per look); this module is for a poll loop of
+    your own (C(until)), whose line the C(vmigrate.v2v.migration_summary) callback prints
+    on each retry.
   - Changes nothing.
 author:
   - vmigrate.v2v contributors (@vmigrate)

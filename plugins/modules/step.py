@@ -19,11 +19,12 @@ description:
   - With O(progress_file), the chosen module runs in the background on the host where the
     task runs (Ansible's async wrapper, limit O(timeout)) and writes its progress events
     into that file there; the task waits for it, and every O(progress_interval) seconds
-    shows the last event (percent, bytes, rate, ETA) read on that host with
-    M(vmigrate.v2v.progress_info). So progress shows also when the step is delegated to a
-    remote conversion host, and the task still occupies its C(throttle) slot until the
-    step is done. The result is the module's, as without it. In check mode (nothing is
-    copied) the module runs in the foreground.
+    shows the last event (percent, bytes, rate, ETA), read on that host by one shell
+    command per look (which waits there for the job to end, so a short step is not held
+    up; M(vmigrate.v2v.progress_info) is the same read as a module). So progress shows also
+    when the step is delegated to a remote conversion host, and the task still occupies
+    its C(throttle) slot until the step is done. The result is the module's, as without
+    it. In check mode (nothing is copied) the module runs in the foreground.
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
