@@ -109,6 +109,8 @@ def test_check_mode_says_what_every_step_would_do_and_makes_nothing(
     assert "convert (convert disk0 (%d bytes, qcow2 -> vmdk monolithicFlat)" % (16 * MIB) in vc_line, vc_line
     assert "import (create %s on vsphere: 1 disk(s) disk0 16.0 MiB monolithicFlat" % target_of(to_vc) in vc_line
     assert run.changed > 0  # check mode reports the changes it would make
+    summary = out[out.index("VMIGRATE SUMMARY") :]  # the closing table says it too
+    assert "would create %s on vsphere" % target_of(to_vc) in summary, summary
     # The checked export names the disks with capacity and the source's allocated bytes.
     assert re.search(r"cold full sync of %s" % re.escape(to_kvm), out), out[-4000:]
 

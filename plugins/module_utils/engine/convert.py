@@ -237,8 +237,9 @@ class Converter:
                     "planned (what a checked export would write) is only read in check mode",
                     "leave planned out: a real convert reads the bundle in src",
                 )
-            result = self._run_planned(planned)
-            return _steps.finish_step(result, started, "convert to %s %s (planned)" % (self.target, self.dest))
+            result = _steps.finish_step(self._run_planned(planned), started, "convert (planned)")
+            result["summary"] = "would convert to %s %s: %s" % (self.target, self.dest, result["would"])
+            return result
         result = self._run(check_mode)
         result["bytes_written"] = sum(int(p.get("bytes") or 0) for p in result.get("progress") or [])
         return _steps.finish_step(result, started, "convert to %s %s" % (self.target, self.dest))

@@ -214,7 +214,9 @@ def run_import_planned(platform, planned, options):
         result["would_create"] = would_create(name, platform.name, spec, planned["disks"])
     if options.get("start"):
         result["started"] = True
-    return finish_step(result, started, "import %s (%s, planned)" % (name, plan.action))
+    finish_step(result, started, "import %s (%s, planned)" % (name, plan.action))
+    result["summary"] = "would %s" % result["would"]  # the summary table's line in check mode
+    return result
 
 
 def would_create(name, platform_name, spec, disks):

@@ -576,6 +576,7 @@ def test_a_checked_chain_says_what_each_step_would_do_and_writes_nothing(tmp_pat
         {"id": "disk0", "capacity": 4 * MIB, "format": "qcow2", "subformat": None, "storage": None}
     ]
     assert imp["would"].startswith("create new01 on kvm: 1 disk(s) disk0 4.0 MiB qcow2")
+    assert imp["summary"] == "would " + imp["would"] and conv["summary"].endswith(conv["would"])
     assert platform.vms == before and not os.path.exists(export_dir) and not os.path.exists(convert_dir)
     # A VM of that name from elsewhere: refused as a real import would refuse it.
     platform.vms["taken"] = {"spec": SPEC, "disks": [], "state": "off"}
