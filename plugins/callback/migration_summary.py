@@ -12,8 +12,12 @@ description:
     read from the progress file the modules append to.
   - At the end of the play, prints one line per migration step with bytes moved,
     time, rate and verification results.
-  - "Live progress works when the modules run on the controller (C(connection: local)),
-    because the progress file is passed through the environment."
+  - "This callback follows the progress file of modules that run on the controller
+    (C(connection: local)), passed to them through the environment. For a step delegated
+    to a remote conversion host, M(vmigrate.v2v.step) with C(progress_file) shows the
+    progress itself (the migrate role does that); a C(vmigrate.v2v.progress_info) poll
+    loop (C(until)) gets its lines printed here on each retry."
+  - The summary names each step by the module that ran it (C(kvm_export), C(convert), ...).
 requirements:
   - enable in ansible.cfg C(callbacks_enabled = vmigrate.v2v.migration_summary)
 options:
@@ -35,7 +39,16 @@ import threading
 
 from ansible.plugins.callback import CallbackBase
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import progress_line
+
 PREFIX = "vmigrate.v2v."
+NOT_STEPS = ("vmigrate.v2v.progress_info",)  # reports about a step, not one
+
+
+def _step_name(task, res):
+    """The module that did the work: vmigrate.v2v.step says which (step_module)."""
+    name = res.get("step_module") if isinstance(res.get("step_module"), str) else task.action
+    return name[len(PREFIX) :] if name.startswith(PREFIX) else name
 
 
 def _human(n):
@@ -92,16 +105,7 @@ class CallbackModule(CallbackBase):
                     ev = json.loads(lines[-1])
                 except ValueError:
                     continue
-                self._display.display(
-                    "  [progress] %s: %s%% %s of %s at %s/s"
-                    % (
-                        ev.get("label"),
-                        ev.get("percent"),
-                        _human(ev.get("bytes")),
-                        _human(ev.get("total_bytes")),
-                        _human(ev.get("rate_bytes_per_second")),
-                    )
-                )
+                self._display.display("  [progress] %s" % progress_line(ev))
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._stop_follow()
@@ -122,15 +126,20 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_ok(self, result):
         task = result._task
-        if not task.action.startswith(PREFIX):
+        if not task.action.startswith(PREFIX) or task.action in NOT_STEPS:
             return
-        self._rows.append(_row(result._host.get_name(), task.action[len(PREFIX) :], result._result))
+        self._rows.append(_row(result._host.get_name(), _step_name(task, result._result), result._result))
+
+    def v2_runner_retry(self, result):
+        # A progress_info poll loop: the last event, each time round.
+        if result._task.action in NOT_STEPS and result._result.get("line"):
+            self._display.display("  [progress] %s: %s" % (result._host.get_name(), result._result["line"]))
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
-        if result._task.action.startswith(PREFIX):
+        if result._task.action.startswith(PREFIX) and result._task.action not in NOT_STEPS:
             self._rows.append(
                 "%-28s %-22s FAILED: %s"
-                % (result._host.get_name(), result._task.action[len(PREFIX) :], result._result.get("msg"))
+                % (result._host.get_name(), _step_name(result._task, result._result), result._result.get("msg"))
             )
 
     def v2_playbook_on_stats(self, stats):

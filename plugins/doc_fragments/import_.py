@@ -37,6 +37,15 @@ options:
     description: Power the target on after the import (when it is off).
     type: bool
     default: false
+  planned:
+    description:
+      - Check mode only. What a checked M(vmigrate.v2v.convert) would have written
+        (its RV(vmigrate.v2v.convert#module:planned)), read instead of O(bundle),
+        which a checked convert does not write. The name, the capacities and an
+        existing VM of that name are checked as in a real run (a VM from another source is refused), and the
+        result says what would be done (RV(action), C(would), and C(would_create) - name, cpus, memory, disks
+        with capacity and format, NICs - when a VM would be made).
+    type: dict
 notes:
   - What happens to an existing VM of that name is decided the same way on every platform, from the
     provenance it carries - see RV(action).

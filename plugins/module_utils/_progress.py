@@ -4,8 +4,10 @@
 """Progress of long copies: percent, bytes and rate, and a readable summary.
 
 Modules cannot print while Ansible runs them, so progress events are appended as
-JSON lines to the file named by VMIGRATE_PROGRESS_FILE (the callback plugin and
-people with `tail -f` read it) and the summary goes into the module result.
+JSON lines to the file named by VMIGRATE_PROGRESS_FILE (the callback plugin, the
+`step` action's wait loop through the progress_info module, and people with
+`tail -f` read it) and the summary goes into the module result. An event carries the
+snapshot's keys plus `event` (progress or done) and `eta_seconds`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,28 @@ def human_bytes(n):
             return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
         n /= 1024
     return "%d B" % n  # not reached
+
+
+def eta_seconds(event):
+    """Seconds left at the event's rate, or None when it cannot tell (no rate yet)."""
+    rate = event.get("rate_bytes_per_second") or 0
+    left = max(int(event.get("total_bytes") or 0) - int(event.get("bytes") or 0), 0)
+    if not left:
+        return 0
+    return int(left / rate + 0.5) if rate > 0 else None
+
+
+def progress_line(event):
+    """One readable line: "copy web01 disk0: 42.0% 10.0 MiB of 24.0 MiB at 5.0 MiB/s, ETA 3 s"."""
+    eta = event.get("eta_seconds", eta_seconds(event))
+    return "%s: %s%% %s of %s at %s/s, ETA %s" % (
+        event.get("label"),
+        event.get("percent"),
+        human_bytes(event.get("bytes") or 0),
+        human_bytes(event.get("total_bytes") or 0),
+        human_bytes(event.get("rate_bytes_per_second") or 0),
+        "?" if eta is None else "%d s" % eta,
+    )
 
 
 class Progress:
@@ -78,6 +102,7 @@ class Progress:
             return
         record = dict(data or self.snapshot())
         record["event"] = event
+        record["eta_seconds"] = eta_seconds(record)
         try:
             if callable(self._sink):
                 self._sink(record)
@@ -86,3 +111,29 @@ class Progress:
                     fh.write(json.dumps(record, sort_keys=True) + "\n")
         except OSError:
             pass  # progress must never break a migration
+
+
+def last_event(text):
+    """The last complete JSON event among the lines of ``text``, or None (a line still
+    being written, or cut at the start of a tail, is skipped)."""
+    for raw in reversed((text or "").splitlines()):
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            return event
+    return None
+
+
+def job_state(text):
+    """(finished, result) of an async job from its results file's text, read as
+    ansible.builtin.async_status reads it: a file not (fully) written yet, or one that
+    says started and not finished, is a job still running."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False, None
+    if not isinstance(data, dict) or ("started" in data and not data.get("finished")):
+        return False, None
+    return True, data

@@ -56,16 +56,26 @@ def import_options(**extra):
         network_map=dict(type="dict"),
         storage_map=dict(type="dict"),
         start=dict(type="bool", default=False),
+        planned=dict(type="dict"),
     )
     spec.update(extra)
     return spec
 
 
 def import_step(module, platform_class):
-    """The whole main() of an import module: load the bundle, import, exit."""
+    """The whole main() of an import module: load the bundle, import, exit. With
+    ``planned`` (check mode only) the bundle is the one a checked convert would write."""
+    if module.params.get("planned") and not module.check_mode:
+        module.fail_json(
+            msg="planned (what a checked convert would write) is only read in check mode. "
+            "Fix: leave planned out; a real import reads the bundle"
+        )
 
     def step(platform):
-        result = platform.import_vm(Bundle.load(module.params["bundle"]), module.params, module.check_mode)
+        if module.params.get("planned"):
+            result = platform.import_planned(module.params["planned"], module.params)
+        else:
+            result = platform.import_vm(Bundle.load(module.params["bundle"]), module.params, module.check_mode)
         if not module._diff:
             result.pop("diff", None)
         return result

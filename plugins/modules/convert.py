@@ -77,6 +77,12 @@ options:
     description: Convert again even when the output is up to date.
     type: bool
     default: false
+  planned:
+    description:
+      - Check mode only. What a checked export would have written (its RV(vmigrate.v2v.kvm_export#module:planned)),
+        read instead of the bundle in O(src), which a checked export does not write. The result says what
+        would be converted (RV(disks), RV(plan), RV(would)) and returns RV(planned) for the import.
+    type: dict
 attributes:
   check_mode:
     support: full
@@ -165,6 +171,17 @@ progress:
   returned: always
   type: list
   elements: dict
+planned:
+  description:
+    - In check mode, what the output bundle would hold - source, spec (translated), target_platform, sync and
+      per disk id, action, path, format, subformat, capacity, allocated, digests_sha256 (null when not known yet)
+      and deltas. Give it to the import's O(vmigrate.v2v.kvm_import#module:planned) in check mode.
+  returned: in check mode, when changed
+  type: dict
+would:
+  description: In check mode with O(planned), what would be done per disk, in one line.
+  returned: with O(planned)
+  type: str
 fingerprint:
   description: Fingerprint of the output bundle (used as the bundle digest in provenance).
   returned: when changed and not in check mode
@@ -186,13 +203,14 @@ ARGUMENT_SPEC = dict(
     storage_map=dict(type="dict", default={}),
     block_size=dict(type="int", default=1048576),
     force=dict(type="bool", default=False),
+    planned=dict(type="dict"),
 )
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = Converter(module.params).run(check_mode=module.check_mode)
+        result = Converter(module.params).run(check_mode=module.check_mode, planned=module.params["planned"])
     except Exception as exc:  # noqa: BLE001 - one failure shape for every error
         fail_from_exception(module, exc)
     if not module._diff:

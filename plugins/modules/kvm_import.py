@@ -86,6 +86,22 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+would:
+  description:
+    - With O(planned) (check mode), what the import would do, in one line (action, name, disks with size and
+      format, why).
+  returned: with O(planned)
+  type: str
+would_create:
+  description:
+    - With O(planned), the VM that would be made - name, platform, cpus, memory_mib, disks (id, capacity, format,
+      subformat, storage), nics.
+  returned: with O(planned), when a VM would be created or replaced
+  type: dict
+planned:
+  description: True when the result was planned from O(planned) rather than read from a bundle.
+  returned: with O(planned)
+  type: bool
 name:
   description: Name of the target domain.
   returned: always

@@ -16,6 +16,15 @@ description:
   - An action plugin - the module runs where the task runs; use C(delegate_to) for the
     conversion host. The chosen module's result is returned as it is, plus RV(step_module).
   - Check mode, diff mode and C(no_log) of secrets are the chosen module's.
+  - With O(progress_file), the chosen module runs in the background on the host where the
+    task runs (Ansible's async wrapper, limit O(timeout)) and writes its progress events
+    into that file there; the task waits for it, and every O(progress_interval) seconds
+    shows the last event (percent, bytes, rate, ETA), read on that host by one shell
+    command per look (which waits there for the job to end, so a short step is not held
+    up; M(vmigrate.v2v.progress_info) is the same read as a module). So progress shows also
+    when the step is delegated to a remote conversion host, and the task still occupies
+    its C(throttle) slot until the step is done. The result is the module's, as without
+    it. In check mode (nothing is copied) the module runs in the foreground.
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:
@@ -42,10 +51,27 @@ options:
     description: The step module's own options (vm, bundle, name, ...).
     type: dict
     default: {}
+  progress_file:
+    description:
+      - A file on the host where the task runs for the module's progress events (it is
+        removed before the step starts and when it ended). Without it the module runs in
+        the foreground and writes its events where C(VMIGRATE_PROGRESS_FILE) says.
+    type: path
+  progress_interval:
+    description: Seconds between progress lines while a step with O(progress_file) runs (at least 0.5).
+    type: float
+    default: 5.0
+  timeout:
+    description: Seconds a step with O(progress_file) may run before the async wrapper stops it.
+    type: int
+    default: 86400
 attributes:
   action:
     support: full
     description: Runs as an action plugin on the controller, which executes the chosen module.
+  async:
+    support: full
+    description: C(async) runs the chosen module in the background as any module; O(progress_file) does that and waits.
   check_mode:
     support: full
     details: The chosen module's check mode.
@@ -65,6 +91,18 @@ EXAMPLES = r"""
     args:
       vm: "{{ v2v_vm }}"
       bundle: "{{ v2v_work_dir }}/export"
+  delegate_to: "{{ v2v_conversion_host }}"
+
+- name: The same, showing its progress while it copies on the conversion host
+  vmigrate.v2v.step:
+    step: export
+    platform: "{{ v2v_source.platform }}"
+    connection: "{{ v2v_source.connection }}"
+    args:
+      vm: "{{ v2v_vm }}"
+      bundle: "{{ v2v_work_dir }}/export"
+    progress_file: "{{ v2v_work_dir }}/progress.jsonl"
+    progress_interval: 10
   delegate_to: "{{ v2v_conversion_host }}"
 """
 
@@ -90,6 +128,9 @@ def main():
             platform=dict(type="str", choices=["kvm", "vsphere", "hyperv"]),
             connection=dict(type="dict", default={}, no_log=True),
             args=dict(type="dict", default={}),
+            progress_file=dict(type="path"),
+            progress_interval=dict(type="float", default=5.0),
+            timeout=dict(type="int", default=86400),
         ),
         supports_check_mode=True,
     )

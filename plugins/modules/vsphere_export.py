@@ -80,6 +80,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+planned:
+  description:
+    - In check mode, what the bundle would hold, for a checked M(vmigrate.v2v.convert)
+      (its O(vmigrate.v2v.convert#module:planned)) - bundle, source, spec, sync (the chain's syncs plus the
+      one this export would add) and per disk id, capacity,
+      method (V(copy), V(reference) or V(delta)), format and path of the data, the source's allocated bytes (null when
+      the platform cannot tell without reading), digests_sha256 (null) and deltas.
+  returned: in check mode, when the export would change the bundle
+  type: dict
 mode:
   description: How the source was read - V(cold) (shut off) or V(warm) (running).
   returned: always

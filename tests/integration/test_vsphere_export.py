@@ -69,6 +69,10 @@ def test_cold_export(lab, vsphere_si, run_module, tmp_path, source_vm):
     args = conn_vars(lab, vm=source_vm, bundle=bdir)
     res = run_module("vsphere_export", args, check=True)
     assert res["changed"] and not os.path.exists(bdir), res
+    # What it would write, for a checked convert: each disk copied into raw, its capacity.
+    (planned,) = res["planned"]["disks"]
+    assert planned["method"] == "copy" and planned["format"] == "raw" and planned["capacity"] > 0, planned
+    assert res["planned"]["source"]["platform"] == "vsphere" and res["planned"]["sync"][-1]["chain"] is None
 
     res = run_module("vsphere_export", args)
     assert not res.get("failed"), res

@@ -251,8 +251,19 @@ class Converter:
 
     # -- running --
 
-    def run(self, check_mode=False):
+    def run(self, check_mode=False, planned=None):
+        """The step; ``planned`` (check mode only) is a checked export's RV(planned): what its
+        bundle would hold, read instead of the bundle in ``src`` that was not written."""
         started = time.monotonic()
+        if planned:
+            if not check_mode:
+                raise InputError(
+                    "planned (what a checked export would write) is only read in check mode",
+                    "leave planned out: a real convert reads the bundle in src",
+                )
+            result = _steps.finish_step(self._run_planned(planned), started, "convert (planned)")
+            result["summary"] = "would convert to %s %s: %s" % (self.target, self.dest, result["would"])
+            return result
         result = self._run(check_mode)
         result["bytes_written"] = sum(int(p.get("bytes") or 0) for p in result.get("progress") or []) + sum(
             int(d.get("bytes_written") or 0) for d in result.get("deltas") or []
@@ -295,6 +306,7 @@ class Converter:
                 {k: p[k] for k in ("id", "path", "format", "subformat", "capacity", "action")} for p in plan
             ]
             result["progress"] = []
+            result["planned"] = self.planned_bundle(src.manifest, spec_after, plan)
             return result
 
         out = self._start_output(src, spec_after)
@@ -320,6 +332,100 @@ class Converter:
         result["progress"] = summaries
         result["fingerprint"] = out.fingerprint()
         return result
+
+    # -- check mode on what earlier checked steps would have written --
+
+    def plan_planned(self, planned):
+        """Per disk of a planned input bundle: what convert would do (as plan() does for a
+        written one, from the formats the export would leave)."""
+        refreshable = _bundle.Bundle.exists(self.dest) and not self.force
+        steps = []
+        for disk in planned.get("disks") or []:
+            src_format = disk.get("format") or "raw"
+            # A vmdk's variant is known only once written: planned as converted.
+            same = src_format == self.fmt and self.fmt != "vmdk"
+            action = "reference" if same else "convert"
+            if disk.get("method") == "delta" and refreshable:
+                action = "refresh"  # the output's disks stay; the new delta is carried
+            name = "%s.%s" % (disk["id"], SUFFIX[self.fmt])
+            steps.append(
+                {
+                    "id": disk["id"],
+                    "src_path": disk.get("path"),
+                    "src_format": src_format,
+                    "action": action,
+                    "path": disk.get("path") if same else os.path.join(self.dest, "disks", name),
+                    "format": self.fmt,
+                    "subformat": self.subformat,
+                    "capacity": disk.get("capacity"),
+                }
+            )
+        return steps
+
+    def planned_bundle(self, manifest, spec_after, steps):
+        """The output bundle a checked convert would write, in the shape of a checked
+        export's `planned` (source, spec, target_platform, sync, disks), for the import's
+        option `planned`. Digests and deltas are the input's (None where unknown yet)."""
+        records = {d["id"]: d for d in manifest.get("disks") or []}
+        disks = []
+        for step in steps:
+            rec = records.get(step["id"], {})
+            disk = {k: step.get(k) for k in ("id", "action", "path", "format", "subformat", "capacity")}
+            disk["source_format"] = step.get("src_format")
+            disk["allocated"] = rec.get("allocated")
+            disk["digests_sha256"] = rec.get("digests_sha256")
+            disk["deltas"] = copy.deepcopy(rec.get("deltas") or [])
+            for key in ("target", "bus"):
+                if rec.get(key) is not None:
+                    disk[key] = rec[key]
+            disks.append(disk)
+        return {
+            "bundle": self.dest,
+            "source": copy.deepcopy(manifest.get("source") or {}),
+            "spec": spec_after,
+            "target_platform": self.target,
+            "sync": copy.deepcopy(manifest.get("sync") or []),
+            "disks": disks,
+        }
+
+    def _run_planned(self, planned):
+        for key in ("source", "spec", "disks"):
+            if not isinstance(planned.get(key), (dict, list)):
+                raise InputError(
+                    "planned has no %s: it is not what a checked export returns as planned" % key,
+                    "pass the export's result key planned as it is",
+                )
+        spec_after, changes = translate(planned["spec"], self.target, self.network_map, self.storage_map)
+        steps = self.plan_planned(planned)
+        disks = [{k: p[k] for k in ("id", "path", "format", "subformat", "capacity", "action")} for p in steps]
+        kind = PROFILES[self.target]["descriptor"]
+        descriptors = {"libvirt_xml": "domain.xml"} if kind == "libvirt_xml" else {}
+        if kind == "vmx":
+            descriptors["vmx"] = "%s.vmx" % (spec_after.get("name") or "vm")
+        return {
+            "changed": True,
+            "dest": self.dest,
+            "spec": spec_after,
+            "changes": changes,
+            "diff": {"before": planned["spec"], "after": spec_after},
+            "plan": steps,
+            "disks": disks,
+            "descriptors": descriptors,
+            "progress": [],
+            "would": "; ".join(
+                "%s %s (%s bytes, %s -> %s%s)"
+                % (
+                    p["action"],
+                    p["id"],
+                    p["capacity"],
+                    p["src_format"],
+                    p["format"],
+                    " " + p["subformat"] if p["subformat"] else "",
+                )
+                for p in steps
+            ),
+            "planned": self.planned_bundle(planned, spec_after, steps),
+        }
 
     def _start_output(self, src, spec_after):
         """Create the output directory with a manifest that says incomplete before any disk is touched."""

@@ -88,6 +88,9 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
     if check_mode:
         result["would"] = "%s %s sync of %s%s" % (read_mode, result["kind"], name, session.plan_note())
         result.update(session.notes)
+        # What the bundle would hold, so a checked convert and import can say what they
+        # would do with it (their option `planned`) although nothing was written.
+        result["planned"] = planned_bundle(result, source, spec, session, bundle if incremental else None)
         result["diff"] = {"before": before, "after": {"would": result["would"]}}
         return _finish(result, bundle, session, reasons, name, started, changed=True)
     if incremental:
@@ -99,6 +102,40 @@ def run_export(platform, vm, bundle_dir, mode="auto", options=None, check_mode=F
     result["frozen"], result["freeze_reason"] = session.frozen, session.freeze_reason
     result.update(session.notes)
     return _finish(result, bundle, session, reasons, name, started, changed=changed, before=before)
+
+
+def planned_bundle(result, source, spec, session, chain):
+    """The manifest a checked export would write, as far as it is known without reading
+    the disks: source, spec, the sync it would add (``chain``: the bundle an incremental
+    continues, else None for a new chain) and per disk its capacity, what the export would
+    do with it (copy, reference or delta), the format and path of its data and the source's
+    allocated bytes when the platform can tell. Digests are unknown (None)."""
+    capacities = {d.get("id"): d.get("capacity") for d in spec.get("disks") or []}
+    records = {r["id"]: r for r in (chain.disks if chain is not None else [])}
+    syncs = [dict(x) for x in (chain.manifest.get("sync") or [])] if chain is not None else []
+    index = (syncs[-1].get("index") or len(syncs)) + 1 if syncs else 1
+    disks = []
+    for disk in session.disks:
+        record = records.get(disk["id"])
+        if record is not None:  # an incremental: a delta on the chain's base copy
+            planned = {"method": "delta", "format": record["format"], "path": record.get("path")}
+            planned["allocated"] = record.get("allocated")
+            deltas = [dict(x) for x in record.get("deltas") or []] + [{"index": index, "planned": True}]
+        else:
+            planned = dict(session.plan_disk(disk))
+            deltas = []
+        planned.update(id=disk["id"], capacity=capacities.get(disk["id"]), digests_sha256=None, deltas=deltas)
+        disks.append(planned)
+    sync = {"index": index, "kind": result["kind"], "mode": result["mode"], "planned": True}
+    sync["chain"] = _steps.chain_id(chain.manifest) if chain is not None else None
+    return {
+        "bundle": result["bundle"],
+        "source": dict(source),
+        "spec": spec,
+        "target_platform": None,
+        "sync": syncs + [sync],
+        "disks": disks,
+    }
 
 
 def _check_owner(bundle, source, name):

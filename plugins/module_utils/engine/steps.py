@@ -182,6 +182,78 @@ def run_import(platform, bundle, options, check_mode=False):
     return finish_step(result, started, "import %s (%s)" % (name, plan.action))
 
 
+def run_import_planned(platform, planned, options):
+    """The import step in check mode on what earlier checked steps would have written
+    (a checked convert's `planned`): the same name, capacity and collision checks and the
+    same decision (plan_import) as run_import, from the planned bundle instead of a
+    written one; nothing is looked up but the target's name, nothing is made. A target of
+    that name that did not come from this source is refused as a real run would."""
+    started = time.monotonic()
+    for key in ("source", "spec", "disks"):
+        if not isinstance(planned.get(key), (dict, list)):
+            raise InputError(
+                "planned has no %s: it is not what a checked convert returns as planned" % key,
+                "pass the convert's result key planned as it is",
+            )
+    if planned.get("target_platform") not in (None, platform.name):
+        raise InputError(
+            "the planned bundle %s would be converted for %s, not %s"
+            % (planned.get("bundle"), planned["target_platform"], platform.name),
+            "convert for target_platform %s" % platform.name,
+        )
+    network_map = options.get("network_map") or None
+    spec, changes = _spec.apply_maps(
+        planned["spec"], platform.name, network_map, options.get("storage_map") or None, strict=bool(network_map)
+    )
+    name = options.get("name") or spec["name"]
+    _profiles.check_target(platform.name, name, planned["disks"])
+    vm = platform.lookup(name)
+    found = platform.read_provenance(vm) if vm is not None else None
+    plan = plan_import(planned, name, vm is not None, found, bool(options.get("replace")))
+    result = import_result(plan, name, changes)
+    result["planned"] = True
+    result["would"] = planned_import_summary(plan, name, platform.name, spec, planned["disks"])
+    if plan.action in ("create", "replace"):
+        result["would_create"] = would_create(name, platform.name, spec, planned["disks"])
+    if options.get("start"):
+        result["started"] = True
+    finish_step(result, started, "import %s (%s, planned)" % (name, plan.action))
+    result["summary"] = "would %s" % result["would"]  # the summary table's line in check mode
+    return result
+
+
+def would_create(name, platform_name, spec, disks):
+    """What a planned import would make: the VM's name, size and disks."""
+    cpu = spec.get("cpu") or {}
+    storage = {d.get("id"): d.get("storage") for d in spec.get("disks") or []}
+    return {
+        "name": name,
+        "platform": platform_name,
+        "cpus": cpu.get("sockets", 1) * cpu.get("cores", 1) * cpu.get("threads", 1),
+        "memory_mib": spec.get("memory_mib"),
+        "disks": [
+            {
+                "id": d["id"],
+                "capacity": d.get("capacity"),
+                "format": d.get("format"),
+                "subformat": d.get("subformat"),
+                "storage": storage.get(d["id"]),
+            }
+            for d in disks
+        ],
+        "nics": [{"mac": n.get("mac"), "network": n.get("network")} for n in spec.get("nics") or []],
+    }
+
+
+def planned_import_summary(plan, name, platform_name, spec, disks):
+    """One line: "create web01 on kvm: 1 disk(s) disk0 64.0 MiB qcow2 (no VM named web01 yet)"."""
+    sizes = ", ".join(
+        "%s %s %s" % (d["id"], human_bytes(d.get("capacity") or 0), d.get("subformat") or d.get("format") or "")
+        for d in disks
+    )
+    return "%s %s on %s: %d disk(s) %s (%s)" % (plan.action, name, platform_name, len(disks), sizes, plan.reason)
+
+
 def import_result(plan, name, spec_changes):
     """The start of every import's result: the same keys on every platform."""
     return {

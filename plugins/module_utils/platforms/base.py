@@ -121,6 +121,10 @@ class Platform(abc.ABC):
         """The import step is the engine's (steps.run_import), on the primitives below."""
         return steps.run_import(self, bundle, options, check_mode)
 
+    def import_planned(self, planned, options):
+        """Check mode on a bundle not written yet (steps.run_import_planned)."""
+        return steps.run_import_planned(self, planned, options)
+
     @abc.abstractmethod
     def create_vm(self, name, spec, bundle, prov, options, check_mode):
         """Make a new VM ``name`` from ``spec`` (translated for this platform) and the
@@ -228,6 +232,12 @@ class SourceSession(abc.ABC):
         """A cheap identity of a shut-off VM's disk contents (file size, mtime, inode), or
         None: equal stamps let a re-run skip reading."""
         return None
+
+    def plan_disk(self, disk):
+        """What a full sync would do with ``disk``, for check mode (nothing is read):
+        {method: copy or reference, format and path of the data it would leave, the
+        source's allocated bytes or None}."""
+        return {"method": "copy", "format": "raw", "path": "disks/%s.raw" % disk["id"], "allocated": None}
 
     def reference(self, disk):
         """{path, format, allocated, bytes_written} when a full sync keeps the disk where it

@@ -356,6 +356,20 @@ class KvmSession(SourceSession):
             return None
         return _bundle.file_stamp(path)
 
+    def plan_disk(self, disk):
+        rec = self.live[disk["id"]]
+        allocated = None
+        if rec["path"] and is_local_uri(self.platform.uri):
+            try:  # a file's allocated bytes, as qemu-img's actual-size counts them
+                allocated = os.stat(rec["path"]).st_blocks * 512
+            except OSError:
+                allocated = None
+        if self.running:
+            return {"method": "copy", "format": "raw", "path": "disks/%s.raw" % rec["id"], "allocated": allocated}
+        # Shut off: referenced in place, or (remote libvirt) downloaded as it is (see reference).
+        path = "disks/%s.%s" % (rec["id"], rec["format"] or "img") if self.stream else rec["path"]
+        return {"method": "reference", "format": rec["format"], "path": path, "allocated": allocated}
+
     def reference(self, disk):
         if self.running:
             return None

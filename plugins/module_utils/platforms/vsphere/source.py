@@ -30,6 +30,21 @@ SNAPSHOT_DESCRIPTION = "vmigrate.v2v sync; removed by it"
 STUN_SNAPSHOT = SNAPSHOT_PREFIX + "cbt-stun"
 
 
+def allocated_of(layout_ex, disk_key):
+    """Bytes the datastore holds for a virtual disk (the extents of every link of its
+    chain: base and snapshot deltas), from the VM's layoutEx: about what a copy reads.
+    None when the server does not say (vcsim reports every size as 0, which is read as
+    unknown rather than empty)."""
+    if layout_ex is None or disk_key is None:
+        return None
+    extents = {f.key: f.size or 0 for f in layout_ex.file or [] if f.type == "diskExtent"}
+    for disk in layout_ex.disk or []:
+        if disk.key == disk_key:
+            total = sum(extents.get(k, 0) for link in disk.chain or [] for k in link.fileKey)
+            return total or None
+    return None
+
+
 class VsphereSession(SourceSession):
     """One export's view of a VM's disks (engine/export.py drives it).
 
@@ -58,6 +73,14 @@ class VsphereSession(SourceSession):
 
     def plan_note(self):
         return " (enabling CBT first)" if self.enable_cbt else ""
+
+    def plan_disk(self, disk):
+        vdisks = vm_disks(self.vm)
+        index = int(disk["id"][4:])
+        key = vdisks[index]["key"] if index < len(vdisks) else None
+        planned = {"method": "copy", "format": "raw", "path": "disks/%s.raw" % disk["id"]}
+        planned["allocated"] = allocated_of(getattr(self.vm, "layoutEx", None), key)
+        return planned
 
     def __enter__(self):
         vm = self.vm

@@ -543,3 +543,84 @@ def test_power_on_refuses_a_paused_vm():
         _power(_vm("paused"), "running")
     # ...and a paused guest cannot be asked to shut down: on_timeout decides.
     assert _power(_vm("paused"), "shutdown", on_timeout="poweroff")["method"] == "forced"
+
+
+# --- check mode over the whole chain: what earlier checked steps would have written ----------
+
+
+def _convert(src, dest, check_mode=False, planned=None, target="kvm"):
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.convert import Converter
+
+    return Converter({"src": src, "dest": dest, "target_platform": target}).run(check_mode, planned=planned)
+
+
+def test_a_checked_chain_says_what_each_step_would_do_and_writes_nothing(tmp_path):
+    platform = _source()
+    export_dir, convert_dir = str(tmp_path / "export"), str(tmp_path / "convert")
+    checked = platform.export("src", export_dir, "auto", check_mode=True)
+    planned = checked["planned"]
+    assert planned["source"]["id"] == "id-src" and planned["spec"]["name"] == platform.vms["src"]["spec"]["name"]
+    assert planned["sync"] == [{"index": 1, "kind": "full", "mode": "warm", "planned": True, "chain": None}]
+    (disk,) = planned["disks"]
+    assert disk["id"] == "disk0" and disk["capacity"] == 4 * MIB and disk["method"] == "copy"
+    assert disk["format"] == "raw" and disk["digests_sha256"] is None
+    # The checked convert reads that instead of the bundle that was not written.
+    with pytest.raises(InputError, match="only read in check mode"):
+        _convert(export_dir, convert_dir, planned=planned)
+    conv = _convert(export_dir, convert_dir, check_mode=True, planned=planned, target="vsphere")
+    assert conv["changed"] and conv["disks"][0]["action"] == "convert"
+    assert conv["disks"][0]["format"] == "vmdk" and conv["disks"][0]["subformat"] == "monolithicFlat"
+    assert "convert disk0 (4194304 bytes, raw -> vmdk monolithicFlat)" in conv["would"]
+    assert conv["planned"]["target_platform"] == "vsphere" and conv["descriptors"] == {"vmx": "web01.vmx"}
+    conv = _convert(export_dir, convert_dir, check_mode=True, planned=planned)
+    assert conv["planned"]["target_platform"] == "kvm" and conv["disks"][0]["format"] == "qcow2"
+    # The checked import decides from it as from a written bundle: a new VM.
+    before = dict(platform.vms)
+    imp = platform.import_planned(conv["planned"], {"name": "new01"})
+    assert imp["action"] == "create" and imp["changed"] and imp["planned"]
+    assert imp["would_create"]["disks"] == [
+        {"id": "disk0", "capacity": 4 * MIB, "format": "qcow2", "subformat": None, "storage": None}
+    ]
+    assert imp["would"].startswith("create new01 on kvm: 1 disk(s) disk0 4.0 MiB qcow2")
+    assert imp["summary"] == "would " + imp["would"] and conv["summary"].endswith(conv["would"])
+    assert platform.vms == before and not os.path.exists(export_dir) and not os.path.exists(convert_dir)
+    # A VM of that name from elsewhere: refused as a real import would refuse it.
+    platform.vms["taken"] = {"spec": SPEC, "disks": [], "state": "off"}
+    with pytest.raises(InputError, match="'taken' already exists on the target and was not made from kvm VM src"):
+        platform.import_planned(conv["planned"], {"name": "taken"})
+    with pytest.raises(InputError, match="would be converted for vsphere, not kvm"):
+        platform.import_planned(dict(conv["planned"], target_platform="vsphere"), {})
+    with pytest.raises(InputError, match="planned has no disks"):
+        platform.import_planned({"source": {}, "spec": {}}, {})
+
+
+def test_a_checked_incremental_plans_deltas_on_the_target(tmp_path):
+    platform = _source()
+    export_dir, convert_dir = str(tmp_path / "export"), str(tmp_path / "convert")
+    platform.export("src", export_dir, "auto", options={"block_size": MIB})
+    _convert(export_dir, convert_dir)
+    platform.import_vm(Bundle.load(convert_dir), {"name": "web"})
+    _write(platform, 0, b"changed")
+    checked = platform.export("src", export_dir, "auto", check_mode=True)
+    planned = checked["planned"]
+    assert checked["kind"] == "incremental" and planned["sync"][-1]["index"] == 2
+    assert planned["sync"][-1]["chain"] == steps.chain_id(Bundle.load(export_dir).manifest)
+    assert planned["disks"][0]["method"] == "delta" and planned["disks"][0]["deltas"][-1]["index"] == 2
+    conv = _convert(export_dir, convert_dir, check_mode=True, planned=planned)
+    assert conv["disks"][0]["action"] == "refresh"
+    imp = platform.import_planned(conv["planned"], {"name": "web"})
+    assert imp["action"] == "deltas" and imp["changed"] and "would_create" not in imp
+    assert Bundle.load(export_dir).manifest["sync"][-1]["index"] == 1  # nothing written
+
+
+def test_a_checked_convert_of_a_written_bundle_plans_for_the_import(tmp_path):
+    platform = _source()
+    export_dir, convert_dir = str(tmp_path / "export"), str(tmp_path / "convert")
+    platform.export("src", export_dir, "auto", options={"block_size": MIB})
+    conv = _convert(export_dir, convert_dir, check_mode=True)
+    assert not os.path.exists(convert_dir)
+    fingerprint = Bundle.load(export_dir).disk("disk0")["digests_sha256"]
+    assert conv["planned"]["disks"][0]["digests_sha256"] == fingerprint and conv["planned"]["sync"][0]["index"] == 1
+    imp = platform.import_planned(conv["planned"], {"name": "web"})
+    assert imp["action"] == "create"
+    assert imp["provenance"]["fingerprint"] == steps.content_fingerprint(Bundle.load(export_dir).manifest)

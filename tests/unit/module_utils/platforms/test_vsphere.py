@@ -226,3 +226,24 @@ def test_write_stream_vmdk_of_an_empty_disk(tmp_path):
         ["qemu-img", "compare", "-f", "raw", "-F", "vmdk", raw, out], capture_output=True, text=True, check=False
     )
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
+def test_allocated_of_reads_the_current_extents_of_a_disk():
+    from types import SimpleNamespace as NS
+
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.source import allocated_of
+
+    files = [
+        NS(key=1, type="diskDescriptor", size=500, name="[ds] web/web.vmdk"),
+        NS(key=2, type="diskExtent", size=3 * 1024 * 1024, name="[ds] web/web-flat.vmdk"),
+        NS(key=3, type="diskDescriptor", size=400, name="[ds] web/web-000001.vmdk"),
+        NS(key=4, type="diskExtent", size=1024 * 1024, name="[ds] web/web-000001-delta.vmdk"),
+    ]
+    # Under a snapshot: the base's extent and the delta's, not the descriptors.
+    layout = NS(file=files, disk=[NS(key=2000, chain=[NS(fileKey=[1, 2]), NS(fileKey=[3, 4])])])
+    assert allocated_of(layout, 2000) == 4 * 1024 * 1024
+    layout.disk[0].chain = [NS(fileKey=[1, 2])]
+    assert allocated_of(layout, 2000) == 3 * 1024 * 1024
+    assert allocated_of(layout, 2001) is None and allocated_of(None, 2000) is None
+    files[1].size = 0  # vcsim: no sizes
+    assert allocated_of(layout, 2000) is None
