@@ -15,6 +15,7 @@ from __future__ import annotations
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception
+from ansible_collections.vmigrate.v2v.plugins.module_utils._lock import bundle_lock
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power as _power
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
@@ -39,7 +40,8 @@ def export_step(module, platform_class):
     p = module.params
 
     def step(platform):
-        result = platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p)
+        with bundle_lock(p["bundle"], "export of %s" % p["vm"], module.check_mode):
+            result = platform.export(platform.find_vm(p["vm"]), p["bundle"], p["mode"], module.check_mode, p)
         if not module._diff:
             result.pop("diff", None)
         return result
@@ -75,7 +77,9 @@ def import_step(module, platform_class):
         if module.params.get("planned"):
             result = platform.import_planned(module.params["planned"], module.params)
         else:
-            result = platform.import_vm(Bundle.load(module.params["bundle"]), module.params, module.check_mode)
+            what = "import of %s" % (module.params.get("name") or module.params["bundle"])
+            with bundle_lock(module.params["bundle"], what, module.check_mode):
+                result = platform.import_vm(Bundle.load(module.params["bundle"]), module.params, module.check_mode)
         if not module._diff:
             result.pop("diff", None)
         return result

@@ -191,6 +191,7 @@ fingerprint:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._lock import bundle_lock  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.convert import Converter  # noqa: E402
 
 ARGUMENT_SPEC = dict(
@@ -210,7 +211,8 @@ ARGUMENT_SPEC = dict(
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = Converter(module.params).run(check_mode=module.check_mode, planned=module.params["planned"])
+        with bundle_lock(module.params["dest"], "convert of %s" % module.params["src"], module.check_mode):
+            result = Converter(module.params).run(check_mode=module.check_mode, planned=module.params["planned"])
     except Exception as exc:  # noqa: BLE001 - one failure shape for every error
         fail_from_exception(module, exc)
     if not module._diff:

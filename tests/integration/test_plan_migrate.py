@@ -201,3 +201,40 @@ def test_warm_vm_into_vsphere_syncs_changed_data(lab, libvirt_conn, vsphere_si, 
         assert run("cutover.yml").changed == 0
     finally:
         destroy(vsphere_si, target)
+
+
+def test_a_run_is_refused_while_another_writes_the_same_vm(lab, libvirt_conn, sources, run_playbook, tmp_path):
+    """Another run of the same plan holds the VM's export bundle (its export is running):
+    this run's export stops with a message naming it, nothing is made; once the other
+    run is gone, a re-run migrates the VM."""
+    import sys
+
+    name, disk = sources.make("locked")
+    path = write_plan(lab, tmp_path, [[name]])
+    bundle = tmp_path / "work" / "w0" / target_of(name) / "export"
+    hold = (
+        "import sys, time\n"
+        "from ansible_collections.vmigrate.v2v.plugins.module_utils._lock import bundle_lock\n"
+        "with bundle_lock(sys.argv[1], 'export of %s'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n" % name
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    other = subprocess.Popen([sys.executable, "-c", hold, str(bundle)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert other.stdout.readline().strip() == b"held"
+        refused = play(run_playbook, path, "migrate.yml")
+        assert refused.returncode != 0
+        assert "is being written by another run (export of %s pid %d" % (name, other.pid) in refused.stdout, (
+            refused.stdout[-4000:]
+        )
+        assert not bundle.exists()  # nothing written under the other run
+        with pytest.raises(libvirt.libvirtError):
+            libvirt_conn.lookupByName(target_of(name))
+    finally:
+        other.kill()
+        other.wait()
+    done = play(run_playbook, path, "migrate.yml")
+    assert done.returncode == 0, done.stdout[-4000:]
+    dst, fmt = target_disk(libvirt_conn, target_of(name))
+    assert same_disk(disk, dst, fmt)

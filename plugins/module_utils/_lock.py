@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmigrate.v2v contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One writer per bundle: a step that writes a bundle (export, convert) or a target from
+it (import) holds an exclusive lock on it, so two runs of the same plan or VM at once
+cannot interleave their writes; the second one stops with a message naming the first.
+
+The lock is flock(2) on ``.<bundle name>.lock`` beside the bundle directory: the kernel
+drops it when its holder exits, also when it is killed, so no stale lock is ever left to
+clean up. The file holds who took it (pid, step, since) for the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+
+
+def lock_path(bundle_dir):
+    bundle_dir = os.path.abspath(bundle_dir)
+    return os.path.join(os.path.dirname(bundle_dir), ".%s.lock" % os.path.basename(bundle_dir))
+
+
+@contextlib.contextmanager
+def bundle_lock(bundle_dir, step, check_mode=False):
+    """Hold the lock of ``bundle_dir`` for ``step``; InputError if another run holds it.
+
+    Check mode writes nothing, so it takes no lock (and makes no lock file)."""
+    if check_mode:
+        yield
+        return
+    path = lock_path(bundle_dir)
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                "bundle %s is being written by another run (%s)" % (bundle_dir, _holder(fd)),
+                "wait for that run to finish (or stop it), then run again; two runs of the same plan "
+                "or VM must not write one bundle or target at once",
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "step": step, "since": int(time.time())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd):
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return "%s pid %s on %s since %s" % (
+            info.get("step", "a step"),
+            info.get("pid", "?"),
+            info.get("host", "?"),
+            time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(info["since"])) if info.get("since") else "?",
+        )
+    except (OSError, ValueError):
+        return "holder unknown"
