@@ -346,6 +346,14 @@ class RawFile:
         self.close()
 
 
+# Seconds without any completed NBD read before read_chunks gives up (see NbdReader).
+NBD_STALL_TIMEOUT = 300
+
+
+class StalledRead(Exception):
+    """No NBD request completed within the stall timeout."""
+
+
 class NbdReader:
     """Guest bytes through an NBD connection (libnbd)."""
 
@@ -362,6 +370,9 @@ class NbdReader:
         self.name = name
         self.size = handle.get_size()
         self._min_block = None
+        # A server that stops answering must not hang the copy forever: read_chunks gives
+        # up when no request completes for this long (VMIGRATE_NBD_TIMEOUT, seconds).
+        self.stall_timeout = float(os.environ.get("VMIGRATE_NBD_TIMEOUT") or NBD_STALL_TIMEOUT)
 
     def extents(self, meta_context=None):
         """Extents from NBD block status.
@@ -483,8 +494,8 @@ class NbdReader:
                         failed_at = off
                         inflight[self.h.aio_pread(nbd.Buffer.from_buffer(view), off)] = (nxt, b)
                         nxt += 1
-                    if inflight:
-                        self.h.poll(-1)
+                    if inflight and self.h.poll(int(self.stall_timeout * 1000)) == 0:
+                        raise StalledRead(self.stall_timeout)
                     for cookie, (i, b) in list(inflight.items()):
                         failed_at = items[i][0]
                         if self.h.aio_command_completed(cookie):
@@ -496,10 +507,12 @@ class NbdReader:
             except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
                 ready.put((failed_at, exc))
             finally:
-                # Let no request write into a buffer after this thread is gone.
+                # Let no request write into a buffer after this thread is gone (a stalled
+                # server gets no more waiting: the caller closes the handle, which ends them).
                 while inflight:
                     try:
-                        self.h.poll(-1)
+                        if self.h.poll(int(self.stall_timeout * 1000)) == 0:
+                            break
                     except nbd.Error:
                         break
                     for cookie in list(inflight):
@@ -518,6 +531,13 @@ class NbdReader:
                 i, got = ready.get()
                 if isinstance(got, nbd.Error):
                     self._fail("reading", i, got)
+                if isinstance(got, StalledRead):
+                    raise DiskError(
+                        "reading %s at offset %d: the NBD server answered no request for %d s"
+                        % (self.name, i, self.stall_timeout),
+                        "check the host serving the disk and its storage, then run again (nothing was "
+                        "left half-written); set VMIGRATE_NBD_TIMEOUT (seconds) for storage that is this slow",
+                    )
                 if isinstance(got, Exception):
                     raise got
                 if len(held) > keep:

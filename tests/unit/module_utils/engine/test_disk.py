@@ -252,3 +252,36 @@ def test_qcow2_bitmap_refuses_an_in_use_bitmap_and_other_formats():
     assert "not qcow2" in _disk.qcow2_bitmap({"format": "raw"}, "chk1")
     with pytest.raises(_disk.DiskError, match="only qcow2"):
         _disk.open_guest("/nonexistent.raw", "raw", bitmap="chk1")
+
+
+def test_a_stalled_nbd_server_ends_the_read_with_a_clear_error(tmp_path, monkeypatch):
+    """nbdkit's delay filter holds every read for 30 s (a hung endpoint): with a stall
+    timeout of 1 s the read gives up in about that, naming the export and the fix."""
+    import shutil
+    import subprocess
+    import time
+
+    if not shutil.which("nbdkit"):
+        pytest.skip("nbdkit is not installed (tests/lab/lab deps installs it)")
+    mib = 1024 * 1024
+    sock = str(tmp_path / "nbd.sock")
+    server = subprocess.Popen(
+        ["nbdkit", "--exit-with-parent", "-f", "-U", sock, "--filter=delay", "memory", "8M", "rdelay=30"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        monkeypatch.setenv("VMIGRATE_NBD_TIMEOUT", "1")
+        reader = _disk.open_nbd("nbd+unix:///?socket=" + sock)
+        started = time.monotonic()
+        with pytest.raises(DiskError) as err:
+            for _chunk in reader.read_chunks([(0, mib), (mib, mib)], mib):
+                pass
+        assert time.monotonic() - started < 10
+        msg = str(err.value)
+        assert "answered no request for 1 s" in msg and sock in msg and "VMIGRATE_NBD_TIMEOUT" in msg, msg
+        reader.close()
+    finally:
+        server.kill()
+        server.wait()
