@@ -139,13 +139,26 @@ class HostActions:
             ),
             "Connect-VMNetworkAdapter": c(
                 "Connect-VMNetworkAdapter",
-                {"VMName": "list", "Name": "value", "SwitchName": "value", "Passthru": "switch"},
+                {
+                    "VMName": "list",
+                    "VMNetworkAdapter": "value",
+                    "Name": "value",
+                    "SwitchName": "value",
+                    "Passthru": "switch",
+                },
                 self._connect_nic,
                 pipeline=None,
             ),
             "Set-VMNetworkAdapter": c(
                 "Set-VMNetworkAdapter",
-                dict(_VMNAME, Name="value", StaticMacAddress="value", DynamicMacAddress="switch", Passthru="switch"),
+                dict(
+                    _VMNAME,
+                    VMNetworkAdapter="value",
+                    Name="value",
+                    StaticMacAddress="value",
+                    DynamicMacAddress="switch",
+                    Passthru="switch",
+                ),
                 self._set_nic,
             ),
             "Remove-VMNetworkAdapter": c(
@@ -182,6 +195,11 @@ class HostActions:
     def _targets(self, st, args, inputs, cmdlet):
         if cmdlet == "New-VM":
             return []
+        if "VMNetworkAdapter" in args:
+            # Adapter objects (Add-VMNetworkAdapter -Passthru): their VMs; the adapters are
+            # picked by _adapters.
+            ids = [ps.to_string(ps.member(a, "VMId")).lower() for a in ps.unroll(args["VMNetworkAdapter"])]
+            return [vm for vm in st["vms"] if vm["id"].lower() in ids]
         if inputs is not None or "VM" in args:
             given = inputs if inputs is not None else ps.unroll(args["VM"])
             ids = [ps.to_string(ps.member(v, "Id")).lower() for v in given]
@@ -380,6 +398,13 @@ class HostActions:
             )
         return found
 
+    def _adapters(self, vm, args, cmdlet):
+        """The adapters a call names: -VMNetworkAdapter objects, -Name, or all of the VM's."""
+        if "VMNetworkAdapter" in args:
+            ids = {ps.to_string(ps.member(a, "Id")) for a in ps.unroll(args["VMNetworkAdapter"])}
+            return [n for n in vm["nics"] if n["id"] in ids]
+        return self._adapter(vm, args["Name"], cmdlet) if "Name" in args else vm["nics"]
+
     def _switch(self, st, name, cmdlet):
         name = ps.to_string(name)
         switches = st.get("switches")
@@ -404,15 +429,13 @@ class HostActions:
     def _connect_nic(self, st, args, vms, cmdlet):
         switch = self._switch(st, args.get("SwitchName"), cmdlet)
         for vm in vms:
-            adapters = self._adapter(vm, args["Name"], cmdlet) if "Name" in args else vm["nics"]
-            for nic in adapters:
+            for nic in self._adapters(vm, args, cmdlet):
                 nic["switch"] = switch
         return []
 
     def _set_nic(self, st, args, vms, cmdlet):
         for vm in vms:
-            adapters = self._adapter(vm, args["Name"], cmdlet) if "Name" in args else vm["nics"]
-            for nic in adapters:
+            for nic in self._adapters(vm, args, cmdlet):
                 if ("StaticMacAddress" in args or args.get("DynamicMacAddress")) and vm["state"] != "Off":
                     raise _wrong_state(vm, "Changing the MAC address", cmdlet)
                 if "StaticMacAddress" in args:

@@ -119,7 +119,9 @@ SCRIPTS = {
     # VMs by exact name (Where-Object, because Get-VM -Name takes wildcards: a VM called
     # 'web[1]' would otherwise not find itself) or every VM; then each VM's parts.
     "vm_info": """
-    if ($p.Names.Count -gt 0) {
+    if ($p.Id) {
+        $vms = @(Get-VM -Id $p.Id)
+    } elseif ($p.Names.Count -gt 0) {
         $vms = @(Get-VM | Where-Object -Property Name -In -Value $p.Names)
     } else {
         $vms = @(Get-VM)
@@ -154,6 +156,62 @@ SCRIPTS = {
         }
     })
     [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Depth 6 -Compress
+""",
+    # The import's first step: the VM, and at once its Notes saying it is incomplete, so
+    # nothing made here ever looks finished (see platforms/hyperv/target.py).
+    "new_vm": """
+    $vm = New-VM -Name $p.Name -Generation $p.Generation -MemoryStartupBytes $p.Memory -NoVHD
+    Set-VM -VM $vm -Notes $p.Notes
+    [pscustomobject]@{ ok = $true; result = [string]$vm.Id } | ConvertTo-Json -Compress
+""",
+    # Everything else of a new VM: processors, memory, firmware, disks, network adapters.
+    # New-VM's own adapter is removed and each of the spec's is added, so they keep its order.
+    "configure_vm": """
+    $vm = Get-VM -Id $p.Id
+    Set-VM -VM $vm -ProcessorCount $p.ProcessorCount -StaticMemory
+    if ($p.Generation -eq 2) {
+        Set-VMFirmware -VM $vm -EnableSecureBoot $p.SecureBoot -SecureBootTemplate $p.SecureBootTemplate
+    }
+    # Disks: T(ype), N(umber), L(ocation) of the controller slot, P(ath), short to fit a line.
+    foreach ($d in $p.Disks) {
+        Add-VMHardDiskDrive -VM $vm -ControllerType $d.T -ControllerNumber $d.N -ControllerLocation $d.L -Path $d.P
+    }
+    Remove-VMNetworkAdapter -VM $vm -Name 'Network Adapter'
+    foreach ($n in $p.Nics) {
+        $a = Add-VMNetworkAdapter -VM $vm -Name $n.Name -Passthru
+        if ($n.Switch) { Connect-VMNetworkAdapter -VMNetworkAdapter $a -SwitchName $n.Switch }
+        if ($n.Mac) { Set-VMNetworkAdapter -VMNetworkAdapter $a -StaticMacAddress $n.Mac }
+    }
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    "vm_state": """
+    [pscustomobject]@{ ok = $true; result = [string](Get-VM -Id $p.Id).State } | ConvertTo-Json -Compress
+""",
+    "set_notes": """
+    Set-VM -VM (Get-VM -Id $p.Id) -Notes $p.Notes
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    # Remove-VM turns a running VM off first; the VHDX files stay (the caller removes them).
+    "remove_vm": """
+    Remove-VM -VM (Get-VM -Id $p.Id) -Force
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    "start_vm": """
+    Start-VM -VM (Get-VM -Id $p.Id)
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    # A guest shutdown through the Shutdown integration service, or (TurnOff) pulling the plug.
+    "stop_vm": """
+    $vm = Get-VM -Id $p.Id
+    if ($p.TurnOff) { Stop-VM -VM $vm -TurnOff -Force } else { Stop-VM -VM $vm -Force }
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    # The boot check's sign of life: the Heartbeat integration service's status.
+    "heartbeat": """
+    $vm = Get-VM -Id $p.Id
+    $s = Get-VMIntegrationService -VM $vm -Name 'Heartbeat'
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ State = [string]$vm.State
+        Present = [bool]$s; Enabled = $s.Enabled; Status = $s.PrimaryStatusDescription } } | ConvertTo-Json -Compress
 """,
     # Just the names, for error messages that say what exists.
     "vm_names": """

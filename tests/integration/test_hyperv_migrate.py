@@ -1,0 +1,298 @@
+"""Hyper-V <-> KVM through the lab: a Hyper-V simulator of this test's own (free ports, state
+and share under tmp, HTTPS verified with the lab CA) and the shared libvirt.
+
+- Hyper-V -> KVM, cold: hyperv_export, convert, kvm_import; the KVM volume equals the source
+  VHDX (qemu-img compare), the target boots the lab guest, re-runs change nothing, check mode
+  makes nothing.
+- KVM -> Hyper-V: kvm_export, convert, hyperv_import; the VHDX in the share equals the source
+  disk, the VM in the simulator's state file has the spec's generation, CPUs, memory, drive and
+  adapter, its Notes carry the provenance; hyperv_verify reads the VHDX back and boots it
+  (heartbeat); re-runs change nothing.
+- Bad input, each a clear error that leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from test_kvm_migrate import domain_type, make_source, undefine, volumes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
+
+from hyperv import simulator  # noqa: E402
+from hyperv.host import HyperVHost  # noqa: E402
+
+SWITCH = "lab-switch"
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def hv(lab, tmp_path_factory):
+    """This module's own simulator: {conn (module args), host, share, state}."""
+    base = tmp_path_factory.mktemp("hyperv")
+    state, share = str(base / "state"), str(base / "share")
+    ca = lab["vcsim"]["ca_path"]
+    facts = simulator.up(
+        state, share, ca, os.path.join(os.path.dirname(ca), "ca.key"), simulator.free_port(), simulator.free_port()
+    )
+    host = HyperVHost(state)
+    with host._locked():
+        st = host.load()
+        st["switches"] = [SWITCH]  # Connect-VMNetworkAdapter refuses any other switch
+        host.save(st)
+    conn = {
+        "hostname": "127.0.0.1",
+        "port": facts["https_port"],
+        "scheme": "https",
+        "ca_path": ca,
+        "username": facts["username"],
+        "password": facts["password"],
+        "share": share,
+        "share_windows": facts["share_windows"],
+    }
+    try:
+        yield {"conn": conn, "host": host, "share": share, "state": state}
+    finally:
+        simulator.down(state)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def vms(hv, name=None):
+    return [vm for vm in hv["host"].load()["vms"] if name is None or vm["name"] == name]
+
+
+def share_files(hv):
+    return sorted(os.listdir(hv["share"]))
+
+
+def notes_provenance(notes):
+    line = [x for x in notes.splitlines() if x.startswith("vmigrate.v2v provenance: ")][-1]
+    return json.loads(line.split(": ", 1)[1])
+
+
+def make_hyperv_source(lab, hv, name, generation=1):
+    """A Hyper-V VM whose one disk is the lab guest as a VHDX in the share."""
+    fname = "%s-src.vhdx" % name
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "vhdx", lab["guest_image"], os.path.join(hv["share"], fname)],
+        check=True,
+    )
+    controller = "IDE" if generation == 1 else "SCSI"
+    hv["host"].new_vm(
+        name, generation=generation, cpus=2, memory_mib=256, secure_boot=False,
+        disks=[{"size": 32 * MIB, "controller": controller, "file": fname}],
+        nics=[{"switch": SWITCH, "mac": "00155D00AB01"}],
+    )  # fmt: skip
+    return os.path.join(hv["share"], fname)
+
+
+def remove_hyperv_vm(hv, name):
+    with hv["host"]._locked():
+        st = hv["host"].load()
+        st["vms"] = [vm for vm in st["vms"] if vm["name"] != name]
+        hv["host"].save(st)
+
+
+def test_hyperv_to_kvm_cold(lab, hv, libvirt_conn, run_module, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    src, dst = "lab-hv2-src-" + tag, "lab-hv2-dst-" + tag
+    vhdx = make_hyperv_source(lab, hv, src)
+    before = sha256(vhdx)
+    export = dict(hv["conn"], vm=src, bundle=str(tmp_path / "export"))
+    convert = {"src": export["bundle"], "dest": str(tmp_path / "kvm"), "target_platform": "kvm"}
+    convert["network_map"] = {SWITCH: lab["network"]}
+    kvm = {"uri": lab["libvirt_uri"]}
+    kvm_import = dict(kvm, bundle=convert["dest"], name=dst, pool=lab["pools"]["target"])
+    kvm_import.update(domain_type=domain_type(lab), cpu_mode="default")
+    try:
+        # Check mode: no bundle.
+        res = run_module("hyperv_export", export, check=True)
+        assert res.get("changed") and not res.get("failed"), res
+        assert not os.path.exists(export["bundle"])
+
+        res = run_module("hyperv_export", export)
+        assert res.get("changed") and res["mode"] == "cold" and res["kind"] == "full", res
+        assert not run_module("convert", convert).get("failed")
+        res = run_module("kvm_import", kvm_import)
+        assert res.get("changed"), res
+
+        dom = libvirt_conn.lookupByName(dst)
+        vol = "%s-disk0.qcow2" % dst
+        path = libvirt_conn.storagePoolLookupByName(lab["pools"]["target"]).storageVolLookupByName(vol).path()
+        cmp = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vhdx", path, vhdx], capture_output=True)
+        assert cmp.returncode == 0, cmp.stdout
+        assert dom.info()[3] == 2 and dom.info()[1] == 256 * 1024  # vCPUs, KiB
+
+        # Re-runs change nothing; the source VHDX was only read.
+        again = run_module("hyperv_export", export)
+        assert again["changed"] is False and again["bytes_read"] == 0, again
+        assert run_module("kvm_import", kvm_import)["changed"] is False
+        assert sha256(vhdx) == before
+
+        res = run_module(
+            "kvm_verify",
+            dict(kvm, bundle=convert["dest"], name=dst, boot_check=True, boot_marker="VMIGRATE-GUEST-READY",
+                 boot_timeout=180),
+        )  # fmt: skip
+        assert not res.get("failed") and res["ok"], res
+    finally:
+        undefine(libvirt_conn, dst)
+        for v in volumes(libvirt_conn, lab["pools"]["target"], dst):
+            libvirt_conn.storagePoolLookupByName(lab["pools"]["target"]).storageVolLookupByName(v).delete(0)
+        remove_hyperv_vm(hv, src)
+
+
+@pytest.fixture
+def kvm_source(lab, libvirt_conn):
+    tag = uuid.uuid4().hex[:6]
+    names = {
+        "tag": tag,
+        "src": "lab-hv2-k-%s" % tag,
+        "src_disk": os.path.join(lab["pool_paths"][lab["pools"]["source"]], "lab-hv2-k-%s.qcow2" % tag),
+    }
+    dom = make_source(lab, libvirt_conn, names)
+    yield dict(names, uuid=dom.UUIDString())
+    undefine(libvirt_conn, names["src"])
+    if os.path.exists(names["src_disk"]):
+        os.unlink(names["src_disk"])
+
+
+def test_kvm_to_hyperv(lab, hv, kvm_source, run_module, tmp_path):
+    dst = "lab-hv2-to-" + kvm_source["tag"]
+    export = {"uri": lab["libvirt_uri"], "vm": kvm_source["src"], "bundle": str(tmp_path / "export")}
+    convert = {"src": export["bundle"], "dest": str(tmp_path / "hyperv"), "target_platform": "hyperv"}
+    convert["network_map"] = {lab["network"]: SWITCH}
+    imp = dict(hv["conn"], bundle=convert["dest"], name=dst)
+    files_before = share_files(hv)
+    try:
+        assert run_module("kvm_export", export).get("changed")
+        assert not run_module("convert", convert).get("failed")
+
+        # Check mode: no VM, no file.
+        res = run_module("hyperv_import", imp, check=True)
+        assert res.get("changed") and res["action"] == "create" and not res.get("failed"), res
+        assert vms(hv, dst) == [] and share_files(hv) == files_before
+
+        res = run_module("hyperv_import", imp)
+        assert res.get("changed") and res["action"] == "create", res
+        vhdx = os.path.join(hv["share"], "%s-disk0.vhdx" % dst)
+        assert share_files(hv) == sorted(files_before + [os.path.basename(vhdx)])
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", vhdx], capture_output=True).stdout)
+        assert info["format"] == "vhdx"
+        cmp = subprocess.run(
+            ["qemu-img", "compare", "-f", "vhdx", "-F", "qcow2", vhdx, kvm_source["src_disk"]], capture_output=True
+        )
+        assert cmp.returncode == 0, cmp.stdout
+
+        # The VM as the simulator holds it.
+        (vm,) = vms(hv, dst)
+        assert vm["generation"] == 1 and vm["cpus"] == 1 and vm["memory_startup"] == 256 * MIB
+        assert not vm["dynamic_memory"] and vm["state"] == "Off"
+        assert vm["drives"] == [
+            {"controller_type": "IDE", "controller_number": 0, "controller_location": 0,
+             "path": "C:\\VMs\\%s-disk0.vhdx" % dst}
+        ]  # fmt: skip
+        assert [(n["switch"], n["mac"]) for n in vm["nics"]] == [(SWITCH, "525400766D02")]
+        prov = notes_provenance(vm["notes"])
+        assert prov["source_id"] == kvm_source["uuid"] and prov["source_platform"] == "kvm"
+        assert prov["state"] == "complete" and prov["sync_index"] == 1
+
+        # A re-run changes nothing, in the share or the state.
+        mtime = os.stat(vhdx).st_mtime_ns
+        res = run_module("hyperv_import", imp)
+        assert res["changed"] is False and res["action"] == "none", res
+        assert os.stat(vhdx).st_mtime_ns == mtime and vms(hv, dst) == [vm]
+
+        # Verify reads the VHDX back, then boots it: the heartbeat answers.
+        res = run_module("hyperv_verify", dict(hv["conn"], bundle=convert["dest"], vm=dst, boot_check=True))
+        assert not res.get("failed") and res["ok"] and res["digests"] == "compared", res
+        assert res["boot"]["method"] == "heartbeat" and res["boot"]["heartbeat"] == "OK", res
+        assert vms(hv, dst)[0]["state"] == "Running"
+        assert notes_provenance(vms(hv, dst)[0]["notes"])["verified"] == prov["fingerprint"]
+
+        res = run_module("hyperv_power", dict(hv["conn"], vm=dst, state="off"))
+        assert res.get("changed") and res["state_after"] == "off", res
+        assert vms(hv, dst)[0]["state"] == "Off"
+    finally:
+        remove_hyperv_vm(hv, dst)
+        for f in set(share_files(hv)) - set(files_before):
+            os.unlink(os.path.join(hv["share"], f))
+
+
+def test_bad_input_is_clear_and_leaves_nothing(lab, hv, run_module, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    src = "lab-hv2-bad-" + tag
+    make_hyperv_source(lab, hv, src)
+    export = dict(hv["conn"], vm=src, bundle=str(tmp_path / "export"))
+    try:
+        res = run_module("hyperv_export", dict(export, password="wrong"))
+        assert res["failed"] and "refused the credentials" in res["msg"], res
+
+        res = run_module("hyperv_export", dict(export, vm="lab-hv2-nope"))
+        assert res["failed"] and "no VM named 'lab-hv2-nope'" in res["msg"] and src in res["msg"], res
+
+        res = run_module("hyperv_export", dict(export, share=str(tmp_path / "not-mounted")))
+        assert res["failed"] and "mount -t cifs" in res["msg"], res
+        assert not os.path.exists(export["bundle"])
+
+        # Running: cold refused by the engine, auto by the session (no warm export yet).
+        hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nStart-VM -Name '%s'" % src)
+        for mode in ("cold", "auto"):
+            res = run_module("hyperv_export", dict(export, mode=mode))
+            assert res["failed"] and "shut" in res["msg"] and src in res["msg"], res
+        hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nStop-VM -Name '%s' -TurnOff" % src)
+
+        # A checkpoint makes the disk a differencing disk: refused, not half-read.
+        hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nCheckpoint-VM -Name '%s' -SnapshotName 'c1'" % src)
+        res = run_module("hyperv_export", export)
+        assert res["failed"] and "differencing disk" in res["msg"] and "Remove-VMCheckpoint" in res["msg"], res
+        assert not os.path.exists(export["bundle"])
+        out = hv["host"].run_powershell(
+            "$ErrorActionPreference = 'Stop'\nRemove-VMCheckpoint -VMName '%s' -Name 'c1'" % src
+        )
+        assert out[2] == 0, out
+
+        # A bundle of this VM imported under the name of another VM: refused, nothing changed.
+        assert run_module("hyperv_export", export).get("changed")
+        convert = {"src": export["bundle"], "dest": str(tmp_path / "hv"), "target_platform": "hyperv"}
+        assert not run_module("convert", convert).get("failed")
+        other = "lab-hv2-other-" + tag
+        hv["host"].new_vm(other, generation=1, disks=[{"size": 8 * MIB, "controller": "IDE"}])
+        state_before, files_before = hv["host"].load(), share_files(hv)
+        imp = dict(hv["conn"], bundle=convert["dest"], name=other)
+        res = run_module("hyperv_import", imp)
+        assert res["failed"] and "already exists" in res["msg"] and "replace=true" in res["msg"], res
+        assert hv["host"].load() == state_before and share_files(hv) == files_before
+
+        # A cmdlet failing mid-import (a switch the host does not have): no VM, no file left.
+        res = run_module("hyperv_import", dict(imp, name="lab-hv2-mid-" + tag, network_map={SWITCH: "no-such-switch"}))
+        assert res["failed"] and "no-such-switch" in res["msg"], res
+        assert vms(hv, "lab-hv2-mid-" + tag) == [] and share_files(hv) == files_before
+
+        # A read-only share (a read-only bind mount of it): refused before anything is made.
+        ro = str(tmp_path / "ro-share")
+        os.makedirs(ro)
+        subprocess.run(["mount", "--bind", "-o", "ro", hv["share"], ro], check=True)
+        try:
+            res = run_module("hyperv_import", dict(imp, name="lab-hv2-ro-" + tag, share=ro))
+            assert res["failed"] and "not writable" in res["msg"] and "mount -t cifs" in res["msg"], res
+            assert vms(hv, "lab-hv2-ro-" + tag) == [] and share_files(hv) == files_before
+        finally:
+            subprocess.run(["umount", ro], check=True)
+    finally:
+        for name in (src, "lab-hv2-other-" + tag):
+            remove_hyperv_vm(hv, name)

@@ -1,0 +1,128 @@
+"""HyperVPlatform's pieces that need no host: Notes provenance, the share mapping and its
+checks, controller slots, and the new VM's configuration; plus every script that changes a
+VM, run on the lab's host model against a state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import connection as _conn
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import platform as _platform
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import target as _target
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.share import Share, safe_file_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
+
+from hyperv.host import HyperVHost  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def test_notes_keep_the_users_text_and_carry_one_provenance():
+    prov = {"source_id": "x", "state": "complete", "disks": {"disk0": "ab"}}
+    notes = _platform.join_notes("owner: team a\nline 2", prov)
+    assert _platform.split_notes(notes) == ("owner: team a\nline 2", prov)
+    # Writing again replaces the provenance line, not the text.
+    again = _platform.join_notes(_platform.split_notes(notes)[0], dict(prov, state="incomplete"))
+    assert again.count(_platform.NOTES_MARKER) == 1 and again.startswith("owner: team a")
+    assert _platform.split_notes("") == ("", None)
+    assert _platform.split_notes(_platform.NOTES_MARKER + "{broken") == ("", None)
+
+
+def test_share_maps_windows_paths_case_insensitively(tmp_path):
+    share = Share(str(tmp_path), "C:\\VMs\\", "hv01")
+    assert share.to_local("c:\\vms\\sub\\a.vhdx", "disk") == os.path.join(str(tmp_path), "sub", "a.vhdx")
+    assert share.to_windows("a.vhdx") == "C:\\VMs\\a.vhdx"
+    with pytest.raises(InputError, match="not under the share"):
+        share.to_local("D:\\other\\a.vhdx", "disk 0 of VM web")
+    with pytest.raises(InputError, match="leaves the share"):
+        share.to_local("C:\\VMs\\..\\secret.vhdx", "disk")
+    unc = Share(str(tmp_path), "\\\\hv01\\VMs", "hv01")
+    assert unc.to_local("\\\\HV01\\vms\\a.vhdx", "disk") == os.path.join(str(tmp_path), "a.vhdx")
+
+
+def test_share_checks_say_how_to_mount(tmp_path):
+    missing = Share(str(tmp_path / "nope"), "\\\\hv01\\VMs", "hv01")
+    with pytest.raises(InputError) as err:
+        missing.check()
+    assert "mount -t cifs //hv01/VMs" in err.value.fix
+    Share(str(tmp_path), "C:\\VMs", "hv01").check(write=True)
+    assert os.listdir(tmp_path) == []  # the write test leaves nothing
+
+
+def test_file_names_drop_what_windows_refuses():
+    assert safe_file_name('a/b\\c:d*e?"f<g>h|i') == "a_b_c_d_e__f_g_h_i"
+    assert safe_file_name("web 01 ünïcode") == "web 01 ünïcode"
+
+
+def _spec_for(firmware="bios", buses=("ide", "scsi"), nics=(("52:54:00:00:00:01", "net"),)):
+    return _spec.new_spec(
+        name="v",
+        firmware={"type": firmware, "secure_boot": False},
+        cpu={"sockets": 2, "cores": 2, "threads": 1},
+        memory_mib=256,
+        disks=[_spec.new_disk(id="disk%d" % i, bus=b, capacity=MIB) for i, b in enumerate(buses)],
+        nics=[_spec.new_nic(mac=m, network=n) for m, n in nics],
+    )
+
+
+def test_controller_slots():
+    assert _target.controller_slots(_spec_for(buses=("ide", "scsi", "scsi")), 1) == [
+        ("IDE", 0, 0),
+        ("SCSI", 0, 0),
+        ("SCSI", 0, 1),
+    ]
+    assert _target.controller_slots(_spec_for(buses=("ide", "ide", "ide")), 1)[2] == ("IDE", 1, 0)
+    assert _target.controller_slots(_spec_for(firmware="uefi", buses=("scsi", "scsi")), 2) == [
+        ("SCSI", 0, 0),
+        ("SCSI", 0, 1),
+    ]
+    with pytest.raises(InputError, match="4 IDE slots"):
+        _target.controller_slots(_spec_for(buses=("ide",) * 5), 1)
+
+
+def _run(host, name, params):
+    stdout, stderr, code = host.run_powershell(_conn.build_script(_conn.SCRIPTS[name], params))
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["ok"], doc
+    return doc["result"]
+
+
+def test_import_scripts_build_the_vm_on_the_host_model(tmp_path):
+    host = HyperVHost.init(str(tmp_path / "st"), str(tmp_path / "share"))
+    for f in ("v-disk0.vhdx", "v-disk1.vhdx"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(tmp_path / "share" / f), "1M"], check=True)
+    spec = _spec_for(nics=(("52:54:00:00:00:01", "net"), (None, None)))
+    vm_id = _run(host, "new_vm", {"Name": "it's $v", "Generation": 1, "Memory": 256 * MIB, "Notes": "incomplete"})
+    files = [{"windows": "C:\\VMs\\v-disk%d.vhdx" % i} for i in range(2)]
+    platform = _target.HyperVTarget()
+    _run(host, "configure_vm", platform._configuration(vm_id, spec, 1, files, {}))
+    vm = host.load()["vms"][0]
+    assert vm["name"] == "it's $v" and vm["notes"] == "incomplete" and vm["cpus"] == 4
+    assert [(d["controller_type"], d["controller_number"], d["controller_location"]) for d in vm["drives"]] == [
+        ("IDE", 0, 0),
+        ("SCSI", 0, 0),
+    ]
+    assert [(n["name"], n["switch"], n["mac"]) for n in vm["nics"]] == [
+        ("Network Adapter", "net", "525400000001"),
+        ("Network Adapter 2", None, None),
+    ]
+    assert _run(host, "vm_state", {"Id": vm_id}) == "Off"
+    _run(host, "start_vm", {"Id": vm_id})
+    hb = _run(host, "heartbeat", {"Id": vm_id})
+    assert hb["State"] == "Running" and hb["Present"] is True and hb["Enabled"] is True
+    _run(host, "stop_vm", {"Id": vm_id, "TurnOff": True})
+    _run(host, "set_notes", {"Id": vm_id, "Notes": "done"})
+    (raw,) = _run(host, "vm_info", {"Id": vm_id})
+    assert raw["Notes"] == "done" and raw["State"] == "Off"
+    _run(host, "remove_vm", {"Id": vm_id})
+    assert host.load()["vms"] == []
