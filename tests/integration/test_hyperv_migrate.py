@@ -8,6 +8,8 @@ and share under tmp, HTTPS verified with the lab CA) and the shared libvirt.
   disk, the VM in the simulator's state file has the spec's generation, CPUs, memory, drive and
   adapter, its Notes carry the provenance; hyperv_verify reads the VHDX back and boots it
   (heartbeat); re-runs change nothing.
+- A Hyper-V target brought up to a later sync by a delta, rewritten by a new chain, replaced.
+- Hyper-V -> vSphere -> Hyper-V through vcsim, bytes compared at each end.
 - Bad input, each a clear error that leaves nothing behind.
 """
 
@@ -296,3 +298,115 @@ def test_bad_input_is_clear_and_leaves_nothing(lab, hv, run_module, tmp_path):
     finally:
         for name in (src, "lab-hv2-other-" + tag):
             remove_hyperv_vm(hv, name)
+
+
+def test_hyperv_target_takes_deltas_rewrites_and_replace(lab, hv, run_module, tmp_path):
+    """A later sync reaches an existing Hyper-V target as a delta written into its VHDX; a new
+    chain with other content rewrites the disk; replace makes the VM again."""
+    tag = uuid.uuid4().hex[:6]
+    src, dst = "lab-hv2-d-" + tag, "lab-hv2-dt-" + tag
+    vhdx = make_hyperv_source(lab, hv, src)
+    export = dict(hv["conn"], vm=src, bundle=str(tmp_path / "export"))
+    convert = {"src": export["bundle"], "dest": str(tmp_path / "hv"), "target_platform": "hyperv"}
+    imp = dict(hv["conn"], bundle=convert["dest"], name=dst)
+    target = os.path.join(hv["share"], "%s-disk0.vhdx" % dst)
+
+    def guest_write(offset, byte):
+        subprocess.run(
+            ["qemu-io", "-f", "vhdx", "-c", "write -P %d %d 65536" % (byte, offset), vhdx],
+            check=True,
+            capture_output=True,
+        )
+
+    def same():
+        return subprocess.run(["qemu-img", "compare", "-f", "vhdx", "-F", "vhdx", target, vhdx]).returncode == 0
+
+    try:
+        assert run_module("hyperv_export", export).get("changed")
+        assert not run_module("convert", convert).get("failed")
+        assert run_module("hyperv_import", imp)["action"] == "create"
+        (vm,) = vms(hv, dst)
+
+        # The source VM (off) was changed: an incremental, applied as a delta in place.
+        guest_write(1 << 20, 0x33)
+        res = run_module("hyperv_export", export)
+        assert res["kind"] == "incremental" and res["disks"][0]["method"] == "delta", res
+        assert not run_module("convert", convert).get("failed")
+        res = run_module("hyperv_import", imp)
+        assert res["action"] == "deltas" and res["deltas_applied"], res
+        assert same()
+        assert vms(hv, dst)[0]["id"] == vm["id"]  # the same VM, updated
+        assert notes_provenance(vms(hv, dst)[0]["notes"])["sync_index"] == 2
+        assert run_module("hyperv_import", imp)["changed"] is False
+
+        # A new chain (full=true) with other content: the disk is rewritten whole.
+        guest_write(2 << 20, 0x44)
+        assert run_module("hyperv_export", dict(export, full=True))["kind"] == "full"
+        assert not run_module("convert", convert).get("failed")
+        res = run_module("hyperv_import", imp)
+        assert res["action"] == "rewrite" and res["rewritten"] == ["disk0"], res
+        assert same() and vms(hv, dst)[0]["id"] == vm["id"]
+        assert notes_provenance(vms(hv, dst)[0]["notes"])["state"] == "complete"
+
+        # replace: the VM is made again (a new Id), from the same bundle.
+        res = run_module("hyperv_import", dict(imp, replace=True))
+        assert res["action"] == "replace" and res["replaced"]["name"] == dst, res
+        (again,) = vms(hv, dst)
+        assert again["id"] != vm["id"] and same()
+    finally:
+        for name in (src, dst):
+            remove_hyperv_vm(hv, name)
+        for path in (target, vhdx):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def test_hyperv_to_vsphere_and_back(lab, hv, vsphere_si, run_module, tmp_path):
+    """Hyper-V -> vSphere (vcsim's flat extent equals the source VHDX), then that vSphere VM
+    -> Hyper-V (the new VHDX equals the flat extent)."""
+    from test_vsphere_import import backing_flat_path, conn_vars, destroy, find_vm
+
+    tag = uuid.uuid4().hex[:6]
+    src, mid, dst = "lab-hv2-vs-" + tag, "v2v-hv2-vs-" + tag, "lab-hv2-back-" + tag
+    vhdx = make_hyperv_source(lab, hv, src)
+    vc = conn_vars(lab)
+    try:
+        export = dict(hv["conn"], vm=src, bundle=str(tmp_path / "export"))
+        assert run_module("hyperv_export", export).get("changed")
+        convert = {"src": export["bundle"], "dest": str(tmp_path / "vs"), "target_platform": "vsphere"}
+        convert["network_map"] = {SWITCH: "VM Network"}
+        assert not run_module("convert", convert).get("failed")
+        vs_import = dict(vc, bundle=convert["dest"], name=mid, datastore=lab["vcsim"]["datastore"])
+        res = run_module("vsphere_import", vs_import)
+        assert res.get("changed"), res
+        vm = find_vm(vsphere_si, mid)
+        flat = backing_flat_path(lab, vm)
+        cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vhdx", flat, vhdx], capture_output=True)
+        assert cmp.returncode == 0, cmp.stdout
+        assert vm.config.hardware.numCPU == 2 and vm.config.hardware.memoryMB == 256
+        assert run_module("vsphere_import", vs_import)["changed"] is False
+
+        # Back: the vSphere VM (off) to Hyper-V.
+        back = dict(vc, vm=mid, bundle=str(tmp_path / "export2"))
+        assert run_module("vsphere_export", back).get("changed")
+        convert2 = {"src": back["bundle"], "dest": str(tmp_path / "hv"), "target_platform": "hyperv"}
+        convert2["network_map"] = {"VM Network": SWITCH}
+        assert not run_module("convert", convert2).get("failed")
+        res = run_module("hyperv_import", dict(hv["conn"], bundle=convert2["dest"], name=dst))
+        assert res.get("changed") and res["action"] == "create", res
+        target = os.path.join(hv["share"], "%s-disk0.vhdx" % dst)
+        cmp = subprocess.run(["qemu-img", "compare", "-f", "vhdx", "-F", "raw", target, flat], capture_output=True)
+        assert cmp.returncode == 0, cmp.stdout
+        (made,) = vms(hv, dst)
+        assert made["cpus"] == 2 and made["memory_startup"] == 256 * MIB and made["generation"] == 1
+        assert notes_provenance(made["notes"])["source_platform"] == "vsphere"
+        res = run_module("hyperv_verify", dict(hv["conn"], bundle=convert2["dest"], vm=dst))
+        assert not res.get("failed") and res["ok"], res
+    finally:
+        destroy(vsphere_si, mid)
+        for name in (src, dst):
+            remove_hyperv_vm(hv, name)
+        target = os.path.join(hv["share"], "%s-disk0.vhdx" % dst)
+        for path in (target, vhdx):
+            if os.path.exists(path):
+                os.unlink(path)
