@@ -7,17 +7,27 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: hyperv_export
-short_description: Write or refresh a migration bundle from a shut-off Hyper-V VM
+short_description: Write or refresh a migration bundle from a Hyper-V VM, cold or warm
 version_added: 0.2.0
 description:
   - Cold - the VM must be off. Its VHDX (or VHD) files are read through the share (O(share), the
     conversion host's mount of the Hyper-V host's O(share_windows)), checked with C(qemu-img check), and
     copied into the bundle (a sparse raw file per disk, block digests taken in flight).
-  - A re-run whose disk files did not change (same size, mtime and inode) and whose VM did not change
+  - Warm - the VM runs. A temporary checkpoint (C(vmigrate-sync-*)) is made, each disk's parent VHDX - which
+    holds still while the VM writes into the checkpoint's differencing disk - is read through the share, and
+    the checkpoint is removed (merged), also when the export fails.
+  - With the warm copy (and every later sync of the chain) an RCT reference point is made
+    (C(Msvm_VirtualSystemReferencePointService.CreateReferencePoint), RCT type); its per-disk
+    ResilientChangeTrackingIdentifiers are recorded. Later syncs - warm, or cold after the VM was shut down
+    (the cutover) - read only the byte ranges C(Msvm_ImageManagementService.GetVirtualDiskChanges) reports
+    changed since them. The reference point a sync replaces is destroyed; one a sync did not need is too.
+  - When Hyper-V no longer knows the recorded RCT id (the disk was changed outside Hyper-V, change tracking
+    was reset), the whole disk is read and its block digests compared with the last sync's, and
+    RV(fallback_reason) says so.
+  - A cold re-run whose disk files did not change (same size, mtime and inode) and whose VM did not change
     reports no change without reading the disks.
-  - A VM whose disks are differencing disks (a checkpoint's AVHDX, a child VHD) is refused - remove the
-    checkpoints (which merges them) first.
-  - A running VM is refused - warm export (RCT reference points) is not built yet.
+  - A VM whose disks are already differencing disks (its own checkpoints, a child VHD) is refused - remove
+    the checkpoints (which merges them) first; VMs in another state than Off or Running are refused.
   - The VM is found by O(vm) - its name or its Id.
 author:
   - vmigrate.v2v contributors (@vmigrate)
@@ -29,7 +39,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Says which kind of export would run; touches neither the VM nor the bundle.
+    details: Says which kind of export would run; makes no checkpoint or reference point, writes no bundle.
   diff_mode:
     support: full
     details: Shows the bundle's chain, latest sync and content fingerprint before and after.
@@ -51,11 +61,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 mode:
-  description: How the source was read - V(cold).
+  description: How the source was read - V(cold) (off) or V(warm) (running, from a temporary checkpoint).
   returned: always
   type: str
 kind:
-  description: V(full) (a new chain) or V(incremental) (changes since the last sync, by digest comparison).
+  description: V(full) (a new chain) or V(incremental) (changes since the last sync - RCT ranges, else digests).
   returned: always
   type: str
 sync_index:
@@ -90,6 +100,14 @@ freeze_reason:
 fallback_reason:
   description: Why a slower path ran than the bundle's chain allows, or null.
   returned: always
+  type: str
+reference_point:
+  description: The InstanceID of the RCT reference point this sync made (the next sync's base).
+  returned: when one was made
+  type: str
+checkpoint_removed:
+  description: The temporary checkpoint a warm sync made and removed.
+  returned: warm syncs
   type: str
 vm:
   description: The source VM - name, id and power_state.

@@ -10,6 +10,10 @@ and share under tmp, HTTPS verified with the lab CA) and the shared libvirt.
   (heartbeat); re-runs change nothing.
 - A Hyper-V target brought up to a later sync by a delta, rewritten by a new chain, replaced.
 - Hyper-V -> vSphere -> Hyper-V through vcsim, bytes compared at each end.
+- Hyper-V -> KVM warm: a full copy from a temporary checkpoint's parent while the VM runs,
+  incrementals of only the ranges RCT reports (computed by the simulator from what really
+  changed), the cutover, the target booting; RCT lost -> digests, said; a failed warm export
+  leaves no checkpoint and no new reference point.
 - Bad input, each a clear error that leaves nothing behind.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -251,11 +256,10 @@ def test_bad_input_is_clear_and_leaves_nothing(lab, hv, run_module, tmp_path):
         assert res["failed"] and "mount -t cifs" in res["msg"], res
         assert not os.path.exists(export["bundle"])
 
-        # Running: cold refused by the engine, auto by the session (no warm export yet).
+        # Running: a cold export is refused (a warm one is test_hyperv_to_kvm_warm's).
         hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nStart-VM -Name '%s'" % src)
-        for mode in ("cold", "auto"):
-            res = run_module("hyperv_export", dict(export, mode=mode))
-            assert res["failed"] and "shut" in res["msg"] and src in res["msg"], res
+        res = run_module("hyperv_export", dict(export, mode="cold"))
+        assert res["failed"] and "shut" in res["msg"] and src in res["msg"], res
         hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nStop-VM -Name '%s' -TurnOff" % src)
 
         # A checkpoint makes the disk a differencing disk: refused, not half-read.
@@ -410,3 +414,94 @@ def test_hyperv_to_vsphere_and_back(lab, hv, vsphere_si, run_module, tmp_path):
         for path in (target, vhdx):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def reference_points(hv, vm_name):
+    st = hv["host"].load()
+    ids = {vm["id"] for vm in st["vms"] if vm["name"] == vm_name}
+    return [rp["id"] for rp in st.get("reference_points", []) if rp["vm_id"] in ids]
+
+
+def avhdx_files(hv):
+    return [f for f in share_files(hv) if f.endswith(".avhdx")]
+
+
+def test_hyperv_to_kvm_warm(lab, hv, libvirt_conn, run_module, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    src, dst = "lab-hv2-w-" + tag, "lab-hv2-wd-" + tag
+    vhdx = make_hyperv_source(lab, hv, src)
+    export = dict(hv["conn"], vm=src, bundle=str(tmp_path / "export"))
+    convert = {"src": export["bundle"], "dest": str(tmp_path / "kvm"), "target_platform": "kvm"}
+    convert["network_map"] = {SWITCH: lab["network"]}
+    kvm = {"uri": lab["libvirt_uri"]}
+    kvm_import = dict(kvm, bundle=convert["dest"], name=dst, pool=lab["pools"]["target"])
+    kvm_import.update(domain_type=domain_type(lab), cpu_mode="default")
+
+    def guest_write(offset, data):
+        # The running guest writes its disk (no checkpoint is held between syncs).
+        subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P %d %d %d" % (data, offset, 10000), vhdx],
+                       check=True, capture_output=True)  # fmt: skip
+
+    try:
+        hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nStart-VM -Name '%s'" % src)
+
+        # A failed warm export (the bundle's copy cannot be put in place) leaves nothing on the source.
+        os.makedirs(os.path.join(export["bundle"], "disks", "disk0.raw"))
+        res = run_module("hyperv_export", export)
+        assert res["failed"] and "disk0.raw" in res["msg"], res
+        assert vms(hv, src)[0]["checkpoints"] == [] and avhdx_files(hv) == [] and reference_points(hv, src) == []
+        shutil.rmtree(export["bundle"], ignore_errors=True)
+
+        res = run_module("hyperv_export", export)
+        assert res["mode"] == "warm" and res["kind"] == "full", res
+        assert res["checkpoint_removed"].startswith("vmigrate-sync-") and res["reference_point"], res
+        assert vms(hv, src)[0]["checkpoints"] == [] and avhdx_files(hv) == []
+        assert reference_points(hv, src) == [res["reference_point"]]
+        assert not run_module("convert", convert).get("failed")
+        assert run_module("kvm_import", kvm_import).get("changed")
+
+        # The guest writes; the incremental reads only the 64 KiB block RCT reports.
+        guest_write(128 * 1024, 0x61)
+        res = run_module("hyperv_export", export)
+        assert res["mode"] == "warm" and res["kind"] == "incremental" and res["fallback_reason"] is None, res
+        assert 10000 <= res["bytes_read"] <= 64 * 1024 and res["disks"][0]["method"] == "delta", res
+        assert reference_points(hv, src) == [res["reference_point"]]  # the older one is removed
+
+        # Nothing changed: nothing recorded, and the reference point made for it is removed.
+        again = run_module("hyperv_export", export)
+        assert again["changed"] is False and again["bytes_read"] == 0, again
+        assert reference_points(hv, src) == [res["reference_point"]]
+
+        # Cutover: the VM is turned off, a last write, the final sync (cold, still by RCT).
+        assert run_module("hyperv_power", dict(hv["conn"], vm=src, state="off")).get("changed")
+        guest_write(512 * 1024 + 3, 0x62)
+        res = run_module("hyperv_export", export)
+        assert res["mode"] == "cold" and res["kind"] == "incremental" and res["bytes_read"] <= 2 * 64 * 1024, res
+        assert res["fallback_reason"] is None, res
+
+        # RCT lost (the disk changed outside Hyper-V): the digests say what changed, and the result says so.
+        hv["host"].lose_rct(src)
+        guest_write(640 * 1024, 0x63)
+        res = run_module("hyperv_export", export)
+        assert res["kind"] == "incremental" and "no longer known to Hyper-V" in res["fallback_reason"], res
+        assert res["disks"][0]["method"] == "delta", res
+
+        assert not run_module("convert", convert).get("failed")
+        res = run_module("kvm_import", kvm_import)
+        assert res["action"] == "deltas" and res["deltas_applied"], res
+        vol = "%s-disk0.qcow2" % dst
+        path = libvirt_conn.storagePoolLookupByName(lab["pools"]["target"]).storageVolLookupByName(vol).path()
+        cmp = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vhdx", path, vhdx], capture_output=True)
+        assert cmp.returncode == 0, cmp.stdout
+        res = run_module(
+            "kvm_verify",
+            dict(kvm, bundle=convert["dest"], name=dst, boot_check=True, boot_marker="VMIGRATE-GUEST-READY",
+                 boot_timeout=180),
+        )  # fmt: skip
+        assert not res.get("failed") and res["ok"], res
+    finally:
+        undefine(libvirt_conn, dst)
+        for v in volumes(libvirt_conn, lab["pools"]["target"], dst):
+            libvirt_conn.storagePoolLookupByName(lab["pools"]["target"]).storageVolLookupByName(v).delete(0)
+        hv["host"].lose_rct(src)
+        remove_hyperv_vm(hv, src)

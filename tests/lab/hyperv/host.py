@@ -28,6 +28,7 @@ import uuid
 from . import powershell as ps
 from .actions import HEARTBEAT_AFTER, HostActions
 from .powershell import Cmdlet, PSEnum, PSObject, PSRuntimeError
+from .rct import HostRct
 
 STATE_FILE = "hyperv.json"
 
@@ -67,7 +68,7 @@ def _not_found_vm(name, cmdlet):
     )
 
 
-class HyperVHost(HostActions):
+class HyperVHost(HostActions, HostRct):
     """The host: ``state_dir`` holds hyperv.json; ``share_local`` is the VHDX directory
     Hyper-V knows as ``share_windows``."""
 
@@ -215,6 +216,7 @@ class HyperVHost(HostActions):
                 params["Name"] = "list"
             table[name] = Cmdlet(name, params, self._per_vm(fn, name), pipeline="VM")
         table.update(self.mutating_cmdlets())
+        table.update(self.cim_cmdlets())
         return table
 
     # Get-VM

@@ -213,6 +213,57 @@ SCRIPTS = {
     [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ State = [string]$vm.State
         Present = [bool]$s; Enabled = $s.Enabled; Status = $s.PrimaryStatusDescription } } | ConvertTo-Json -Compress
 """,
+    # Warm export: a temporary checkpoint, so each disk's parent stays as it is while the
+    # VM writes into the checkpoint's differencing disk; the answer names both files.
+    "checkpoint_begin": """
+    $vm = Get-VM -Id $p.Id
+    Checkpoint-VM -VM $vm -SnapshotName $p.Checkpoint
+    $drives = @(Get-VMHardDiskDrive -VM $vm)
+    $vhds = @()
+    if ($drives.Count -gt 0) { $vhds = @(Get-VHD -Path $drives.Path) }
+    $out = @(foreach ($v in $vhds) { [pscustomobject]@{ Path = $v.Path; ParentPath = $v.ParentPath } })
+    [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Depth 4 -Compress
+""",
+    # Removing it merges the differencing disks back (also after a failed export).
+    "checkpoint_end": """
+    $vm = Get-VM -Id $p.Id
+    $c = @(Get-VMCheckpoint -VM $vm -Name $p.Checkpoint)
+    if ($c.Count -gt 0) { Remove-VMCheckpoint -VM $vm -Name $p.Checkpoint }
+    [pscustomobject]@{ ok = $true; result = $c.Count } | ConvertTo-Json -Compress
+""",
+    # An RCT reference point (ReferencePointType 1): one change tracking id per disk.
+    "reference_point": """
+    $ns = 'root\\virtualization\\v2'
+    $cs = Get-CimInstance -Namespace $ns -ClassName 'Msvm_ComputerSystem' | Where-Object -Property Name -EQ -Value $p.Id
+    $svc = Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePointService'
+    $r = Invoke-CimMethod -InputObject $svc -MethodName 'CreateReferencePoint' -Arguments @{
+        AffectedSystem = $cs; ReferencePointSettings = ''; ReferencePointType = 1 }
+    $rp = $r.ResultingReferencePoint
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = [int]$r.ReturnValue
+        Id = $rp.InstanceID; Rct = @($rp.ResilientChangeTrackingIdentifiers) } } | ConvertTo-Json -Depth 4 -Compress
+""",
+    "destroy_reference_point": """
+    $ns = 'root\\virtualization\\v2'
+    $all = @(Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePoint')
+    $rp = $all | Where-Object -Property InstanceID -EQ -Value $p.Id
+    $rv = $null
+    if ($rp) {
+        $svc = Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePointService'
+        $r = Invoke-CimMethod -InputObject $svc -MethodName 'DestroyReferencePoint' -Arguments @{
+            AffectedReferencePoint = $rp }
+        $rv = [int]$r.ReturnValue
+    }
+    [pscustomobject]@{ ok = $true; result = $rv } | ConvertTo-Json -Compress
+""",
+    # The byte ranges of a disk changed since an RCT id (GetVirtualDiskChanges).
+    "rct_changes": """
+    $svc = Get-CimInstance -Namespace 'root\\virtualization\\v2' -ClassName 'Msvm_ImageManagementService'
+    $r = Invoke-CimMethod -InputObject $svc -MethodName 'GetVirtualDiskChanges' -Arguments @{ Path = $p.Path
+        LimitId = $p.LimitId; TargetSnapshotId = ''; ByteOffset = $p.Offset; ByteLength = $p.Length }
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = [int]$r.ReturnValue
+        Processed = $r.ProcessedByteLength; Offsets = @($r.ChangedByteOffsets); Lengths = @($r.ChangedByteLengths) }
+    } | ConvertTo-Json -Depth 4 -Compress
+""",
     # Just the names, for error messages that say what exists.
     "vm_names": """
     $names = @(foreach ($vm in @(Get-VM)) { $vm.Name })

@@ -126,3 +126,33 @@ def test_import_scripts_build_the_vm_on_the_host_model(tmp_path):
     assert raw["Notes"] == "done" and raw["State"] == "Off"
     _run(host, "remove_vm", {"Id": vm_id})
     assert host.load()["vms"] == []
+
+
+def test_warm_scripts_checkpoint_reference_point_and_changed_ranges(tmp_path):
+    """checkpoint_begin/_end, reference_point, rct_changes and destroy_reference_point on the
+    host model: the ranges are what really changed in the disk since the reference point."""
+    host = HyperVHost.init(str(tmp_path / "st"), str(tmp_path / "share"))
+    vhdx = str(tmp_path / "share" / "w.vhdx")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", vhdx, "4M"], check=True)
+    vm_id = host.new_vm("w", disks=[{"size": 4 * MIB, "file": "w.vhdx"}], state="Running")
+    rp = _run(host, "reference_point", {"Id": vm_id})
+    assert rp["ReturnValue"] == 0 and len(rp["Rct"]) == 1
+    ask = {"Path": "C:\\VMs\\w.vhdx", "LimitId": rp["Rct"][0], "Offset": 0, "Length": 4 * MIB}
+    assert _run(host, "rct_changes", ask) == {"ReturnValue": 0, "Processed": 4 * MIB, "Offsets": [], "Lengths": []}
+
+    files = _run(host, "checkpoint_begin", {"Id": vm_id, "Checkpoint": "tmp1"})
+    assert files[0]["ParentPath"] == "C:\\VMs\\w.vhdx" and files[0]["Path"].endswith(".avhdx")
+    # The running guest writes into the checkpoint's differencing disk; the parent holds still.
+    child = host.local_path(host.load(), files[0]["Path"])
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 7 70000 100", child], check=True, capture_output=True)
+    assert _run(host, "rct_changes", ask)["Offsets"] == []
+    assert _run(host, "checkpoint_end", {"Id": vm_id, "Checkpoint": "tmp1"}) == 1
+    assert _run(host, "checkpoint_end", {"Id": vm_id, "Checkpoint": "tmp1"}) == 0  # gone: nothing to do
+    # Merged: the write is in the disk now, and RCT reports its 64 KiB block.
+    got = _run(host, "rct_changes", ask)
+    assert (got["Offsets"], got["Lengths"]) == ([65536], [65536])
+
+    assert _run(host, "destroy_reference_point", {"Id": rp["Id"]}) == 0
+    assert _run(host, "destroy_reference_point", {"Id": rp["Id"]}) is None
+    assert _run(host, "rct_changes", ask)["ReturnValue"] == 32773  # the id is gone
+    assert os.listdir(os.path.join(str(tmp_path / "st"), "rct")) == []
