@@ -15,6 +15,8 @@ and share under tmp, HTTPS verified with the lab CA) and the shared libvirt.
   changed), the cutover, the target booting; RCT lost -> digests, said; a failed warm export
   leaves no checkpoint and no new reference point.
 - Bad input, each a clear error that leaves nothing behind.
+- playbooks/migrate.yml on a plan with a Hyper-V target; playbooks/kvm_to_hyperv.yml (the
+  demo) on this module's simulator through a facts file of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+import xml.etree.ElementTree as ET
 
 import pytest
 from test_kvm_migrate import domain_type, make_source, undefine, volumes
@@ -505,3 +508,90 @@ def test_hyperv_to_kvm_warm(lab, hv, libvirt_conn, run_module, tmp_path):
             libvirt_conn.storagePoolLookupByName(lab["pools"]["target"]).storageVolLookupByName(v).delete(0)
         hv["host"].lose_rct(src)
         remove_hyperv_vm(hv, src)
+
+
+def test_plan_migrates_kvm_vms_into_hyperv(lab, hv, libvirt_conn, run_playbook, tmp_path):
+    """playbooks/migrate.yml on a plan whose target endpoint is Hyper-V (the roles call the
+    hyperv_* modules through the step action); a re-run changes nothing."""
+    from plan_lab import SourceDomains, play, target_of
+
+    sources = SourceDomains(lab, libvirt_conn, "lab-planhv")
+    try:
+        name, disk = sources.make("one", mib=4)
+        c = hv["conn"]
+        plan = tmp_path / "hv.v2v.yml"
+        plan.write_text(
+            "plugin: vmigrate.v2v.plan\nversion: 1\n"
+            "defaults: {work_dir: '%s'}\n"
+            % (tmp_path / "work")
+            + "endpoints:\n  lab-kvm: {platform: kvm, uri: '%s'}\n" % lab["libvirt_uri"]
+            + "  lab-hv:\n    platform: hyperv\n"
+            + "".join("    %s: %s\n" % (k, json.dumps(c[k])) for k in sorted(c))
+            # Hyper-V writes every disk into the share; the plan still maps each source storage.
+            + "storage_map: {'%s': share}\n" % lab["pool_paths"][lab["pools"]["source"]]
+            + "waves:\n  - name: w0\n    source: lab-kvm\n    target: lab-hv\n    vms:\n"
+            + "      - {name: %s, target_name: %s}\n" % (name, target_of(name))
+        )
+        first = play(run_playbook, str(plan), "migrate.yml")
+        assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
+        target = os.path.join(hv["share"], "%s-disk0.vhdx" % target_of(name))
+        cmp = subprocess.run(["qemu-img", "compare", "-f", "vhdx", "-F", "qcow2", target, disk], capture_output=True)
+        assert cmp.returncode == 0, cmp.stdout
+        (vm,) = vms(hv, target_of(name))
+        assert notes_provenance(vm["notes"])["source_name"] == name and vm["memory_startup"] == 64 * MIB
+        again = play(run_playbook, str(plan), "migrate.yml")
+        assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
+    finally:
+        sources.cleanup()
+        for vm in vms(hv):
+            if vm["name"].startswith("lab-planhv-t-" + sources.tag):
+                remove_hyperv_vm(hv, vm["name"])
+        for f in share_files(hv):
+            if f.startswith("lab-planhv-t-" + sources.tag):
+                os.unlink(os.path.join(hv["share"], f))
+
+
+def test_demo_playbook_kvm_to_hyperv_and_back(lab, hv, libvirt_conn, run_playbook, tmp_path):
+    """playbooks/kvm_to_hyperv.yml (part of make demo) on this module's simulator: a facts
+    file like the lab's whose hyperv part is ours."""
+    tag = uuid.uuid4().hex[:6]
+    facts = dict(lab)
+    c = hv["conn"]
+    facts["hyperv"] = {
+        "hostname": c["hostname"], "https_port": c["port"], "username": c["username"], "password": c["password"],
+        "ca_path": c["ca_path"], "share_dir": c["share"], "share_windows": c["share_windows"],
+    }  # fmt: skip
+    facts_file = tmp_path / "lab.json"
+    facts_file.write_text(json.dumps(facts))
+    names = {
+        "lab_facts_file": str(facts_file),
+        "demo_src": "lab-hv2-demo-" + tag,
+        "demo_src_uuid": str(uuid.uuid4()),
+        "demo_hv": "lab-hv2-demohv-" + tag,
+        "demo_back": "lab-hv2-demoback-" + tag,
+        "demo_switch": SWITCH,
+        "demo_work": str(tmp_path / "work"),
+    }
+    src_disk = os.path.join(lab["pool_paths"][lab["pools"]["source"]], names["demo_src"] + ".qcow2")
+    playbook = os.path.join(ROOT, "playbooks", "kvm_to_hyperv.yml")
+    try:
+        first = run_playbook(playbook, names)
+        assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
+        back = libvirt_conn.lookupByName(names["demo_back"])
+        path = ET.fromstring(back.XMLDesc(0)).find("./devices/disk/source").get("file")
+        cmp = subprocess.run(["qemu-img", "compare", "-F", "qcow2", path, src_disk], capture_output=True)
+        assert cmp.returncode == 0, cmp.stdout
+        assert vms(hv, names["demo_hv"])[0]["generation"] == 1
+        again = run_playbook(playbook, names)
+        assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
+    finally:
+        for name in (names["demo_src"], names["demo_back"]):
+            undefine(libvirt_conn, name)
+        for v in volumes(libvirt_conn, lab["pools"]["target"], names["demo_back"]):
+            libvirt_conn.storagePoolLookupByName(lab["pools"]["target"]).storageVolLookupByName(v).delete(0)
+        if os.path.exists(src_disk):
+            os.unlink(src_disk)
+        remove_hyperv_vm(hv, names["demo_hv"])
+        target = os.path.join(hv["share"], "%s-disk0.vhdx" % names["demo_hv"])
+        if os.path.exists(target):
+            os.unlink(target)
