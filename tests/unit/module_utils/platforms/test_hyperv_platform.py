@@ -156,3 +156,68 @@ def test_warm_scripts_checkpoint_reference_point_and_changed_ranges(tmp_path):
     assert _run(host, "destroy_reference_point", {"Id": rp["Id"]}) is None
     assert _run(host, "rct_changes", ask)["ReturnValue"] == 32773  # the id is gone
     assert os.listdir(os.path.join(str(tmp_path / "st"), "rct")) == []
+
+
+class LocalConnection:
+    """connection.HyperVConnection's run() straight into the host model (no WinRM)."""
+
+    def __init__(self, host):
+        self.hv, self.host, self.port = host, "hvlab", 5986
+
+    def run(self, script_name, params, vm=None, what=None, fix=None):
+        stdout, stderr, code = self.hv.run_powershell(_conn.build_script(_conn.SCRIPTS[script_name], params))
+        doc = _conn.parse_output(stdout, stderr, code, what or script_name, self.host)
+        if not doc.get("ok"):
+            raise _conn.script_error(doc, what or script_name, self.host, vm=vm, fix=fix)
+        return doc.get("result")
+
+
+@pytest.fixture
+def platform(tmp_path):
+    host = HyperVHost.init(str(tmp_path / "st"), str(tmp_path / "share"))
+    p = _platform.HyperVPlatform.__new__(_platform.HyperVPlatform)
+    p.params = {"share": str(tmp_path / "share"), "share_windows": "C:\\VMs"}
+    p.conn = LocalConnection(host)
+    return p
+
+
+def test_lookups_power_and_notes(platform):
+    hv = platform.conn.hv
+    vm_id = hv.new_vm("n1", disks=[{"size": MIB}], notes="owner: me")
+    vm = platform.find_vm("n1")
+    assert platform.find_vm(vm_id)["Name"] == "n1" and platform.lookup("nope") is None
+    assert platform.describe(vm)["annotations"]["description"] == "owner: me"
+    prov = {"source_id": "s", "state": "complete"}
+    platform.write_provenance(vm, prov)
+    again = platform.find_vm("n1")
+    assert platform.read_provenance(again) == prov and platform.describe(again)["annotations"]["description"] == (
+        "owner: me"
+    )
+    assert platform.power_state(vm) == "off"
+    platform.start_vm(vm)
+    assert platform.power_state(vm) == "running" and vm["State"] == "Running"
+    assert platform.request_shutdown(platform.find_vm("n1"), check_mode=False) == "guest"
+    assert platform.power_state(vm) == "off"
+    hv.new_vm("n1")  # Hyper-V allows a second VM of the same name
+    with pytest.raises(InputError, match="2 VMs named 'n1'") as err:
+        platform.lookup("n1")
+    assert vm_id in err.value.fix
+
+
+def test_boot_check_heartbeat_and_its_absence(platform, monkeypatch):
+    hv = platform.conn.hv
+    hv.new_vm("b1", disks=[{"size": MIB}])
+    res = platform.boot_check(platform.find_vm("b1"), {"boot_timeout": 10})
+    assert res["ok"] and res["method"] == "heartbeat" and res["changed"], res
+    # A guest without integration services never answers: the check fails and says why.
+    hv.new_vm("b2", disks=[{"size": MIB}], guest_services=False)
+    res = platform.boot_check(platform.find_vm("b2"), {"boot_timeout": 1})
+    assert not res["ok"] and "integration services" in res["reason"] and res["heartbeat"] == "No Contact", res
+    # The VM's Heartbeat service turned off: the power state is all there is, and it says so.
+    hv.new_vm("b3", disks=[{"size": MIB}])
+    with hv._locked():
+        st = hv.load()
+        st["vms"][-1]["integration"]["Heartbeat"] = False
+        hv.save(st)
+    res = platform.boot_check(platform.find_vm("b3"), {"boot_timeout": 10})
+    assert res["ok"] and res["method"] == "power_state" and "only the power state" in res["reason"], res
