@@ -16,8 +16,8 @@ description:
   - Warm - the VM runs. A temporary checkpoint (C(vmigrate-sync-*)) is made, each disk's parent VHDX - which
     holds still while the VM writes into the checkpoint's differencing disk - is read through the share, and
     the checkpoint is removed (merged), also when the export fails.
-  - With the warm copy (and every later sync of the chain) an RCT reference point is made
-    (C(Msvm_VirtualSystemReferencePointService.CreateReferencePoint), RCT type); its per-disk
+  - With the warm copy (and every later sync of the chain) an RCT reference point is made just before the
+    checkpoint (C(Msvm_VirtualSystemReferencePointService.CreateReferencePoint), RCT type); its per-disk
     ResilientChangeTrackingIdentifiers are recorded. Later syncs - warm, or cold after the VM was shut down
     (the cutover) - read only the byte ranges C(Msvm_ImageManagementService.GetVirtualDiskChanges) reports
     changed since them. The reference point a sync replaces is destroyed; one a sync did not need is too.

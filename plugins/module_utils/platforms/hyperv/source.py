@@ -34,8 +34,8 @@ class HyperVSession(SourceSession):
     entry, each disk's parent (stable while the VM writes into the checkpoint's
     differencing disk) is read, and the checkpoint is removed on exit, also on failure.
     Where the VM runs, or the bundle's chain has RCT ids, an RCT reference point is made
-    on entry: its per-disk ids are the next sync's base, and GetVirtualDiskChanges since
-    the last ones says which byte ranges to read.
+    on entry, just before the checkpoint: its per-disk ids are the next sync's base, and
+    GetVirtualDiskChanges since the last ones says which byte ranges to read.
     """
 
     tracker = "rct"
@@ -96,13 +96,17 @@ class HyperVSession(SourceSession):
         )
 
     def plan_note(self):
-        return " (a temporary checkpoint, then an RCT reference point)" if self.warm else ""
+        return " (an RCT reference point, then a temporary checkpoint)" if self.warm else ""
 
     # -- the point in time --
 
     def __enter__(self):
         vm = self.vm
         try:
+            # The reference point first, then the checkpoint: what the guest writes between
+            # the two is read again by the next sync rather than missed by it.
+            if self.use_rct:
+                self._new_reference_point()
             if self.warm:
                 self.checkpoint_name = CHECKPOINT_PREFIX + uuid.uuid4().hex[:12]
                 files = self.conn.run(
@@ -112,8 +116,6 @@ class HyperVSession(SourceSession):
                     what="making a temporary checkpoint",
                 )
                 self._read_parents(files)
-            if self.use_rct:
-                self._new_reference_point()
         except BaseException:
             self._end(failed=True)
             raise
