@@ -11,8 +11,11 @@ The CIM side the collection's warm export uses, under root\\virtualization\\v2:
   GetVirtualDiskChanges(Path, LimitId, TargetSnapshotId, ByteOffset, ByteLength) ->
   ProcessedByteLength, ChangedByteOffsets[], ChangedByteLengths[].
   Methods answer with ReturnValue as Hyper-V does (0 done; 32773 invalid parameter, e.g.
-  an RCT id the disk does not know; 32779 file not found); they complete at once (a real
-  host may answer 4096 and a job).
+  an RCT id the disk does not know; 32779 file not found). With ``cim_jobs`` true in the
+  state file, CreateReferencePoint and DestroyReferencePoint answer as a busy host does:
+  4096 and a Msvm_ConcreteJob (JobState 4, Running, for JOB_SECONDS, then 7, Completed),
+  the new reference point found from the job with Get-CimAssociatedInstance
+  -ResultClassName Msvm_VirtualSystemReferencePoint.
 
 How changes are known, honestly: a reference point keeps, per disk, a raw copy of the
 guest-visible bytes at that moment (qemu-img convert, sparse); GetVirtualDiskChanges
@@ -27,16 +30,19 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 
 from . import powershell as ps
 from .powershell import Cmdlet, PSObject, PSRuntimeError
 
 NAMESPACE = "root\\virtualization\\v2"
+JOB_SECONDS = 0.5
+JOB_STARTED = 4096
 BLOCK = 64 * 1024
 OK, INVALID_PARAMETER, FILE_NOT_FOUND = 0, 32773, 32779
 CLASSES = ("Msvm_ComputerSystem", "Msvm_VirtualSystemReferencePointService", "Msvm_ImageManagementService",
-           "Msvm_VirtualSystemReferencePoint")  # fmt: skip
+           "Msvm_VirtualSystemReferencePoint", "Msvm_ConcreteJob")  # fmt: skip
 
 
 def _cim(class_name, **props):
@@ -57,6 +63,13 @@ class HostRct:
                 self._invoke_cim,
                 pipeline="InputObject",
                 required=("MethodName",),
+            ),
+            "Get-CimAssociatedInstance": Cmdlet(
+                "Get-CimAssociatedInstance",
+                {"InputObject": "value", "ResultClassName": "value", "Namespace": "value"},
+                self._associated,
+                pipeline="InputObject",
+                required=("ResultClassName",),
             ),
         }
 
@@ -81,6 +94,8 @@ class HostRct:
                     for vm in st["vms"]]  # fmt: skip
         if cls == "Msvm_VirtualSystemReferencePoint":
             return [self._rp_object(rp) for rp in st.get("reference_points", [])]
+        if cls == "Msvm_ConcreteJob":
+            return [self._job_object(job) for job in st.get("jobs", [])]
         return [_cim(cls, Name=cls.replace("Msvm_", "vmms "), SystemName=self.computer_name)]
 
     @staticmethod
@@ -89,6 +104,30 @@ class HostRct:
             "Msvm_VirtualSystemReferencePoint", InstanceID=rp["id"], VirtualSystemIdentifier=rp["vm_id"].upper(),
             ReferencePointType=1, ResilientChangeTrackingIdentifiers=[d["rct_id"] for d in rp["disks"]],
         )  # fmt: skip
+
+    @staticmethod
+    def _job_object(job):
+        done = time.time() - job["started"] >= JOB_SECONDS
+        return _cim("Msvm_ConcreteJob", InstanceID=job["id"], JobState=7 if done else 4, ErrorCode=0,
+                    ErrorDescription="", PercentComplete=100 if done else 50)  # fmt: skip
+
+    def _as_job(self, st, out, affected=None):
+        """A busy host's answer: 4096 and a job instead of the result."""
+        if not st.get("cim_jobs"):
+            return out
+        job = {"id": str(uuid.uuid4()).upper(), "started": time.time(), "affected": affected}
+        st.setdefault("jobs", []).append(job)
+        return dict(out, ReturnValue=JOB_STARTED, ResultingReferencePoint=None, Job=self._job_object(job))
+
+    def _associated(self, args, inputs):
+        given = inputs if inputs is not None else ps.unroll(args.get("InputObject"))
+        want = ps.to_string(args["ResultClassName"])
+        if want != "Msvm_VirtualSystemReferencePoint":
+            raise ps.PSParseError("Get-CimAssociatedInstance -ResultClassName %s is not in the simulator" % want)
+        st = self.load()
+        ids = {ps.to_string(ps.member(g, "InstanceID")) for g in given}
+        rp_ids = {j["affected"] for j in st.get("jobs", []) if j["id"] in ids}
+        return [self._rp_object(rp) for rp in st.get("reference_points", []) if rp["id"] in rp_ids]
 
     def _invoke_cim(self, args, inputs):
         target = inputs[0] if inputs else args.get("InputObject")
@@ -138,7 +177,8 @@ class HostRct:
             self._guest_raw(st, d["path"], copy)
             rp["disks"].append({"root": self._root(st, d["path"]), "rct_id": rct_id, "copy": copy})
         st.setdefault("reference_points", []).append(rp)
-        return {"ReturnValue": OK, "ResultingReferencePoint": self._rp_object(rp), "Job": None}
+        out = {"ReturnValue": OK, "ResultingReferencePoint": self._rp_object(rp), "Job": None}
+        return self._as_job(st, out, affected=rp["id"])
 
     def _destroy_rp(self, st, a):
         rp_id = ps.to_string(ps.member(a.get("AffectedReferencePoint"), "InstanceID"))
@@ -150,7 +190,7 @@ class HostRct:
             if os.path.exists(d["copy"]):
                 os.unlink(d["copy"])
         rps.remove(found[0])
-        return {"ReturnValue": OK, "Job": None}
+        return self._as_job(st, {"ReturnValue": OK, "Job": None})
 
     def lose_rct(self, vm_name):
         """What Hyper-V does when a disk is changed outside it (or the VM is reset): the

@@ -240,7 +240,24 @@ SCRIPTS = {
         AffectedSystem = $cs; ReferencePointSettings = ''; ReferencePointType = 1 }
     $rp = $r.ResultingReferencePoint
     [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = [int]$r.ReturnValue
-        Id = $rp.InstanceID; Rct = @($rp.ResilientChangeTrackingIdentifiers) } } | ConvertTo-Json -Depth 4 -Compress
+        Id = $rp.InstanceID; Rct = @($rp.ResilientChangeTrackingIdentifiers); Job = [string]$r.Job.InstanceID }
+    } | ConvertTo-Json -Depth 4 -Compress
+""",
+    # A CIM method that answered 4096 runs as a job: its state (7 Completed; 8, 9, 10 failed).
+    "cim_job": """
+    $all = @(Get-CimInstance -Namespace 'root\\virtualization\\v2' -ClassName 'Msvm_ConcreteJob')
+    $job = $all | Where-Object -Property InstanceID -EQ -Value $p.Job
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ Found = [bool]$job; JobState = [int]$job.JobState
+        ErrorCode = [int]$job.ErrorCode; ErrorDescription = [string]$job.ErrorDescription } } | ConvertTo-Json -Compress
+""",
+    # The reference point a completed CreateReferencePoint job made (CIM_AffectedJobElement).
+    "job_reference_point": """
+    $ns = 'root\\virtualization\\v2'
+    $all = @(Get-CimInstance -Namespace $ns -ClassName 'Msvm_ConcreteJob')
+    $job = $all | Where-Object -Property InstanceID -EQ -Value $p.Job
+    $rp = Get-CimAssociatedInstance -InputObject $job -ResultClassName 'Msvm_VirtualSystemReferencePoint'
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ Id = $rp.InstanceID
+        Rct = @($rp.ResilientChangeTrackingIdentifiers) } } | ConvertTo-Json -Depth 4 -Compress
 """,
     "destroy_reference_point": """
     $ns = 'root\\virtualization\\v2'

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, V2VError
@@ -25,6 +26,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import inventory as _inventory
 
 CHECKPOINT_PREFIX = "vmigrate-sync-"
+JOB_STARTED = 4096  # a CIM method's "Method Parameters Checked - Job Started"
+JOB_TIMEOUT = 600
 
 
 class HyperVSession(SourceSession):
@@ -137,6 +140,13 @@ class HyperVSession(SourceSession):
         rp = self.conn.run(
             "reference_point", {"Id": self.vm["Id"]}, vm=self.vm["Name"], what="making an RCT reference point"
         )
+        if rp.get("ReturnValue") == JOB_STARTED and rp.get("Job"):
+            # A busy host runs it as a job; the reference point is the job's affected element.
+            self._wait_job(rp["Job"], "CreateReferencePoint")
+            rp = dict(
+                self.conn.run("job_reference_point", {"Job": rp["Job"]}, vm=self.vm["Name"], what="reading the job"),
+                ReturnValue=0,
+            )
         if rp.get("ReturnValue") != 0 or len(rp.get("Rct") or []) != len(self.disks):
             raise PlatformError(
                 "Hyper-V did not make an RCT reference point of VM %s (CreateReferencePoint returned %s, %d ids for "
@@ -145,6 +155,23 @@ class HyperVSession(SourceSession):
             )
         self.reference_point = rp
         self.notes["reference_point"] = rp["Id"]
+
+    def _wait_job(self, job_id, method):
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while True:
+            job = self.conn.run("cim_job", {"Job": job_id}, vm=self.vm["Name"], what="waiting for %s" % method)
+            if job.get("JobState") == 7:
+                return
+            if job.get("JobState") in (8, 9, 10) or not job.get("Found") or time.monotonic() > deadline:
+                raise PlatformError(
+                    "Hyper-V's %s job %s for VM %s %s (job state %s, error %s: %s)"
+                    % (method, job_id, self.vm["Name"], "did not finish in %d s" % JOB_TIMEOUT
+                       if job.get("JobState") not in (8, 9, 10) else "failed", job.get("JobState"),
+                       job.get("ErrorCode"), job.get("ErrorDescription") or "none"),
+                    "look at the job on the host (Get-CimInstance -Namespace root\\virtualization\\v2 "
+                    "-ClassName Msvm_ConcreteJob) and the Hyper-V-VMMS event log",
+                )  # fmt: skip
+            time.sleep(0.5)
 
     def __exit__(self, exc_type, exc, tb):
         self._end(failed=exc_type is not None)

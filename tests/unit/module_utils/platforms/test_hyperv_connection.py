@@ -326,6 +326,17 @@ DOCUMENTED = {
         "ComputerName",
         "OperationTimeoutSec",
     },
+    "Get-CimAssociatedInstance": {
+        "InputObject",
+        "Association",
+        "ResultClassName",
+        "Namespace",
+        "OperationTimeoutSec",
+        "ResourceUri",
+        "KeyOnly",
+        "CimSession",
+        "ComputerName",
+    },
     "ConvertTo-Json": {"InputObject", "Depth", "Compress"},
     "ConvertFrom-Json": {"InputObject"},
     "Select-Object": {

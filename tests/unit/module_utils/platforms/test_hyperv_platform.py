@@ -221,3 +221,30 @@ def test_boot_check_heartbeat_and_its_absence(platform, monkeypatch):
         hv.save(st)
     res = platform.boot_check(platform.find_vm("b3"), {"boot_timeout": 10})
     assert res["ok"] and res["method"] == "power_state" and "only the power state" in res["reason"], res
+
+
+def test_warm_export_when_the_host_answers_with_cim_jobs(platform, tmp_path):
+    """A busy host answers CreateReferencePoint with 4096 and a job: the export waits for it
+    and finds the reference point through the job; the data and the next sync are the same."""
+    hv = platform.conn.hv
+    hv.new_vm("j1", disks=[{"size": 4 * MIB}], state="Running")
+    with hv._locked():
+        st = hv.load()
+        st["cim_jobs"] = True
+        hv.save(st)
+    vhdx = str(tmp_path / "share" / "j1-disk0.vhdx")
+    subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P 9 0 100000", vhdx], check=True, capture_output=True)
+    bundle = str(tmp_path / "bundle")
+    res = platform.export(platform.find_vm("j1"), bundle, options={})
+    assert res["mode"] == "warm" and res["kind"] == "full" and res["reference_point"], res
+    assert [rp["id"] for rp in hv.load()["reference_points"]] == [res["reference_point"]]
+    assert [j["affected"] for j in hv.load()["jobs"]] == [res["reference_point"]]  # it came through a job
+    assert hv.load()["vms"][0]["checkpoints"] == []
+    subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P 8 3000000 10", vhdx], check=True, capture_output=True)
+    res = platform.export(platform.find_vm("j1"), bundle, options={})
+    assert res["kind"] == "incremental" and res["bytes_read"] == 65536 and res["fallback_reason"] is None, res
+    copy = os.path.join(bundle, "disks", "disk0.raw")
+    cmp = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "vhdx", copy, vhdx], capture_output=True, check=False
+    )
+    assert cmp.returncode == 0, cmp.stdout
