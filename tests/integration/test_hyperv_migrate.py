@@ -355,11 +355,14 @@ def test_hyperv_target_takes_deltas_rewrites_and_replace(lab, hv, run_module, tm
         assert same() and vms(hv, dst)[0]["id"] == vm["id"]
         assert notes_provenance(vms(hv, dst)[0]["notes"])["state"] == "complete"
 
-        # replace: the VM is made again (a new Id), from the same bundle.
-        res = run_module("hyperv_import", dict(imp, replace=True))
-        assert res["action"] == "replace" and res["replaced"]["name"] == dst, res
+        # replace: the VM is made again (a new Id), from the same bundle, its VHDX fixed this time.
+        res = run_module("hyperv_import", dict(imp, replace=True, vhd_type="fixed"))
+        assert res["action"] == "replace" and res["replaced"]["name"] == dst and res["vhd_type"] == "fixed", res
         (again,) = vms(hv, dst)
         assert again["id"] != vm["id"] and same()
+        assert os.path.getsize(target) >= 32 * MIB  # every block allocated
+        info = run_module("hyperv_vm_info", dict(hv["conn"], vms=[dst]))
+        assert info["vms"][0]["disks"][0]["vhd_type"] == "Fixed", info
     finally:
         for name in (src, dst):
             remove_hyperv_vm(hv, name)

@@ -23,6 +23,7 @@ What is modelled, and how (docs/lab.md repeats it):
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -71,6 +72,11 @@ def _int(value, name, cmdlet):
             cmdlet,
             reason="CannotConvertArgumentNoMessage",
         ) from None
+
+
+def _virtual_size(local):
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-U", local], check=True, capture_output=True)
+    return json.loads(info.stdout)["virtual-size"]
 
 
 def _mac(value, cmdlet):
@@ -382,7 +388,10 @@ class HostActions:
             drive = {"controller_type": ctype, "controller_number": number, "controller_location": location,
                      "path": path}  # fmt: skip
             vm["drives"].append(drive)
-            st["vhds"].setdefault(path.lower(), {"type": "Dynamic", "id": str(uuid.uuid4()).upper()})
+            # A file the host has not seen: fixed when it holds every block (qemu-img does not
+            # say which subformat a VHDX is; a fixed one is at least its virtual size).
+            vtype = "Fixed" if os.path.getsize(local) >= _virtual_size(local) else "Dynamic"
+            st["vhds"].setdefault(path.lower(), {"type": vtype, "id": str(uuid.uuid4()).upper()})
             if args.get("Passthru"):
                 yield from (x for x in self._drives(st, vm, {}) if x.get("Path") == path)
 
