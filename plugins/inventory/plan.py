@@ -29,6 +29,7 @@ description:
 requirements:
   - libvirt-python, for O(validate_sources) on KVM sources
   - pyvmomi, for O(validate_sources) on vSphere sources
+  - pywinrm, for O(validate_sources) on Hyper-V sources
 options:
   plugin:
     description: The name of this plugin; makes the plan file an inventory source.
@@ -160,6 +161,10 @@ def platform_class(name):
         from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform
 
         return KvmPlatform
+    if name == "hyperv":
+        from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.platform import HyperVPlatform
+
+        return HyperVPlatform
     from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform
 
     return VspherePlatform

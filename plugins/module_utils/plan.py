@@ -23,10 +23,11 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputE
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 VERSION = 1
-PLATFORMS = ("kvm", "vsphere")
+PLATFORMS = ("kvm", "vsphere", "hyperv")
 MODES = ("full", "warm")
 
-# The connection options each platform's modules take (doc fragments kvm, vsphere).
+# The connection options each platform's modules take (doc fragments kvm, vsphere,
+# hyperv and hyperv_share).
 CONNECTION_KEYS = {
     "kvm": {"uri": "str", "username": "str", "password": "str"},
     "vsphere": {
@@ -39,6 +40,20 @@ CONNECTION_KEYS = {
         "thumbprint": "str",
         "datacenter": "str",
         "timeout": "int",
+    },
+    "hyperv": {
+        "hostname": "str",
+        "port": "int",
+        "username": "str",
+        "password": "str",
+        "transport": "str",
+        "scheme": "str",
+        "validate_certs": "bool",
+        "ca_path": "str",
+        "message_encryption": "str",
+        "operation_timeout": "int",
+        "share": "str",
+        "share_windows": "str",
     },
 }
 # Where a target endpoint puts imported VMs: the import modules' own options, passed
@@ -56,6 +71,10 @@ PLACEMENT_KEYS = {
         "folder": "str",
         "resource_pool": "str",
         "hardware_version": "str",
+    },
+    "hyperv": {
+        "vhd_type": "str",
+        "secure_boot_template": "str",
     },
 }
 DEFAULT_VERIFY = {"digests": True, "spec": True, "boot_check": False, "boot_timeout": 300}

@@ -31,6 +31,15 @@ options:
     elements: str
     default: []
     aliases: [name]
+  share:
+    description:
+      - Ignored (this module reads no disk); accepted so one connection dictionary serves every
+        step of M(vmigrate.v2v.step).
+    type: path
+  share_windows:
+    description:
+      - Ignored, like O(share).
+    type: str
 attributes:
   check_mode:
     support: full
@@ -123,12 +132,13 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # no
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import connection as _hyperv_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import inventory as _hyperv_inventory  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.share import share_args  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_hyperv_connection.argument_spec(
-            vms=dict(type="list", elements="str", default=[], aliases=["name"])
+            vms=dict(type="list", elements="str", default=[], aliases=["name"]), **share_args(required=False)
         ),
         supports_check_mode=True,
     )

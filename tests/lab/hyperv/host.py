@@ -9,8 +9,8 @@ because qemu-img does not report it.
 
 Cmdlets return objects with the properties Microsoft documents for the Hyper-V module
 (names and enum values), so scripts that read them here read the same names on Windows.
-Only the read-only cmdlets hyperv_vm_info needs exist so far; anything else is refused by
-the interpreter as an unknown cmdlet.
+The read-only cmdlets are here; the ones that change the host (New-VM, Set-VM, ...) are
+in actions.py. Anything else is refused by the interpreter as an unknown cmdlet.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ import json
 import ntpath
 import os
 import subprocess
+import time
 import uuid
 
 from . import powershell as ps
+from .actions import HEARTBEAT_AFTER, HostActions
 from .powershell import Cmdlet, PSEnum, PSObject, PSRuntimeError
+from .rct import HostRct
 
 STATE_FILE = "hyperv.json"
 
@@ -65,7 +68,7 @@ def _not_found_vm(name, cmdlet):
     )
 
 
-class HyperVHost:
+class HyperVHost(HostActions, HostRct):
     """The host: ``state_dir`` holds hyperv.json; ``share_local`` is the VHDX directory
     Hyper-V knows as ``share_windows``."""
 
@@ -131,7 +134,7 @@ class HyperVHost:
 
     def new_vm(self, name, generation=2, cpus=1, memory_mib=1024, dynamic_memory=False, memory_min_mib=None,
                memory_max_mib=None, secure_boot=None, secure_boot_template="MicrosoftUEFICertificateAuthority",
-               disks=(), nics=(), notes="", state="Off", checkpoints=()):  # fmt: skip
+               disks=(), nics=(), notes="", state="Off", checkpoints=(), guest_services=True):  # fmt: skip
         """Add a VM to the model (for tests and `lab up`). ``disks``: dicts with
         ``size`` (bytes) and optional ``controller`` (IDE/SCSI), ``type`` (Dynamic/Fixed),
         ``file`` (name in the share); ``nics``: dicts with ``switch``, ``mac``
@@ -174,7 +177,7 @@ class HyperVHost:
                 "secure_boot": (generation == 2) if secure_boot is None else bool(secure_boot),
                 "secure_boot_template": secure_boot_template, "drives": drives, "nics": adapters,
                 "checkpoints": [{"name": c, "id": str(uuid.uuid4()).upper()} for c in checkpoints],
-                "integration": {s: True for s in INTEGRATION_SERVICES},
+                "integration": {s: True for s in INTEGRATION_SERVICES}, "guest_services": guest_services,
             })  # fmt: skip
             self.save(st)
             return vm_id
@@ -186,6 +189,10 @@ class HyperVHost:
         cmdlets = dict(ps.GENERIC_CMDLETS)
         cmdlets.update(self.cmdlets())
         return ps.Interpreter(cmdlets).run(script)
+
+    @staticmethod
+    def integration_services():
+        return list(INTEGRATION_SERVICES)
 
     def cmdlets(self):
         table = {
@@ -208,6 +215,8 @@ class HyperVHost:
             if name in ("Get-VMSnapshot", "Get-VMCheckpoint", "Get-VMIntegrationService"):
                 params["Name"] = "list"
             table[name] = Cmdlet(name, params, self._per_vm(fn, name), pipeline="VM")
+        table.update(self.mutating_cmdlets())
+        table.update(self.cim_cmdlets())
         return table
 
     # Get-VM
@@ -255,7 +264,7 @@ class HyperVHost:
             ProcessorCount=vm["cpus"], MemoryStartup=vm["memory_startup"], DynamicMemoryEnabled=vm["dynamic_memory"],
             MemoryMinimum=vm["memory_minimum"], MemoryMaximum=vm["memory_maximum"],
             MemoryAssigned=vm["memory_startup"] if vm["state"] == "Running" else 0, Notes=vm["notes"],
-            Path="C:\\ProgramData\\Microsoft\\Windows\\Hyper-V",
+            Path=vm.get("path") or "C:\\ProgramData\\Microsoft\\Windows\\Hyper-V",
         )  # fmt: skip
 
     def _per_vm(self, fn, cmdlet):
@@ -355,7 +364,10 @@ class HyperVHost:
 
     def _integration(self, state, vm, args):
         names = args.get("Name")
-        running = vm["state"] == "Running"
+        # The guest answers once it has booted (HEARTBEAT_AFTER), and only when it runs the
+        # integration services; otherwise Hyper-V shows "No Contact".
+        running = vm["state"] == "Running" and vm.get("guest_services", True)
+        running = running and time.time() - vm.get("started_at", 0) >= HEARTBEAT_AFTER
         for service, enabled in vm["integration"].items():
             if names is not None and not any(service.lower() == ps.to_string(n).lower() for n in ps.unroll(names)):
                 continue
@@ -386,7 +398,9 @@ class HyperVHost:
                     ["qemu-img", "info", "--output=json", "-U", local], check=True, capture_output=True, text=True
                 ).stdout
             )
-            fmt = {"vhdx": "VHDX", "vpc": "VHD"}.get(info.get("format"))
+            meta = state["vhds"].get(p.lower(), {})
+            # A checkpoint's .avhdx is a qcow2 overlay here (see actions.py): Hyper-V calls it VHDX.
+            fmt = "VHDX" if meta.get("parent") else {"vhdx": "VHDX", "vpc": "VHD"}.get(info.get("format"))
             if fmt is None:
                 raise PSRuntimeError(
                     "The file '%s' is not a virtual hard disk file (qemu-img reads it as %s)."
@@ -395,8 +409,7 @@ class HyperVHost:
                     "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD",
                     target=p,
                 )
-            meta = state["vhds"].get(p.lower(), {})
-            parent = info.get("backing-filename")
+            parent = meta.get("parent") or info.get("backing-filename")
             vtype = "Differencing" if parent else meta.get("type", "Dynamic")
             out.append(PSObject(
                 "Microsoft.Vhd.PowerShell.VirtualHardDisk",

@@ -281,3 +281,17 @@ def test_inventory_groups_and_waves(tmp_path):
          "hosts": ["web01", "db01"]},
         {"name": "wave-2", "index": 1, "group": "wave_wave_2", "concurrency": 3, "max_failed": 1, "hosts": ["x"]},
     ]  # fmt: skip
+
+
+def test_hyperv_endpoints_take_the_hyperv_modules_options(tmp_path):
+    text = BASE.replace(
+        "network_map:",
+        "  hv:\n    platform: hyperv\n    hostname: hv01\n    username: me\n    password: x\n"
+        "    share: /mnt/hv01\n    share_windows: 'C:\\VMs'\n    placement: {vhd_type: fixed}\nnetwork_map:",
+    ).replace("    target: vc\n", "    target: hv\n")
+    _plan_obj, (rec,) = build(tmp_path, text)
+    assert rec["v2v_target"]["platform"] == "hyperv"
+    assert rec["v2v_target"]["connection"]["share_windows"] == "C:\\VMs"
+    assert rec["v2v_target"]["placement"] == {"vhd_type": "fixed"}
+    err, _path = refused(tmp_path, text.replace("    share: /mnt/hv01\n", "    datastore: x\n"))
+    assert "datastore" in err.problem and "share_windows" in err.fix

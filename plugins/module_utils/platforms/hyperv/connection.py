@@ -119,7 +119,9 @@ SCRIPTS = {
     # VMs by exact name (Where-Object, because Get-VM -Name takes wildcards: a VM called
     # 'web[1]' would otherwise not find itself) or every VM; then each VM's parts.
     "vm_info": """
-    if ($p.Names.Count -gt 0) {
+    if ($p.Id) {
+        $vms = @(Get-VM -Id $p.Id)
+    } elseif ($p.Names.Count -gt 0) {
         $vms = @(Get-VM | Where-Object -Property Name -In -Value $p.Names)
     } else {
         $vms = @(Get-VM)
@@ -154,6 +156,130 @@ SCRIPTS = {
         }
     })
     [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Depth 6 -Compress
+""",
+    # The import's first step: the VM, and at once its Notes saying it is incomplete, so
+    # nothing made here ever looks finished (see platforms/hyperv/target.py).
+    "new_vm": """
+    $vm = New-VM -Name $p.Name -Generation $p.Generation -MemoryStartupBytes $p.Memory -NoVHD
+    Set-VM -VM $vm -Notes $p.Notes
+    [pscustomobject]@{ ok = $true; result = [string]$vm.Id } | ConvertTo-Json -Compress
+""",
+    # Everything else of a new VM: processors, memory, firmware, disks, network adapters.
+    # New-VM's own adapter is removed and each of the spec's is added, so they keep its order.
+    "configure_vm": """
+    $vm = Get-VM -Id $p.Id
+    Set-VM -VM $vm -ProcessorCount $p.ProcessorCount -StaticMemory
+    if ($p.Generation -eq 2) {
+        Set-VMFirmware -VM $vm -EnableSecureBoot $p.SecureBoot -SecureBootTemplate $p.SecureBootTemplate
+    }
+    # Disks: T(ype), N(umber), L(ocation) of the controller slot, P(ath), short to fit a line.
+    foreach ($d in $p.Disks) {
+        Add-VMHardDiskDrive -VM $vm -ControllerType $d.T -ControllerNumber $d.N -ControllerLocation $d.L -Path $d.P
+    }
+    Remove-VMNetworkAdapter -VM $vm -Name 'Network Adapter'
+    foreach ($n in $p.Nics) {
+        $a = Add-VMNetworkAdapter -VM $vm -Name $n.Name -Passthru
+        if ($n.Switch) { Connect-VMNetworkAdapter -VMNetworkAdapter $a -SwitchName $n.Switch }
+        if ($n.Mac) { Set-VMNetworkAdapter -VMNetworkAdapter $a -StaticMacAddress $n.Mac }
+    }
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    "vm_state": """
+    [pscustomobject]@{ ok = $true; result = [string](Get-VM -Id $p.Id).State } | ConvertTo-Json -Compress
+""",
+    "set_notes": """
+    Set-VM -VM (Get-VM -Id $p.Id) -Notes $p.Notes
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    # Remove-VM turns a running VM off first; the VHDX files stay (the caller removes them).
+    "remove_vm": """
+    Remove-VM -VM (Get-VM -Id $p.Id) -Force
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    "start_vm": """
+    Start-VM -VM (Get-VM -Id $p.Id)
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    # A guest shutdown through the Shutdown integration service, or (TurnOff) pulling the plug.
+    "stop_vm": """
+    $vm = Get-VM -Id $p.Id
+    if ($p.TurnOff) { Stop-VM -VM $vm -TurnOff -Force } else { Stop-VM -VM $vm -Force }
+    [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
+""",
+    # The boot check's sign of life: the Heartbeat integration service's status.
+    "heartbeat": """
+    $vm = Get-VM -Id $p.Id
+    $s = Get-VMIntegrationService -VM $vm -Name 'Heartbeat'
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ State = [string]$vm.State
+        Present = [bool]$s; Enabled = $s.Enabled; Status = $s.PrimaryStatusDescription } } | ConvertTo-Json -Compress
+""",
+    # Warm export: a temporary checkpoint, so each disk's parent stays as it is while the
+    # VM writes into the checkpoint's differencing disk; the answer names both files.
+    "checkpoint_begin": """
+    $vm = Get-VM -Id $p.Id
+    Checkpoint-VM -VM $vm -SnapshotName $p.Checkpoint
+    $drives = @(Get-VMHardDiskDrive -VM $vm)
+    $vhds = @()
+    if ($drives.Count -gt 0) { $vhds = @(Get-VHD -Path $drives.Path) }
+    $out = @(foreach ($v in $vhds) { [pscustomobject]@{ Path = $v.Path; ParentPath = $v.ParentPath } })
+    [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Depth 4 -Compress
+""",
+    # Removing it merges the differencing disks back (also after a failed export).
+    "checkpoint_end": """
+    $vm = Get-VM -Id $p.Id
+    $c = @(Get-VMCheckpoint -VM $vm -Name $p.Checkpoint)
+    if ($c.Count -gt 0) { Remove-VMCheckpoint -VM $vm -Name $p.Checkpoint }
+    [pscustomobject]@{ ok = $true; result = $c.Count } | ConvertTo-Json -Compress
+""",
+    # An RCT reference point (ReferencePointType 1): one change tracking id per disk.
+    "reference_point": """
+    $ns = 'root\\virtualization\\v2'
+    $cs = Get-CimInstance -Namespace $ns -ClassName 'Msvm_ComputerSystem' | Where-Object -Property Name -EQ -Value $p.Id
+    $svc = Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePointService'
+    $r = Invoke-CimMethod -InputObject $svc -MethodName 'CreateReferencePoint' -Arguments @{
+        AffectedSystem = $cs; ReferencePointSettings = ''; ReferencePointType = 1 }
+    $rp = $r.ResultingReferencePoint
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = [int]$r.ReturnValue
+        Id = $rp.InstanceID; Rct = @($rp.ResilientChangeTrackingIdentifiers); Job = [string]$r.Job.InstanceID }
+    } | ConvertTo-Json -Depth 4 -Compress
+""",
+    # A CIM method that answered 4096 runs as a job: its state (7 Completed; 8, 9, 10 failed).
+    "cim_job": """
+    $all = @(Get-CimInstance -Namespace 'root\\virtualization\\v2' -ClassName 'Msvm_ConcreteJob')
+    $job = $all | Where-Object -Property InstanceID -EQ -Value $p.Job
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ Found = [bool]$job; JobState = [int]$job.JobState
+        ErrorCode = [int]$job.ErrorCode; ErrorDescription = [string]$job.ErrorDescription } } | ConvertTo-Json -Compress
+""",
+    # The reference point a completed CreateReferencePoint job made (CIM_AffectedJobElement).
+    "job_reference_point": """
+    $ns = 'root\\virtualization\\v2'
+    $all = @(Get-CimInstance -Namespace $ns -ClassName 'Msvm_ConcreteJob')
+    $job = $all | Where-Object -Property InstanceID -EQ -Value $p.Job
+    $rp = Get-CimAssociatedInstance -InputObject $job -ResultClassName 'Msvm_VirtualSystemReferencePoint'
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ Id = $rp.InstanceID
+        Rct = @($rp.ResilientChangeTrackingIdentifiers) } } | ConvertTo-Json -Depth 4 -Compress
+""",
+    "destroy_reference_point": """
+    $ns = 'root\\virtualization\\v2'
+    $all = @(Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePoint')
+    $rp = $all | Where-Object -Property InstanceID -EQ -Value $p.Id
+    $rv = $null
+    if ($rp) {
+        $svc = Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePointService'
+        $r = Invoke-CimMethod -InputObject $svc -MethodName 'DestroyReferencePoint' -Arguments @{
+            AffectedReferencePoint = $rp }
+        $rv = [int]$r.ReturnValue
+    }
+    [pscustomobject]@{ ok = $true; result = $rv } | ConvertTo-Json -Compress
+""",
+    # The byte ranges of a disk changed since an RCT id (GetVirtualDiskChanges).
+    "rct_changes": """
+    $svc = Get-CimInstance -Namespace 'root\\virtualization\\v2' -ClassName 'Msvm_ImageManagementService'
+    $r = Invoke-CimMethod -InputObject $svc -MethodName 'GetVirtualDiskChanges' -Arguments @{ Path = $p.Path
+        LimitId = $p.LimitId; TargetSnapshotId = ''; ByteOffset = $p.Offset; ByteLength = $p.Length }
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = [int]$r.ReturnValue
+        Processed = $r.ProcessedByteLength; Offsets = @($r.ChangedByteOffsets); Lengths = @($r.ChangedByteLengths) }
+    } | ConvertTo-Json -Depth 4 -Compress
 """,
     # Just the names, for error messages that say what exists.
     "vm_names": """

@@ -17,6 +17,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform, SourceSession
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.platform import HyperVPlatform
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platform import KvmPlatform
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform
 
@@ -199,7 +200,7 @@ class FakeSession(SourceSession):
         return False
 
 
-@pytest.mark.parametrize("cls", [KvmPlatform, VspherePlatform, FakePlatform])
+@pytest.mark.parametrize("cls", [KvmPlatform, VspherePlatform, HyperVPlatform, FakePlatform])
 def test_platform_implements_the_whole_interface(cls):
     assert issubclass(cls, Platform) and not cls.__abstractmethods__
     for name in Platform.__abstractmethods__:
