@@ -20,8 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TYPES_DIR = os.path.join(ROOT, "meta", "awx", "credential_types")
 FRAGMENTS_DIR = os.path.join(ROOT, "plugins", "doc_fragments")
-# The platforms with modules; Hyper-V has none yet, so no credential type either.
-PLATFORMS = ("kvm", "vsphere")
+PLATFORMS = ("kvm", "vsphere", "hyperv")
 
 
 def load(platform):
