@@ -49,6 +49,7 @@ demo: lab
 	$(VENV)/bin/ansible-playbook playbooks/demo.yml
 	$(VENV)/bin/ansible-playbook playbooks/demo_plan_lab.yml
 	export VMIGRATE_DEMO_VC_PASSWORD="$$(cat tests/lab/state/vcsim.password)" && \
+	export VMIGRATE_DEMO_HV_PASSWORD="$$(cat tests/lab/state/hyperv/password)" && \
 	for step in preflight migrate sync cutover report; do \
 		echo "== make demo: $$step.yml on $(DEMO_PLAN)"; \
 		$(VENV)/bin/ansible-playbook -i $(DEMO_PLAN) playbooks/$$step.yml || exit 1; \

@@ -80,6 +80,12 @@ vms:
     id:
       description: The VM's id (VMId), lower case.
       type: str
+    uuid:
+      description: The same id, under the name the other platforms' vm_info modules use.
+      type: str
+    provenance:
+      description: The provenance an import of this collection wrote into the VM's Notes, or null.
+      type: dict
     state:
       description: Hyper-V's state, e.g. Off, Running, Saved, Paused.
       type: str

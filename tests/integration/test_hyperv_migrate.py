@@ -253,7 +253,7 @@ def test_bad_input_is_clear_and_leaves_nothing(lab, hv, run_module, tmp_path):
         assert res["failed"] and "refused the credentials" in res["msg"], res
 
         res = run_module("hyperv_export", dict(export, vm="lab-hv2-nope"))
-        assert res["failed"] and "no VM named 'lab-hv2-nope'" in res["msg"] and src in res["msg"], res
+        assert res["failed"] and "VM 'lab-hv2-nope' not found" in res["msg"] and src in res["msg"], res
 
         res = run_module("hyperv_export", dict(export, share=str(tmp_path / "not-mounted")))
         assert res["failed"] and "mount -t cifs" in res["msg"], res

@@ -278,5 +278,5 @@ def test_hyperv_vm_info_module_describes_and_changes_nothing(hv, run_module):
 def test_hyperv_vm_info_module_unknown_vm(hv, run_module):
     hv["host"].new_vm("lab-hv-listed")
     res = run_module("hyperv_vm_info", {"vms": ["lab-hv-nope"]}, env=module_env(hv))
-    assert res["failed"] and "no VM named 'lab-hv-nope' on Hyper-V host 127.0.0.1" in res["msg"]
+    assert res["failed"] and "VM 'lab-hv-nope' not found on Hyper-V host 127.0.0.1" in res["msg"]
     assert "lab-hv-listed" in res["msg"]  # the fix lists the VMs the host has

@@ -111,10 +111,19 @@ def describe_vm(raw):
 
 def vm_facts(raw):
     """What hyperv_vm_info returns for one VM: the spec plus Hyper-V's own facts."""
+    # The provenance lives in Notes (platform.py writes it; imported here, not at the top,
+    # because platform.py imports this module).
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.platform import split_notes
+
     gen2 = raw.get("Generation") == 2
+    vm_id = (raw.get("Id") or "").lower() or None
     return {
         "name": raw["Name"],
-        "id": (raw.get("Id") or "").lower() or None,
+        "id": vm_id,
+        # The name the other platforms' vm_info use for the id a provenance records, so the
+        # roles read every platform alike.
+        "uuid": vm_id,
+        "provenance": split_notes(raw.get("Notes"))[1],
         "state": raw.get("State"),
         "generation": raw.get("Generation"),
         "processor_count": raw.get("ProcessorCount"),
@@ -170,7 +179,7 @@ def read_vms(conn, names=None):
     if missing:
         listing = sorted(conn.run("vm_names", {}, what="listing VMs"))
         raise InputError(
-            "no VM named %s on Hyper-V host %s" % (", ".join("'%s'" % n for n in missing), conn.host),
+            "VM %s not found on Hyper-V host %s" % (", ".join("'%s'" % n for n in missing), conn.host),
             "use one of the VMs the host has: %s" % (", ".join(listing[:50]) or "none"),
         )
     return found

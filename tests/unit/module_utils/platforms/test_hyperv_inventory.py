@@ -146,7 +146,7 @@ class FakeConn:
 def test_read_vms_by_name_and_unknown_names():
     conn = FakeConn([GEN1, GEN2])
     assert [v["Name"] for v in _inv.read_vms(conn, ["NEW"])] == ["new"]
-    with pytest.raises(InputError, match="no VM named 'gone' on Hyper-V host hv1") as err:
+    with pytest.raises(InputError, match="VM 'gone' not found on Hyper-V host hv1") as err:
         _inv.read_vms(conn, ["new", "gone"])
     assert "new, old" in err.value.fix
     names = ["vm%d" % i for i in range(45)]
