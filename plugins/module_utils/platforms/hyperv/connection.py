@@ -18,6 +18,7 @@ import base64
 import json
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _retry
+from ansible_collections.vmigrate.v2v.plugins.module_utils._args import with_env_fallback
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, MissingLibraryError, PlatformError
 
 try:
@@ -72,17 +73,8 @@ CONNECTION_ARGS = dict(
 
 
 def argument_spec(**extra):
-    """The connection options (doc fragment vmigrate.v2v.hyperv) with Ansible's env_fallback."""
-    from ansible.module_utils.basic import env_fallback
-
-    spec = {}
-    for name, opts in CONNECTION_ARGS.items():
-        opts = dict(opts)
-        if "fallback" in opts:
-            opts["fallback"] = (env_fallback, opts["fallback"][1])
-        spec[name] = opts
-    spec.update(extra)
-    return spec
+    """The connection options (doc fragment vmigrate.v2v.hyperv) plus the module's own."""
+    return with_env_fallback(CONNECTION_ARGS, extra)
 
 
 def require_winrm():

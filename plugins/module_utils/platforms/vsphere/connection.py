@@ -24,6 +24,7 @@ import time
 import urllib.parse
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils import _retry
+from ansible_collections.vmigrate.v2v.plugins.module_utils._args import with_env_fallback
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, MissingLibraryError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.disk import Extent
 
@@ -58,17 +59,8 @@ CONNECTION_ARGS = dict(
 
 
 def argument_spec(**extra):
-    """The connection options with Ansible's env_fallback resolved by the module."""
-    from ansible.module_utils.basic import env_fallback
-
-    spec = {}
-    for name, opts in CONNECTION_ARGS.items():
-        opts = dict(opts)
-        if "fallback" in opts:
-            opts["fallback"] = (env_fallback, opts["fallback"][1])
-        spec[name] = opts
-    spec.update(extra)
-    return spec
+    """The connection options (doc fragment vmigrate.v2v.vsphere) plus the module's own."""
+    return with_env_fallback(CONNECTION_ARGS, extra)
 
 
 def require_pyvmomi():
