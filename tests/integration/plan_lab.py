@@ -90,6 +90,35 @@ def write_plan(lab, tmp_path, waves, mode="full", options=None, max_failed=0):
     return str(path)
 
 
+def write_vsphere_plan(lab, tmp_path, name, target, defaults):
+    """A KVM -> vSphere (vcsim) plan of one VM, wave w0; the vCenter password comes from the
+    environment variable LAB_VC_PASSWORD (never written into the plan). ``defaults`` is
+    the plan's defaults line after its work_dir (e.g. "mode: full")."""
+    vc = lab["vcsim"]
+    lines = [
+        "plugin: vmigrate.v2v.plan",
+        "version: 1",
+        "defaults: {work_dir: '%s', %s}" % (tmp_path / "work", defaults),
+        "endpoints:",
+        "  lab-kvm: {platform: kvm, uri: '%s'}" % lab["libvirt_uri"],
+        "  lab-vc:",
+        "    platform: vsphere",
+        "    hostname: %s" % vc["hostname"],
+        "    port: %d" % vc["port"],
+        "    username: %s" % vc["username"],
+        "    password: \"{{ lookup('env', 'LAB_VC_PASSWORD') }}\"",
+        "    ca_path: %s" % vc["ca_path"],
+        "    datacenter: %s" % vc["datacenter"],
+        "    placement: {datastore: %s}" % vc["datastore"],
+        "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], vc["datastore"]),
+        "waves:",
+        "  - {name: w0, source: lab-kvm, target: lab-vc, vms: [{name: %s, target_name: %s}]}" % (name, target),
+    ]
+    path = tmp_path / "plan-vs.v2v.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def play(run_playbook, plan_path, playbook, check=False):
     """A collection playbook (playbooks/<playbook>) with the plan as its inventory."""
     env = {"ANSIBLE_INVENTORY": plan_path}

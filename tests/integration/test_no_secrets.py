@@ -12,7 +12,7 @@ import os
 import threading
 
 import pytest
-from plan_lab import PLAYBOOKS, SourceDomains, target_of
+from plan_lab import PLAYBOOKS, SourceDomains, target_of, write_vsphere_plan
 
 
 @pytest.fixture
@@ -57,31 +57,7 @@ def test_no_secret_in_output_logs_files_or_argv(lab, vsphere_si, sources, run_pl
     name, _disk = sources.make("vs", mib=8)
     target = target_of(name)
     work = tmp_path / "work"
-    plan = tmp_path / "plan.v2v.yml"
-    plan.write_text(
-        "\n".join(
-            [
-                "plugin: vmigrate.v2v.plan",
-                "version: 1",
-                "defaults: {work_dir: '%s', mode: full}" % work,
-                "endpoints:",
-                "  lab-kvm: {platform: kvm, uri: '%s'}" % lab["libvirt_uri"],
-                "  lab-vc:",
-                "    platform: vsphere",
-                "    hostname: %s" % vc["hostname"],
-                "    port: %d" % vc["port"],
-                "    username: %s" % vc["username"],
-                "    password: \"{{ lookup('env', 'LAB_VC_PASSWORD') }}\"",
-                "    ca_path: %s" % vc["ca_path"],
-                "    datacenter: %s" % vc["datacenter"],
-                "    placement: {datastore: %s}" % vc["datastore"],
-                "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], vc["datastore"]),
-                "waves:",
-                "  - {name: w0, source: lab-kvm, target: lab-vc, vms: [{name: %s, target_name: %s}]}" % (name, target),
-            ]
-        )
-        + "\n"
-    )
+    plan = write_vsphere_plan(lab, tmp_path, name, target, "mode: full")
     log = tmp_path / "ansible.log"
     env = {
         "ANSIBLE_INVENTORY": str(plan),

@@ -15,7 +15,15 @@ import subprocess
 
 import libvirt
 import pytest
-from plan_lab import MIB, PLAYBOOKS, SourceDomains, play, target_of, write_plan  # tests/integration/plan_lab.py
+from plan_lab import (  # tests/integration/plan_lab.py
+    MIB,
+    PLAYBOOKS,
+    SourceDomains,
+    play,
+    target_of,
+    write_plan,
+    write_vsphere_plan,
+)
 
 
 @pytest.fixture
@@ -149,28 +157,8 @@ def test_warm_vm_into_vsphere_syncs_changed_data(lab, libvirt_conn, vsphere_si, 
     src = libvirt_conn.lookupByName(name)
     src.create()
     vc, target = lab["vcsim"], target_of(name)
-    plan = [
-        "plugin: vmigrate.v2v.plan",
-        "version: 1",
-        "defaults: {work_dir: '%s', mode: warm, options: {shutdown_timeout: 2, on_shutdown_timeout: poweroff}}"
-        % (tmp_path / "work"),
-        "endpoints:",
-        "  lab-kvm: {platform: kvm, uri: '%s'}" % lab["libvirt_uri"],
-        "  lab-vc:",
-        "    platform: vsphere",
-        "    hostname: %s" % vc["hostname"],
-        "    port: %d" % vc["port"],
-        "    username: %s" % vc["username"],
-        "    password: \"{{ lookup('env', 'LAB_VC_PASSWORD') }}\"",
-        "    ca_path: %s" % vc["ca_path"],
-        "    datacenter: %s" % vc["datacenter"],
-        "    placement: {datastore: %s}" % vc["datastore"],
-        "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], vc["datastore"]),
-        "waves:",
-        "  - {name: w0, source: lab-kvm, target: lab-vc, vms: [{name: %s, target_name: %s}]}" % (name, target),
-    ]
-    path = tmp_path / "plan-vs.v2v.yml"
-    path.write_text("\n".join(plan) + "\n")
+    defaults = "mode: warm, options: {shutdown_timeout: 2, on_shutdown_timeout: poweroff}"
+    path = write_vsphere_plan(lab, tmp_path, name, target, defaults)
     env = {"ANSIBLE_INVENTORY": str(path), "LAB_VC_PASSWORD": vc["password"]}
     work = tmp_path / "work" / "w0" / target
 
