@@ -14,7 +14,7 @@ boot_check() boots an image under plain qemu (outside libvirt) and waits for the
 
 CLI:
   guestlog.py read IMAGE [-f FORMAT] [-U]     print the data file
-  guestlog.py boot-check IMAGE [--accel kvm|tcg] [--timeout S]
+  guestlog.py boot-check IMAGE [--accel kvm|tcg] [--timeout S] [--bus virtio|sata] [--memory MIB]
                                               exit 0 and print the seconds to the marker
 """
 
@@ -109,8 +109,28 @@ def parse(text: str) -> dict:
     return out
 
 
-def boot_check(image: str, accel: str = "kvm", timeout: float = 30.0, fmt: str | None = None) -> float:
+# How the disk is attached: virtio-blk (what a KVM target gets), or SATA on an AHCI
+# controller (what a VMware- or Hyper-V-like guest's initramfs can drive).
+DISK_BUSES = {
+    "virtio": ["-drive", "file=%s,format=qcow2,if=virtio"],
+    "sata": ["-device", "ahci,id=ahci0", "-drive", "file=%s,format=qcow2,if=none,id=disk0",
+             "-device", "ide-hd,drive=disk0,bus=ahci0.0"],
+}  # fmt: skip
+
+
+def boot_check(
+    image: str,
+    accel: str = "kvm",
+    timeout: float = 30.0,
+    fmt: str | None = None,
+    bus: str = "virtio",
+    memory: int = 256,
+    give_up_on: str | None = None,
+) -> float:
     """Boot IMAGE under qemu on a throw-away overlay; seconds until the ready marker.
+
+    bus is a key of DISK_BUSES; memory in MiB. give_up_on: a serial console text that
+    proves the boot failed (e.g. the initramfs's "Dropping to a shell"): stop waiting then.
 
     Raises GuestLogError when the marker does not appear within timeout (e.g. a nested
     /dev/kvm that opens but cannot run a Linux guest).
@@ -119,15 +139,19 @@ def boot_check(image: str, accel: str = "kvm", timeout: float = 30.0, fmt: str |
     with tempfile.TemporaryDirectory(prefix="guest-bootcheck-") as tmp:
         overlay, serial = os.path.join(tmp, "overlay.qcow2"), os.path.join(tmp, "serial.log")
         _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(image), "-F", fmt, overlay])
-        cmd = ["qemu-system-x86_64", "-accel", accel, "-m", "256", "-display", "none", "-no-reboot"]
-        cmd += ["-serial", "file:" + serial, "-drive", "file=%s,format=qcow2,if=virtio" % overlay]
-        start = time.monotonic()
+        cmd = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory), "-display", "none", "-no-reboot"]
+        cmd += ["-serial", "file:" + serial] + [a.replace("%s", overlay) for a in DISK_BUSES[bus]]
+        start, gave_up = time.monotonic(), ""
         with open(os.path.join(tmp, "qemu.err"), "w+") as err:
             qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
             try:
                 while time.monotonic() - start < timeout and qemu.poll() is None:
-                    if READY_MARKER in _read(serial):
+                    text = _read(serial)
+                    if READY_MARKER in text:
                         return time.monotonic() - start
+                    if give_up_on and give_up_on in text:
+                        gave_up = "; it printed %r" % give_up_on
+                        break
                     # A vCPU KVM cannot emulate pauses qemu for good: no use waiting on.
                     if "internal error" in _read(err.name):
                         break
@@ -136,8 +160,8 @@ def boot_check(image: str, accel: str = "kvm", timeout: float = 30.0, fmt: str |
                 qemu.kill()
                 qemu.wait()
             raise GuestLogError(
-                "the guest did not print %s within %ss under accel=%s (qemu: %r; serial tail: %r)"
-                % (READY_MARKER, timeout, accel, _read(err.name)[:300], _read(serial)[-300:])
+                "the guest did not print %s within %ss under accel=%s on a %s disk%s (qemu: %r; serial tail: %r)"
+                % (READY_MARKER, timeout, accel, bus, gave_up, _read(err.name)[:300], _read(serial)[-300:])
             )
 
 
@@ -160,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_argument("image")
     bc.add_argument("--accel", default="kvm", choices=["kvm", "tcg"])
     bc.add_argument("--timeout", type=float, default=30.0)
+    bc.add_argument("--bus", default="virtio", choices=sorted(DISK_BUSES))
+    bc.add_argument("--memory", type=int, default=256, help="MiB")
     args = ap.parse_args(argv)
     for tool in ["qemu-img", "debugfs"] + (["qemu-system-x86_64"] if args.cmd == "boot-check" else []):
         if not shutil.which(tool):
@@ -169,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "read":
             sys.stdout.write(read_log(args.image, args.format, args.force_share))
         else:
-            print("%.1f" % boot_check(args.image, args.accel, args.timeout))
+            print("%.1f" % boot_check(args.image, args.accel, args.timeout, bus=args.bus, memory=args.memory))
     except GuestLogError as e:
         print("guestlog: %s" % e, file=sys.stderr)
         return 1
