@@ -1,13 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmigrate.v2v contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One writer per bundle: a step that writes a bundle (export, convert) or a target from
-it (import) holds an exclusive lock on it, so two runs of the same plan or VM at once
-cannot interleave their writes; the second one stops with a message naming the first.
+"""One writer per bundle and per target: a step that writes a bundle (export, convert)
+holds an exclusive lock on it, and an import one on its bundle and target name, so two
+runs of the same plan or VM at once cannot interleave their writes; the second one stops
+with a message naming the first. Imports of one bundle into different names (a wave
+fanning one image out) run side by side: the bundle is only read.
 
-The lock is flock(2) on ``.<bundle name>.lock`` beside the bundle directory: the kernel
-drops it when its holder exits, also when it is killed, so no stale lock is ever left to
-clean up. The file holds who took it (pid, step, since) for the message.
+The lock is flock(2) on ``.<bundle name>[.<key>].lock`` beside the bundle directory: the
+kernel drops it when its holder exits, also when it is killed, so no stale lock is ever
+left to clean up. The file holds who took it (pid, step, since) for the message.
 """
 
 from __future__ import annotations
@@ -16,26 +18,29 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 
 
-def lock_path(bundle_dir):
+def lock_path(bundle_dir, key=None):
     bundle_dir = os.path.abspath(bundle_dir)
-    return os.path.join(os.path.dirname(bundle_dir), ".%s.lock" % os.path.basename(bundle_dir))
+    name = os.path.basename(bundle_dir) + ("." + re.sub(r"[^A-Za-z0-9_.-]", "_", key) if key else "")
+    return os.path.join(os.path.dirname(bundle_dir), ".%s.lock" % name)
 
 
 @contextlib.contextmanager
-def bundle_lock(bundle_dir, step, check_mode=False):
-    """Hold the lock of ``bundle_dir`` for ``step``; InputError if another run holds it.
+def bundle_lock(bundle_dir, step, check_mode=False, key=None):
+    """Hold the lock of ``bundle_dir`` (with ``key``, e.g. an import's target name: one
+    lock per key) for ``step``; InputError if another run holds it.
 
     Check mode writes nothing, so it takes no lock (and makes no lock file)."""
     if check_mode:
         yield
         return
-    path = lock_path(bundle_dir)
+    path = lock_path(bundle_dir, key)
     os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
@@ -43,7 +48,8 @@ def bundle_lock(bundle_dir, step, check_mode=False):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(
-                "bundle %s is being written by another run (%s)" % (bundle_dir, _holder(fd)),
+                "bundle %s%s is being written by another run (%s)"
+                % (bundle_dir, " (%s)" % key if key else "", _holder(fd)),
                 "wait for that run to finish (or stop it), then run again; two runs of the same plan "
                 "or VM must not write one bundle or target at once",
             ) from None

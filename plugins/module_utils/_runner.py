@@ -77,8 +77,10 @@ def import_step(module, platform_class):
         if module.params.get("planned"):
             result = platform.import_planned(module.params["planned"], module.params)
         else:
-            what = "import of %s" % (module.params.get("name") or module.params["bundle"])
-            with bundle_lock(module.params["bundle"], what, module.check_mode):
+            target = module.params.get("name") or ""
+            what = "import of %s" % (target or module.params["bundle"])
+            # One import per target name; imports of the bundle into other names go on.
+            with bundle_lock(module.params["bundle"], what, module.check_mode, key="import-" + target):
                 result = platform.import_vm(Bundle.load(module.params["bundle"]), module.params, module.check_mode)
         if not module._diff:
             result.pop("diff", None)

@@ -65,3 +65,11 @@ def test_the_lock_is_per_bundle_and_reentrant_across_runs(tmp_path):
         pass
     with bundle_lock(a, "export"):  # released at the end of the block
         pass
+
+
+def test_keys_lock_apart(tmp_path):
+    """Imports of one bundle into two names run side by side; the same name twice does not."""
+    bundle = str(tmp_path / "convert")
+    with bundle_lock(bundle, "import of a", key="import-a"), bundle_lock(bundle, "import of b", key="import-b"):
+        pass
+    assert lock_path(bundle, "import-a/../x") == str(tmp_path / ".convert.import-a_.._x.lock")
