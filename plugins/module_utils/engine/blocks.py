@@ -23,6 +23,7 @@ import threading
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, MissingLibraryError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
+from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 
 try:
@@ -417,6 +418,28 @@ def _is_stream_optimized(path, fmt):
         return False
     data = _disk.info(path, fmt, check=False).get("format-specific", {}).get("data", {})
     return data.get("create-type") == "streamOptimized"
+
+
+def apply_delta_file(target_path, fmt, delta_path, delta, show_progress=True):
+    """Apply one sync's delta (a bundle's delta record: its sparse file ``delta_path`` and
+    its ``extents``) to the image ``target_path``: what an import does to a target, the
+    convert step to a disk it converted, and an export to its base copy.
+    Returns {"bytes_written", "pieces"}; InputError when the delta file is gone."""
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
+
+    if not os.path.exists(delta_path):
+        raise InputError(
+            "delta %s (sync %s) is missing" % (delta_path, delta.get("index")),
+            "re-run the export; if its chain is gone, import with replace=true after a full export",
+        )
+    progress = None
+    if show_progress:
+        label = "apply delta %s to %s" % (delta.get("index"), os.path.basename(target_path))
+        progress = Progress(label, delta["bytes"])
+    stats = apply_delta(target_path, fmt, _bundle.delta_pieces(delta_path, delta["extents"]), progress=progress)
+    if progress is not None:
+        progress.finish()
+    return {"bytes_written": stats["bytes_written"], "pieces": stats["pieces"]}
 
 
 def apply_delta(target_path, fmt, pieces, digests=None, progress=None):

@@ -233,13 +233,7 @@ class Converter:
     @staticmethod
     def _patch(path, fmt, deltas):
         """Write ``deltas`` into the converted disk ``path``; {delta index: bytes written}."""
-        written = {}
-        for delta in deltas:
-            progress = Progress("apply delta %s to %s" % (delta.get("index"), os.path.basename(path)), delta["bytes"])
-            pieces = _bundle.delta_pieces(delta["path"], delta["extents"], _disk.MAX_REQUEST)
-            written[delta.get("index")] = _blocks.apply_delta(path, fmt, pieces, progress=progress)["bytes_written"]
-            progress.finish()
-        return written
+        return {d.get("index"): _blocks.apply_delta_file(path, fmt, d["path"], d)["bytes_written"] for d in deltas}
 
     @staticmethod
     def _absolute_deltas(src, disk):

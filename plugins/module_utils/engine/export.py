@@ -466,8 +466,11 @@ def _bring_base_current(bundle, record):
     for delta in record.get("deltas") or []:
         if delta.get("in_base"):
             continue
-        pieces = _bundle.delta_pieces(bundle.resolve(delta["path"]), delta["extents"])
-        written += _blocks.apply_delta(bundle.resolve(record["path"]), record["format"], pieces)["bytes_written"]
+        base = bundle.resolve(record["path"])
+        # The export's own progress covers this: no events of its own.
+        written += _blocks.apply_delta_file(
+            base, record["format"], bundle.resolve(delta["path"]), delta, show_progress=False
+        )["bytes_written"]
         delta["in_base"] = True
     return written
 

@@ -21,7 +21,6 @@ import time
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, V2VError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
@@ -31,10 +30,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.shar
 MIB = 1024 * 1024
 VHD_TYPES = ("dynamic", "fixed")
 SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
-
-
-def _bundle_path(bundle_dir, rel):
-    return rel if os.path.isabs(rel) else os.path.join(bundle_dir, rel)
 
 
 def controller_slots(spec, generation):
@@ -156,7 +151,7 @@ class HyperVTarget:
     def _write_vhdx(self, f, bundle, prov, vhd_type, result, name):
         """Convert one bundle disk into its VHDX in the share, then apply its deltas."""
         rec = f["record"]
-        src = _bundle_path(bundle.dir, rec["path"])
+        src = bundle.resolve(rec["path"])
         progress = Progress("import %s %s" % (name, rec["id"]), rec["capacity"])
         _disk.convert(src, rec["format"], f["local"], "vhdx", subformat=vhd_type, progress=progress)
         progress.finish()
@@ -166,19 +161,9 @@ class HyperVTarget:
             result["bytes_written"] += st["bytes_written"]
         return os.stat(f["local"]).st_blocks * 512
 
-    def _apply_one(self, path, bundle, delta):
-        src = _bundle_path(bundle.dir, delta["path"])
-        if not os.path.exists(src):
-            raise InputError(
-                "delta %s (sync %d) is missing from bundle %s" % (delta["path"], delta["index"], bundle.dir),
-                "re-run the export; if its chain is gone, import with replace=true after a full export",
-            )
-        progress = Progress("apply delta %d to %s" % (delta["index"], os.path.basename(path)), delta["bytes"])
-        stats = _blocks.apply_delta(
-            path, "vhdx", _bundle.delta_pieces(src, delta["extents"], _disk.MAX_REQUEST), progress=progress
-        )
-        progress.finish()
-        return {"bytes_written": stats["bytes_written"], "pieces": stats["pieces"]}
+    @staticmethod
+    def _apply_one(path, bundle, delta):
+        return _blocks.apply_delta_file(path, "vhdx", bundle.resolve(delta["path"]), delta)
 
     def _configuration(self, vm_id, spec, generation, files, options):
         secure = bool(spec["firmware"].get("secure_boot"))

@@ -16,7 +16,6 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputE
 from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
@@ -402,19 +401,9 @@ class KvmTarget(KvmInventory):
             os.close(fd)
         return sent[0]
 
-    def _apply_one(self, path, fmt, bundle, delta):
-        src = _bundle_path(bundle, delta["path"])
-        if not os.path.exists(src):
-            raise InputError(
-                "delta %s (sync %d) is missing from bundle %s" % (delta["path"], delta["index"], bundle),
-                "re-run the export; if its chain is gone, import with replace=true after a full export",
-            )
-        progress = Progress("apply delta %d to %s" % (delta["index"], os.path.basename(path)), delta["bytes"])
-        stats = _blocks.apply_delta(
-            path, fmt, _bundle.delta_pieces(src, delta["extents"], _disk.MAX_REQUEST), progress=progress
-        )
-        progress.finish()
-        return {"bytes_written": stats["bytes_written"], "pieces": stats["pieces"]}
+    @staticmethod
+    def _apply_one(path, fmt, bundle, delta):
+        return _blocks.apply_delta_file(path, fmt, _bundle_path(bundle, delta["path"]), delta)
 
     def _target_disks(self, dom, manifest, bundle):
         """The target domain's disks paired with the bundle's, by position."""
