@@ -90,6 +90,22 @@ def write_plan(lab, tmp_path, waves, mode="full", options=None, max_failed=0):
     return str(path)
 
 
+def vsphere_endpoint(vc, password_env):
+    """The plan's lines of endpoint lab-vc: the lab's vcsim, its password read from the
+    environment variable ``password_env`` (never written into the plan)."""
+    return [
+        "  lab-vc:",
+        "    platform: vsphere",
+        "    hostname: '%s'" % vc["hostname"],
+        "    port: %d" % vc["port"],
+        "    username: '%s'" % vc["username"],
+        "    password: \"{{ lookup('env', '%s') }}\"" % password_env,
+        "    ca_path: '%s'" % vc["ca_path"],
+        "    datacenter: '%s'" % vc["datacenter"],
+        "    placement: {datastore: %s}" % vc["datastore"],
+    ]
+
+
 def write_vsphere_plan(lab, tmp_path, name, target, defaults):
     """A KVM -> vSphere (vcsim) plan of one VM, wave w0; the vCenter password comes from the
     environment variable LAB_VC_PASSWORD (never written into the plan). ``defaults`` is
@@ -101,15 +117,7 @@ def write_vsphere_plan(lab, tmp_path, name, target, defaults):
         "defaults: {work_dir: '%s', %s}" % (tmp_path / "work", defaults),
         "endpoints:",
         "  lab-kvm: {platform: kvm, uri: '%s'}" % lab["libvirt_uri"],
-        "  lab-vc:",
-        "    platform: vsphere",
-        "    hostname: %s" % vc["hostname"],
-        "    port: %d" % vc["port"],
-        "    username: %s" % vc["username"],
-        "    password: \"{{ lookup('env', 'LAB_VC_PASSWORD') }}\"",
-        "    ca_path: %s" % vc["ca_path"],
-        "    datacenter: %s" % vc["datacenter"],
-        "    placement: {datastore: %s}" % vc["datastore"],
+        *vsphere_endpoint(vc, "LAB_VC_PASSWORD"),
         "storage_map: {'%s': %s}" % (lab["pool_paths"][lab["pools"]["source"]], vc["datastore"]),
         "waves:",
         "  - {name: w0, source: lab-kvm, target: lab-vc, vms: [{name: %s, target_name: %s}]}" % (name, target),

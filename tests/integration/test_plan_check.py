@@ -14,7 +14,7 @@ import os
 import re
 
 import pytest
-from plan_lab import MIB, SourceDomains, target_of  # tests/integration/plan_lab.py
+from plan_lab import MIB, SourceDomains, target_of, vsphere_endpoint  # tests/integration/plan_lab.py
 from pyVmomi import vim
 
 PW_ENV = "VMIGRATE_PLAN_CHECK_PASSWORD"
@@ -36,15 +36,7 @@ def plan(lab, tmp_path, to_kvm, to_vc):
         "defaults: {work_dir: '%s', mode: full}" % (tmp_path / "work"),
         "endpoints:",
         "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}" % (lab["libvirt_uri"], lab["pools"]["target"]),
-        "  lab-vc:",
-        "    platform: vsphere",
-        "    hostname: '%s'" % vc["hostname"],
-        "    port: %d" % vc["port"],
-        "    username: '%s'" % vc["username"],
-        "    password: \"{{ lookup('env', '%s') }}\"" % PW_ENV,
-        "    ca_path: '%s'" % vc["ca_path"],
-        "    datacenter: '%s'" % vc["datacenter"],
-        "    placement: {datastore: %s}" % vc["datastore"],
+        *vsphere_endpoint(vc, PW_ENV),
         "storage_map: {'%s': %s}" % (source_dir, lab["pools"]["target"]),
         "waves:",
         "  - name: to-vc",

@@ -15,6 +15,7 @@ import subprocess
 import uuid
 
 import pytest
+from plan_lab import vsphere_endpoint  # tests/integration/plan_lab.py
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
@@ -127,15 +128,7 @@ def plan_text(lab, vms, network_map):
             "endpoints:",
             "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}"
             % (lab["libvirt_uri"], lab["pools"]["target"]),
-            "  lab-vc:",
-            "    platform: vsphere",
-            "    hostname: '%s'" % vc["hostname"],
-            "    port: %d" % vc["port"],
-            "    username: '%s'" % vc["username"],
-            "    password: \"{{ lookup('env', '%s') }}\"" % PW_ENV,
-            "    ca_path: '%s'" % vc["ca_path"],
-            "    datacenter: '%s'" % vc["datacenter"],
-            "    placement: {datastore: %s}" % vc["datastore"],
+            *vsphere_endpoint(vc, PW_ENV),
             "network_map: %s" % json.dumps(network_map),
             "storage_map: %s" % json.dumps({vms["disk_dir"]: vc["datastore"], vc["datastore"]: lab["pools"]["target"]}),
             "waves:",

@@ -20,7 +20,7 @@ import re
 import sys
 
 import pytest
-from plan_lab import PLAYBOOKS, SourceDomains, target_of  # tests/integration/plan_lab.py
+from plan_lab import PLAYBOOKS, SourceDomains, target_of, vsphere_endpoint  # tests/integration/plan_lab.py
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
@@ -66,15 +66,7 @@ def write_files(lab, tmp_path, vm):
                 "defaults: {work_dir: '%s', conversion_host: conv-test, mode: full}" % (tmp_path / "work"),
                 "endpoints:",
                 "  lab-kvm: {platform: kvm, uri: '%s'}" % lab["libvirt_uri"],
-                "  lab-vc:",
-                "    platform: vsphere",
-                "    hostname: '%s'" % vc["hostname"],
-                "    port: %d" % vc["port"],
-                "    username: '%s'" % vc["username"],
-                "    password: \"{{ lookup('env', '%s') }}\"" % PW_ENV,
-                "    ca_path: '%s'" % vc["ca_path"],
-                "    datacenter: '%s'" % vc["datacenter"],
-                "    placement: {datastore: %s}" % vc["datastore"],
+                *vsphere_endpoint(vc, PW_ENV),
                 "storage_map: {'%s': %s}" % (source_dir, vc["datastore"]),
                 "waves:",
                 "  - name: w0",
