@@ -22,7 +22,7 @@ import sys
 import pytest
 from plan_lab import PLAYBOOKS, SourceDomains, target_of, vsphere_endpoint  # tests/integration/plan_lab.py
 from pyVim.task import WaitForTask
-from pyVmomi import vim
+from test_vsphere_import import find_vm
 
 PW_ENV = "VMIGRATE_PLAN_PROGRESS_PASSWORD"
 LINE = re.compile(r"^  \[progress\] (\S+): (.+?): ([0-9.]+)% (.+) of (.+) at (.+)/s, ETA (\d+ s|\?)$")
@@ -33,15 +33,6 @@ def sources(lab, libvirt_conn):
     domains = SourceDomains(lab, libvirt_conn, "lab-prog")
     yield domains
     domains.cleanup()
-
-
-def find_vm(si, name):
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    try:
-        return next((vm for vm in view.view if vm.name == name), None)
-    finally:
-        view.Destroy()
 
 
 @pytest.fixture
