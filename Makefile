@@ -45,14 +45,17 @@ lab-proof: venv
 # platforms, a warm one synced and cut over, and the report (demo_plan_lab.yml makes the
 # VMs and the plan).
 DEMO_PLAN := /var/tmp/vmigrate-demo-plan/plan.v2v.yml
+# libguestfs's settings for this host, from lab.env (its appliance kernel; TCG where KVM
+# cannot run guests): the convert step inspects guests by default.
+WITH_GUESTFS = env $$(sed -n 's/^export \(\(SUPERMIN\|LIBGUESTFS\)_[A-Z_]*=.*\)/\1/p' tests/lab/state/lab.env)
 demo: lab
-	$(VENV)/bin/ansible-playbook playbooks/demo.yml
-	$(VENV)/bin/ansible-playbook playbooks/demo_plan_lab.yml
+	$(WITH_GUESTFS) $(VENV)/bin/ansible-playbook playbooks/demo.yml
+	$(WITH_GUESTFS) $(VENV)/bin/ansible-playbook playbooks/demo_plan_lab.yml
 	export VMIGRATE_DEMO_VC_PASSWORD="$$(cat tests/lab/state/vcsim.password)" && \
 	export VMIGRATE_DEMO_HV_PASSWORD="$$(cat tests/lab/state/hyperv/password)" && \
 	for step in preflight migrate sync cutover report; do \
 		echo "== make demo: $$step.yml on $(DEMO_PLAN)"; \
-		$(VENV)/bin/ansible-playbook -i $(DEMO_PLAN) playbooks/$$step.yml || exit 1; \
+		$(WITH_GUESTFS) $(VENV)/bin/ansible-playbook -i $(DEMO_PLAN) playbooks/$$step.yml || exit 1; \
 	done
 
 ruff: venv
@@ -88,7 +91,7 @@ integration: lab
 # Run from the repo root: molecule finds galaxy.yml and takes the scenarios from
 # extensions/molecule; each scenario points ANSIBLE_COLLECTIONS_PATH at .collections.
 molecule: lab
-	$(VENV)/bin/molecule test --all
+	$(WITH_GUESTFS) $(VENV)/bin/molecule test --all
 
 test: lint unit lab-proof integration molecule
 

@@ -31,7 +31,7 @@ PLATFORMS = ("kvm", "vsphere", "hyperv")
 JOB_MARK = "==vmigrate-job=="
 MISSING_MARK = "==vmigrate-no-job=="
 PROGRESS_MARK = "==vmigrate-progress=="
-STEPS = ("vm_info", "export", "convert", "import", "verify", "power", "cleanup")
+STEPS = ("vm_info", "export", "convert", "import", "verify", "guest_convert", "power", "cleanup")
 
 ARGUMENT_SPEC = {
     "step": {"type": "str", "required": True, "choices": list(STEPS)},

@@ -39,6 +39,8 @@ def eta_seconds(event):
 
 def progress_line(event):
     """One readable line: "copy web01 disk0: 42.0% 10.0 MiB of 24.0 MiB at 5.0 MiB/s, ETA 3 s"."""
+    if event.get("message"):
+        return "%s: %s (%.0f s)" % (event.get("label"), event["message"], event.get("seconds") or 0)
     eta = event.get("eta_seconds", eta_seconds(event))
     return "%s: %s%% %s of %s at %s/s, ETA %s" % (
         event.get("label"),
@@ -82,6 +84,10 @@ class Progress:
             "seconds": round(elapsed, 3),
             "rate_bytes_per_second": int(self.done_bytes / elapsed),
         }
+
+    def note(self, message):
+        """A phase of work without byte counts (virt-v2v's "Inspecting the source"), emitted as it comes."""
+        self._emit("message", dict(self.snapshot(), message=message))
 
     def finish(self):
         """Emit the final event and return the summary dict for the module result."""

@@ -16,6 +16,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception
 from ansible_collections.vmigrate.v2v.plugins.module_utils._lock import bundle_lock
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import guest as _guest
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power as _power
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import BOOT_TIMEOUT
@@ -85,6 +86,20 @@ def import_step(module, platform_class):
         if not module._diff:
             result.pop("diff", None)
         return result
+
+    run_step(module, platform_class, step)
+
+
+def guest_convert_step(module, platform_class):
+    """The whole main() of a guest conversion module. It changes the target's disks, so
+    it holds the import's lock on the bundle and target name."""
+
+    def step(platform):
+        bundle = Bundle.load(module.params["bundle"])
+        ref = module.params["vm"] or bundle.manifest["spec"]["name"]
+        what = "guest conversion of %s" % ref
+        with bundle_lock(module.params["bundle"], what, module.check_mode, key="import-" + (module.params["vm"] or "")):
+            return _guest.run_conversion(platform, bundle, ref, module.params, module.check_mode)
 
     run_step(module, platform_class, step)
 

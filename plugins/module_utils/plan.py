@@ -87,6 +87,8 @@ DEFAULT_OPTIONS = {
     "keep_source_off": True,
     "shutdown_timeout": 300,
     "on_shutdown_timeout": "fail",
+    "guest_conversion": None,  # the convert module's default (auto) or VMIGRATE_GUEST_CONVERSION
+    "virtio_win": None,
 }
 OPTION_TYPES = {
     "boot_check": "bool",
@@ -96,6 +98,8 @@ OPTION_TYPES = {
     "keep_source_off": "bool",
     "shutdown_timeout": "posint",
     "on_shutdown_timeout": ("fail", "poweroff"),
+    "guest_conversion": ("auto", "inspect", "skip"),
+    "virtio_win": "str",
     "mode": MODES,  # the same as the level's `mode` key
 }
 DEFAULT_WORK_DIR = "/var/lib/vmigrate"

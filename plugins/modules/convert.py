@@ -29,6 +29,8 @@ author:
   - vmigrate.v2v contributors (@vmigrate)
 requirements:
   - qemu-img and qemu-nbd (Debian package qemu-utils) on the conversion host
+  - with O(guest_conversion=auto) or V(inspect), libguestfs's Python binding (Debian package
+    python3-guestfs) on the conversion host
   - the Python binding of libnbd (Debian package python3-libnbd) when digests must be computed from
     a non-raw disk
 options:
@@ -77,6 +79,29 @@ options:
     description: Convert again even when the output is up to date.
     type: bool
     default: false
+  guest_conversion:
+    description:
+      - What is done about the guest inside the disks, so that it boots on the target.
+      - V(auto) inspects it with libguestfs. Toward kvm the guest is then converted after the import by
+        M(vmigrate.v2v.kvm_guest_convert) (virt-v2v-in-place); a guest it cannot convert (Windows without
+        O(virtio_win), a Linux distribution virt-v2v does not support) is refused here, before any disk is
+        converted. Toward vsphere and hyperv the disk buses and NIC models become ones the guest has drivers
+        for (its initramfs for the boot disk), each change in RV(changes) with its reason; a guest that
+        cannot boot on the target is refused here.
+      - V(inspect) inspects and chooses hardware the guest drives on every target, kvm included, and never
+        converts it.
+      - V(skip) does neither (the hardware is the translated spec's; nothing is read inside the guest).
+      - A guest whose disks hold no operating system libguestfs recognises is left as it is, with a warning
+        in RV(guest).
+      - Falls back to the environment variable E(VMIGRATE_GUEST_CONVERSION).
+    type: str
+    choices: [auto, inspect, skip]
+    default: auto
+  virtio_win:
+    description:
+      - The virtio-win drivers (ISO or unpacked directory) for a Windows guest converted toward kvm, passed to
+        virt-v2v as E(VIRTIO_WIN). Falls back to the environment variable E(VIRTIO_WIN).
+    type: path
   planned:
     description:
       - Check mode only. What a checked export would have written (its RV(vmigrate.v2v.kvm_export#module:planned)),
@@ -127,6 +152,15 @@ dest:
   description: The output bundle directory.
   returned: always
   type: str
+guest:
+  description:
+    - What was found inside the guest and decided. C(mode); C(inspection) (C(os) linux, windows or
+      unknown, C(distro), C(product), C(version), C(osinfo), C(kernels), C(boot_drivers) the drivers in every
+      kernel's initramfs or built in, C(drivers) those it can load once booted); C(changes) the hardware
+      changed for it (also in RV(changes)); C(warnings); C(action) V(convert) (virt-v2v-in-place after the
+      import, toward kvm) or V(none), with its C(reason).
+  returned: always
+  type: dict
 disks:
   description: One entry per disk of the output bundle (in check mode, what would be written).
   returned: always
@@ -188,7 +222,7 @@ fingerprint:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule, env_fallback  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._lock import bundle_lock  # noqa: E402
@@ -204,6 +238,13 @@ ARGUMENT_SPEC = dict(
     storage_map=dict(type="dict", default={}),
     block_size=dict(type="int", default=1048576),
     force=dict(type="bool", default=False),
+    guest_conversion=dict(
+        type="str",
+        default="auto",
+        choices=["auto", "inspect", "skip"],
+        fallback=(env_fallback, ["VMIGRATE_GUEST_CONVERSION"]),
+    ),
+    virtio_win=dict(type="path", fallback=(env_fallback, ["VIRTIO_WIN"])),
     planned=dict(type="dict"),
 )
 

@@ -34,7 +34,7 @@ options:
     description: The step to run.
     type: str
     required: true
-    choices: [vm_info, export, convert, import, verify, power, cleanup]
+    choices: [vm_info, export, convert, import, verify, guest_convert, power, cleanup]
   platform:
     description: The endpoint's platform; required for every step but V(convert).
     type: str
@@ -123,7 +123,7 @@ def main():
             step=dict(
                 type="str",
                 required=True,
-                choices=["vm_info", "export", "convert", "import", "verify", "power", "cleanup"],
+                choices=["vm_info", "export", "convert", "import", "verify", "guest_convert", "power", "cleanup"],
             ),
             platform=dict(type="str", choices=["kvm", "vsphere", "hyperv"]),
             connection=dict(type="dict", default={}, no_log=True),

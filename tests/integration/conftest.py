@@ -36,6 +36,17 @@ def load_lab() -> dict:
         return json.load(f)
 
 
+def guest_env() -> dict:
+    """libguestfs's settings on this host (lab facts), and VMIGRATE_GUEST_CONVERSION=skip:
+    the tiny guest's tests are about the data; the guest conversion tests
+    (test_guest_conversion.py) set auto or inspect in their arguments."""
+    env = {"VMIGRATE_GUEST_CONVERSION": "skip"}
+    if os.path.exists(FACTS):
+        with open(FACTS, encoding="utf-8") as f:
+            env.update(json.load(f).get("guestfs_env") or {})
+    return env
+
+
 def lab_ssl_context(lab: dict) -> ssl.SSLContext:
     """A client context that verifies the server against the lab CA (and host name)."""
     return ssl.create_default_context(cafile=lab["vcsim"]["ca_path"])
@@ -141,6 +152,7 @@ def run_ansible_playbook(
         if check:
             cmd.append("--check")
         run_env = dict(os.environ, ANSIBLE_CONFIG=ANSIBLE_CONFIG, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        run_env.update(guest_env())
         run_env.update(env or {})
         proc = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=timeout)
     proc.recap = parse_recap(proc.stdout)

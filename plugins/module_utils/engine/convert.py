@@ -25,6 +25,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Prog
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import guest as _guest
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
@@ -82,6 +83,10 @@ class Converter:
         self.storage_map = params.get("storage_map") or {}
         self.block_size = params.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE
         self.force = bool(params.get("force"))
+        # The module's default is auto; a caller of the engine that does not say (bench,
+        # the data-path tests) reads nothing inside the guest.
+        self.guest_mode = params.get("guest_conversion") or "skip"
+        self.virtio_win = params.get("virtio_win") or None
         if self.src == self.dest:
             raise InputError("src and dest are the same directory %s" % self.src, "write the output to a new directory")
 
@@ -96,6 +101,8 @@ class Converter:
                     "network_map": self.network_map,
                     "storage_map": self.storage_map,
                     "block_size": self.block_size,
+                    "guest_conversion": self.guest_mode,
+                    "virtio_win": self.virtio_win,
                 },
                 sort_keys=True,
             )
@@ -278,14 +285,16 @@ class Converter:
         }
         current = self.up_to_date(input_fp)
         if current is not None:
+            self._as_made(result, current)
             result["disks"] = [self._disk_result(current, d) for d in current.disks]
             result["descriptors"] = current.manifest.get("descriptors") or {}
             result["progress"] = []
             return result
         previous = self.refreshable(src)
         if previous is not None:
+            self._as_made(result, previous)
             result["changed"] = True
-            result["deltas"] = self.refresh(src, previous, input_fp, changes, check_mode)
+            result["deltas"] = self.refresh(src, previous, input_fp, result["changes"], check_mode)
             result["disks"] = [dict(self._disk_result(previous, d), action="refresh") for d in previous.disks]
             result["descriptors"] = previous.manifest.get("descriptors") or {}
             result["progress"] = []
@@ -293,6 +302,8 @@ class Converter:
                 result["fingerprint"] = previous.fingerprint()
             return result
         plan = self.plan(src)
+        result["guest"] = self.guest(src, spec_after)
+        changes.extend(result["guest"]["changes"])
         result["changed"] = True
         result["plan"] = plan
         if check_mode:
@@ -311,6 +322,7 @@ class Converter:
             summaries.extend(summary)
             out.save()  # still incomplete: records what is done so far
         out.manifest["descriptors"] = self._descriptors(out, spec_after)
+        out.manifest["guest"] = result["guest"]
         out.manifest["convert"] = {
             "input": self.src,
             "input_fingerprint": input_fp,
@@ -326,6 +338,34 @@ class Converter:
         result["progress"] = summaries
         result["fingerprint"] = out.fingerprint()
         return result
+
+    @staticmethod
+    def _as_made(result, out):
+        """The spec, changes and guest record of an output made earlier (the guest's
+        inspection is not repeated: its hardware choices are in that spec)."""
+        made = out.manifest.get("convert") or {}
+        result.update(spec=out.manifest["spec"], guest=out.manifest.get("guest"), changes=made.get("changes") or [])
+        result["diff"]["after"] = out.manifest["spec"]
+
+    def guest(self, src, spec):
+        """Inspect the guest in the input's disks (unless guest_conversion=skip): hardware it
+        can drive chosen into ``spec`` (changed in place), and whether it is converted on KVM
+        after the import. Refuses here, before any disk is converted or imported, a guest
+        that cannot boot on the target."""
+        record = {"mode": self.guest_mode, "inspection": None, "changes": [], "warnings": []}
+        if self.guest_mode == "skip":
+            record.update(action="none", reason="guest_conversion=skip: the guest was not inspected")
+            return record
+        disks = [(src.disk_path(d), d["format"]) for d in src.disks]
+        info = _guest.inspect(disks)
+        record["inspection"] = info
+        source_platform = (src.manifest.get("source") or {}).get("platform")
+        decision = _guest.plan(info, source_platform, self.target, self.guest_mode, self.virtio_win)
+        if decision["action"] != "convert":
+            # Not converted: the hardware must be what the guest drives already.
+            record["changes"], record["warnings"] = _guest.choose_hardware(spec, self.target, info)
+        record.update(decision, virtio_win=self.virtio_win)
+        return record
 
     # -- check mode on what earlier checked steps would have written --
 
@@ -390,6 +430,8 @@ class Converter:
                     "pass the export's result key planned as it is",
                 )
         spec_after, changes = translate(planned["spec"], self.target, self.network_map, self.storage_map)
+        guest = {"mode": self.guest_mode, "action": "unknown" if self.guest_mode != "skip" else "none"}
+        guest["reason"] = "not inspected: in check mode the export has not written the disks yet"
         steps = self.plan_planned(planned)
         disks = [{k: p[k] for k in ("id", "path", "format", "subformat", "capacity", "action")} for p in steps]
         kind = PROFILES[self.target]["descriptor"]
@@ -401,6 +443,7 @@ class Converter:
             "dest": self.dest,
             "spec": spec_after,
             "changes": changes,
+            "guest": guest,
             "diff": {"before": planned["spec"], "after": spec_after},
             "plan": steps,
             "disks": disks,

@@ -28,6 +28,8 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms import prof
 # `verified` is the fingerprint a verify last compared the target's disks with and found
 # equal: a target running since (booted by the check) is not read again. `rolled_back` is
 # when a rollback marked the target (engine/rollback.py; state is then rolled-back).
+# `guest_converted` is what the guest conversion did (engine/guest.py run_conversion):
+# the bundle fingerprint its data equalled before, and the disks' digests after.
 PROVENANCE_KEYS = (
     "source_id",
     "source_platform",
@@ -40,6 +42,7 @@ PROVENANCE_KEYS = (
     "state",
     "verified",
     "rolled_back",
+    "guest_converted",
 )
 
 
@@ -82,6 +85,7 @@ def provenance(manifest, state="complete"):
         "state": state,
         "verified": None,
         "rolled_back": None,
+        "guest_converted": None,
     }
 
 
@@ -302,6 +306,18 @@ def plan_import(manifest, target, exists, found, replace=False):
             disks=list(want["disks"]),
             reason="the target was rolled back at %s: every disk is written again" % prov["rolled_back"],
         )
+    converted = (prov.get("guest_converted") or {}).get("fingerprint")
+    if converted and converted != want["fingerprint"]:
+        # Its guest was converted: a delta read from the source does not apply to those
+        # disks. Written again whole, then converted again.
+        return ImportPlan(
+            "rewrite",
+            want,
+            found=prov,
+            disks=list(want["disks"]),
+            reason="the target's guest was converted (at %s): every disk is written again and converted again"
+            % prov["guest_converted"].get("at"),
+        )
     complete = prov["state"] == "complete"
     same_chain = prov["chain"] == want["chain"]
     if same_chain and complete and prov["sync_index"] > want["sync_index"]:
@@ -503,8 +519,17 @@ def run_verify(platform, bundle, ref, options):
         # guest has written since, so the disks are not read again.
         result["digests"] = "verified earlier, before the target was started"
     elif options.get("digests", True):
+        converted = (prov or {}).get("guest_converted") or {}
+        if converted.get("fingerprint") != fingerprint or converted.get("state") != "done":
+            converted = {}
+        else:
+            result["guest_conversion"] = (
+                "the disks equalled this bundle before the guest conversion at %s (%s); now compared with their "
+                "digests after it" % (converted.get("at"), converted.get("verified_before"))
+            )
         for record, tdisk in zip(bundle.disks, platform.target_disks(vm), strict=False):
-            rec = _verify_disk(platform, vm, bundle, record, tdisk, mismatches)
+            after = (converted.get("disks") or {}).get(record["id"]) if converted else None
+            rec = _verify_disk(platform, vm, bundle, record, tdisk, mismatches, converted_sha256=after)
             result["bytes_read"] += rec["bytes_read"]
             result["disks"].append(rec)
         result["digests"] = "compared"
@@ -539,7 +564,9 @@ def run_verify(platform, bundle, ref, options):
     return result
 
 
-def _verify_disk(platform, vm, bundle, record, tdisk, mismatches):
+def _verify_disk(platform, vm, bundle, record, tdisk, mismatches, converted_sha256=None):
+    """One disk against the bundle's digests, or (its guest converted) against the
+    digests the conversion recorded after it changed the disk."""
     want = bundle.load_digests(record)
     rec = {"id": record["id"], "where": tdisk["where"], "expected_sha256": record.get("digests_sha256")}
     rec.update(capacity=None, bytes_read=0, blocks=None, mismatched=None, equal=False)
@@ -556,6 +583,15 @@ def _verify_disk(platform, vm, bundle, record, tdisk, mismatches):
         progress = Progress("verify %s" % record["id"], record["capacity"])
         got = _blocks.digest_disk(reader, want.block_size, progress=progress)
         progress.finish()
+    if converted_sha256:
+        found = []
+        if got.fingerprint() != converted_sha256:
+            where = "%s (%s)" % (record["id"], tdisk["where"])
+            found.append("disk %s differs from its digests after the guest conversion" % where)
+        rec.update(bytes_read=got.bytes_read, blocks=len(want), actual_sha256=got.fingerprint(), equal=not found)
+        rec["expected_sha256"] = converted_sha256
+        mismatches.extend(found)
+        return rec
     found = compare_disk(record["id"], tdisk["where"], want, got, record["capacity"], rec["capacity"])
     mismatches.extend(found)
     bad = want.changed_blocks(got)

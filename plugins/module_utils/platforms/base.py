@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import export as _export
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import power as _power
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
@@ -187,6 +188,13 @@ class Platform(abc.ABC):
     def boot_check(self, vm, options):
         """Start the target (or a twin of it) and wait for a sign of life, at most
         ``options['boot_timeout']`` seconds: {ok, reason, changed, ...}."""
+
+    def guest_xml(self, vm):
+        """The target VM's description for virt-v2v-in-place (libvirt XML): KVM only."""
+        raise InputError(
+            "guest conversion in place runs only on a KVM target, not %s" % self.name,
+            "toward %s, convert chooses hardware the guest drives (guest_conversion=auto)" % self.name,
+        )
 
     def verify(self, bundle, ref, options, check_mode=False):
         """The verify step is the engine's, on this platform's primitives."""

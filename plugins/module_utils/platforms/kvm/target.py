@@ -494,6 +494,9 @@ class KvmTarget(KvmInventory):
         write_provenance(dom, plan.want)
         return result
 
+    def guest_xml(self, vm):
+        return self.config_xml(vm)
+
     # -- the target primitives run_verify uses --
 
     def target_disks(self, vm):
