@@ -4,18 +4,19 @@ read: the lab's shut-off guest is exported (cold) from libvirt, converted for KV
 file in the work directory, all under a loose umask (0002) that would otherwise make
 everything world-readable; then every directory and file under the work directory
 (bundles, disks, digests, descriptors, manifests, the progress file, the lock files) is
-checked for bits for others. (A cold export references the source disk in place; the
-delta and copied-disk writers of a warm export are covered by tests/unit/module_utils/
-test_private_files.py.)"""
+checked for bits for others. A cold export references the source disk in place, so a
+second test exports the running guest (warm: a full copy into the bundle, then an
+incremental with its delta file) and checks that bundle the same way."""
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 import uuid
 
 import pytest
-from test_kvm_migrate import make_source, undefine
+from test_kvm_migrate import MIB, guest_writes, make_source, undefine
 
 
 @pytest.fixture
@@ -79,4 +80,24 @@ def test_export_and_convert_write_private_bundles(lab, libvirt_conn, names, run_
     # ... and none of it, nor any directory, is for others (or group-writable).
     bad, seen = not_private(work)
     assert seen >= 20, seen
+    assert bad == [], bad
+
+
+def test_warm_export_copy_and_delta_are_private(lab, libvirt_conn, names, run_module, tmp_path, loose_umask):
+    dom = make_source(lab, libvirt_conn, names)
+    dom.create()
+    time.sleep(30)  # boot (TCG takes ~20 s)
+    work = str(tmp_path / "work")
+    args = {"name": names["src"], "bundle": os.path.join(work, "export")}
+    full = run_module("kvm_export", args)
+    assert not full.get("failed"), full
+    assert full["kind"] == "full" and full["mode"] == "warm", full
+    guest_writes(dom, [12 * MIB + k * 256 * 1024 for k in range(4)], 0x5A)
+    inc = run_module("kvm_export", args)
+    assert not inc.get("failed"), inc
+    assert inc["kind"] == "incremental" and inc["changed"], inc
+    files = sorted(os.listdir(os.path.join(work, "export", "disks")))
+    assert len(files) == 2 and any(".delta-" in f for f in files), files  # the copy and the delta
+    bad, seen = not_private(work)
+    assert seen >= 8, seen
     assert bad == [], bad
