@@ -34,6 +34,16 @@ class InputError(V2VError):
     kind = "input"
 
 
+class VmNotFoundError(InputError):
+    """A VM that is not there. Its failure result says ``missing: true``, so a role can
+    tell "no such VM" (often the answer it hopes for) from every other error without
+    matching the message's words."""
+
+    def __init__(self, problem, fix=None, **details):
+        details.setdefault("missing", True)
+        super().__init__(problem, fix, **details)
+
+
 class DiskError(V2VError):
     """A disk image cannot be read, written or converted."""
 

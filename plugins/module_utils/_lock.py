@@ -23,6 +23,7 @@ import socket
 import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import make_dirs, open_private, private_umask
 
 
 def lock_path(bundle_dir, key=None):
@@ -36,13 +37,18 @@ def bundle_lock(bundle_dir, step, check_mode=False, key=None):
     """Hold the lock of ``bundle_dir`` (with ``key``, e.g. an import's target name: one
     lock per key) for ``step``; InputError if another run holds it.
 
+    A writer's lock (no ``key``: export, convert) also holds a private umask
+    (_files.private_umask), so whatever the step makes in the bundle, also through
+    qemu-img or a plain os.makedirs, is not for others. An import only reads the bundle;
+    what it makes is the target's, which keeps the process umask.
+
     Check mode writes nothing, so it takes no lock (and makes no lock file)."""
     if check_mode:
         yield
         return
     path = lock_path(bundle_dir, key)
-    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    make_dirs(os.path.dirname(path))
+    fd = open_private(path, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -56,7 +62,8 @@ def bundle_lock(bundle_dir, step, check_mode=False, key=None):
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "step": step, "since": int(time.time())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield
+        with private_umask() if key is None else contextlib.nullcontext():
+            yield
     finally:
         os.close(fd)  # releases the lock
 

@@ -113,7 +113,9 @@ class Progress:
             if callable(self._sink):
                 self._sink(record)
             else:
-                with open(self._sink, "a") as fh:
+                # Not world-readable: labels name VMs and disks (0640 like the rest, _files).
+                fd = os.open(self._sink, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                with os.fdopen(fd, "a") as fh:
                     fh.write(json.dumps(record, sort_keys=True) + "\n")
         except OSError:
             pass  # progress must never break a migration

@@ -180,11 +180,19 @@ def cleanup_step(module, platform_class):
     run_step(module, platform_class, step)
 
 
+def warn_insecure(module, text):
+    """Put the TLS warning (if any) into the result, also when the step fails (Ansible
+    keeps one of identical warnings)."""
+    if text:
+        module.warn(text)
+
+
 def run_step(module, platform_class, step):
     """``step(platform)`` -> result dict, with ``platform_class(module.params)`` open."""
     missing = platform_class.missing_library()
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
+    warn_insecure(module, platform_class.tls_warning(module.params))
     try:
         with platform_class(module.params) as platform:
             result = step(platform)

@@ -131,11 +131,20 @@ vms:
     spec:
       description: The neutral spec (see the collection's docs/spec.md).
       type: dict
+missing:
+  description:
+    - On failure only, V(true) when a VM named in O(vms) does not exist (no VM of that name on the host).
+    - Roles test this instead of the message's words. Other failures (login, TLS, an ambiguous
+      name) do not set it.
+  returned: failure, when a VM in O(vms) does not exist
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import warn_insecure  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import connection as _hyperv_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import inventory as _hyperv_inventory  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.share import share_args  # noqa: E402
@@ -150,6 +159,7 @@ def main():
     )
     if not _hyperv_connection.HAS_WINRM:
         module.fail_json(msg=missing_required_lib("pywinrm"), exception=str(_hyperv_connection.WINRM_IMPORT_ERROR))
+    warn_insecure(module, _hyperv_connection.tls_warning(module.params))
     try:
         conn = _hyperv_connection.HyperVConnection(module.params)
         vms = [_hyperv_inventory.vm_facts(raw) for raw in _hyperv_inventory.read_vms(conn, module.params["vms"])]

@@ -71,6 +71,14 @@ vms:
       elements: dict
     checkpoints: {description: Names of the domain's libvirt checkpoints., type: list, elements: str}
     provenance: {description: 'Provenance recorded by kvm_import, or null.', type: dict}
+missing:
+  description:
+    - On failure only, V(true) when a VM named in O(vms) does not exist (no such domain name or UUID).
+    - Roles test this instead of the message's words. Other failures (login, TLS, an ambiguous
+      name) do not set it.
+  returned: failure, when a VM in O(vms) does not exist
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402

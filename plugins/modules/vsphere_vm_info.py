@@ -100,11 +100,21 @@ vms:
     spec:
       description: The neutral spec (see the collection's docs/architecture.md).
       type: dict
+missing:
+  description:
+    - On failure only, V(true) when a VM named in O(vms) does not exist (no VM of that name, moid,
+      UUID or path in the datacenter).
+    - Roles test this instead of the message's words. Other failures (login, TLS, an ambiguous
+      name) do not set it.
+  returned: failure, when a VM in O(vms) does not exist
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
+from ansible_collections.vmigrate.v2v.plugins.module_utils._runner import warn_insecure  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere import connection as _vsphere_connection  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inventory import vm_facts  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.platform import VspherePlatform  # noqa: E402
@@ -117,6 +127,7 @@ def main():
     )
     if not _vsphere_connection.HAS_PYVMOMI:
         module.fail_json(msg=missing_required_lib("pyvmomi"), exception=str(_vsphere_connection.PYVMOMI_IMPORT_ERROR))
+    warn_insecure(module, _vsphere_connection.tls_warning(module.params))
     try:
         with VspherePlatform(module.params) as platform:
             if module.params["vms"]:

@@ -84,3 +84,17 @@ def test_rollback_stops_the_target_and_starts_the_source(lab, libvirt_conn, sour
     assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
     assert not libvirt_conn.lookupByName(target_of(name)).isActive()
     assert libvirt_conn.lookupByName(name).isActive()
+
+
+def test_rollback_without_a_target_starts_the_source(lab, libvirt_conn, sources, run_playbook, tmp_path):
+    """No target at all (the migration never imported): the target's vm_info fails with
+    missing: true, which the role takes as "no target", not as a target it cannot ask."""
+    name, _ = sources.make("nt")
+    path = write_plan(lab, tmp_path, [[name]])
+    run = play(run_playbook, path, "rollback.yml")
+    assert run.returncode == 0, run.stdout[-5000:]  # "The target could not be asked" was skipped
+    with pytest.raises(libvirt.libvirtError):
+        libvirt_conn.lookupByName(target_of(name))
+    assert libvirt_conn.lookupByName(name).isActive()
+    record = json.loads((tmp_path / "work" / "w0" / target_of(name) / "rollback.json").read_text())
+    assert record["status"] == "rolled-back" and not record["target_ours"], record

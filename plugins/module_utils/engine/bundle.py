@@ -18,7 +18,13 @@ import os
 import re
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file, part_path, publish
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import (
+    atomic_file,
+    make_dirs,
+    open_private,
+    part_path,
+    publish,
+)
 
 VERSION = 1
 KIND = "vmigrate.v2v/bundle"
@@ -209,7 +215,7 @@ class Bundle:
         manifest = new_manifest(source, spec, target_platform, disks)
         bundle = cls(directory, manifest)
         if save:
-            os.makedirs(bundle.dir, exist_ok=True)
+            make_dirs(bundle.dir)
             bundle.save()
         return bundle
 
@@ -454,8 +460,9 @@ class DeltaFile:
         self.path = os.path.join(bundle_dir, self.rel)
         self.index = index
         self.tmp = part_path(self.path)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fh = open(self.tmp, "wb")
+        make_dirs(os.path.dirname(self.path))
+        # Guest data: for its owner only (a .part left by a crash is made private again).
+        self.fh = os.fdopen(open_private(self.tmp, os.O_WRONLY | os.O_TRUNC, 0o600), "wb")
         self.fh.truncate(size)
         self.written = 0
 

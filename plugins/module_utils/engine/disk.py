@@ -23,7 +23,7 @@ import threading
 import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, MissingLibraryError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import publish
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import make_dirs, make_private, publish
 
 try:
     import nbd
@@ -162,6 +162,7 @@ def create(path, fmt, size, subformat=None):
         "cannot create disk image %s" % path,
         fix="check the directory exists and has free space",
     )
+    make_private(path)  # qemu-img creates it with the umask's mode; it is still empty here
 
 
 def image_files(path, fmt, subformat=None):
@@ -184,7 +185,8 @@ def convert(src, src_fmt, dst, dst_fmt, subformat=None, progress=None):
     _must_exist(src)
     dst = os.path.abspath(dst)
     parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
+    make_dirs(parent)
+    # mkdtemp: 0700, so qemu-img's file in it (umask's mode) is private until publish fixes its mode.
     workdir = tempfile.mkdtemp(prefix=".%s.part." % os.path.basename(dst), dir=parent)
     try:
         tmp = os.path.join(workdir, os.path.basename(dst))

@@ -24,7 +24,7 @@ import shutil
 import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import part_path, publish
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import make_dirs, part_path, publish
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
@@ -210,7 +210,7 @@ def _full(old, bundle_dir, source, spec, session, name, result, options):
         manifest["created"] = old.manifest.get("created") or manifest.get("created") or {}
     bundle = _bundle.Bundle(bundle_dir, manifest)
     made_dir = not os.path.isdir(bundle.dir)
-    os.makedirs(os.path.join(bundle.dir, "disks"), exist_ok=True)
+    make_dirs(os.path.join(bundle.dir, "disks"))
     bundle.save()
     session.bundle = bundle
     try:

@@ -46,6 +46,11 @@ class Platform(abc.ABC):
         """(pip package, import error) when the platform's Python library is missing."""
         return None
 
+    @classmethod
+    def tls_warning(cls, params):
+        """A warning for the module result when ``params`` turn certificate checks off."""
+        return None
+
     @abc.abstractmethod
     def close(self):
         """Release the connection; safe to call twice."""

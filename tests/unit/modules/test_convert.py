@@ -162,6 +162,28 @@ def test_convert_to_kvm_then_rerun_is_unchanged(src_bundle, tmp_path):
     assert _bundle.Bundle.load(dest).manifest["spec"]["nics"][0]["network"] == "br0"
 
 
+def test_convert_writes_a_private_bundle_under_a_loose_umask(src_bundle, tmp_path):
+    """The module holds the bundle's writer lock, and with it a private umask: the output
+    directory, disks/, qemu-img's disk, the digests, the XML and the manifest are not for
+    others although this run's umask (0002) would make them world-readable."""
+    old = os.umask(0o002)
+    try:
+        for target in ("kvm", "vsphere"):  # qcow2; monolithicFlat vmdk (descriptor + extent)
+            dest = str(tmp_path / "out" / target)
+            res = run_module({"src": src_bundle.dir, "dest": dest, "target_platform": target})
+            assert res.get("failed") is not True, res.get("msg")
+    finally:
+        os.umask(old)
+    checked = 0
+    for root, _dirs, files in os.walk(str(tmp_path / "out")):
+        assert os.stat(root).st_mode & 0o7027 == 0, "%s is %o" % (root, os.stat(root).st_mode)
+        for name in files:
+            path = os.path.join(root, name)
+            assert os.stat(path).st_mode & 0o7137 == 0, "%s is %o" % (path, os.stat(path).st_mode)
+            checked += 1
+    assert checked >= 9  # per target: manifest, digests, disk (+ flat extent), descriptor, and the locks
+
+
 def test_check_mode_writes_nothing(src_bundle, tmp_path):
     dest = str(tmp_path / "planned")
     res = run_module({"src": src_bundle.dir, "dest": dest, "target_platform": "vsphere"}, check=True, diff=True)

@@ -13,7 +13,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import publish
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import make_dirs, open_private, publish
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors.common import (
     GiB,
     KiB,
@@ -540,7 +540,7 @@ def read_ova(path, extract_dir=None):
                     "OVA %s: manifest lists %s, which the archive lacks" % (path, fname), "re-export the VM as OVA"
                 )
         if extract_dir is not None:
-            os.makedirs(extract_dir, exist_ok=True)
+            make_dirs(extract_dir)
         ovf_text = None
         for member in members:
             if member.name.lower().endswith((".mf", ".cert")):
@@ -553,8 +553,8 @@ def read_ova(path, extract_dir=None):
             buf = io.BytesIO() if keep else None
             out = None
             if out_path:
-                os.makedirs(os.path.dirname(out_path), exist_ok=True)
-                out = open(out_path + ".part", "wb")
+                make_dirs(os.path.dirname(out_path))
+                out = os.fdopen(open_private(out_path + ".part", os.O_WRONLY | os.O_TRUNC), "wb")
             try:
                 while True:
                     chunk = src.read(4 * MiB)

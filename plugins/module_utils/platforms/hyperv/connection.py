@@ -368,6 +368,19 @@ def _transient(exc):
     return HAS_WINRM and isinstance(exc, (requests.exceptions.ConnectionError, WinRMOperationTimeoutError))
 
 
+def tls_warning(params):
+    """The warning a module returns when certificate checks are off, else None. One text
+    per host, with no secret in it: Ansible shows an identical warning once per run."""
+    if params.get("validate_certs", True) or (params.get("scheme") or "https") != "https":
+        return None  # over http there is no certificate to check (doc fragment vmigrate.v2v.hyperv)
+    return (
+        "TLS certificate verification is off for the Hyper-V host %s (validate_certs=false): anyone on "
+        "the network path can pose as the host and read the password and the disk data sent to it. "
+        "Fix: set validate_certs=true and give ca_path (the PEM CA that signed the WinRM listener's "
+        "certificate)" % params.get("hostname")
+    )
+
+
 class HyperVConnection:
     """A pywinrm session to one Hyper-V host; ``run`` is the only way scripts are sent."""
 

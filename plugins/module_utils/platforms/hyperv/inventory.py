@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ntpath
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import VmNotFoundError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
 MIB = 1024 * 1024
@@ -178,8 +178,9 @@ def read_vms(conn, names=None):
     missing = [n for n in names if n.lower() not in have]
     if missing:
         listing = sorted(conn.run("vm_names", {}, what="listing VMs"))
-        raise InputError(
+        raise VmNotFoundError(
             "VM %s not found on Hyper-V host %s" % (", ".join("'%s'" % n for n in missing), conn.host),
             "use one of the VMs the host has: %s" % (", ".join(listing[:50]) or "none"),
+            vm=", ".join(missing),
         )
     return found

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VmNotFoundError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import Platform
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv import connection as _connection
@@ -60,6 +60,10 @@ class HyperVPlatform(HyperVSource, HyperVTarget, Platform):
     def missing_library(cls):
         return None if _connection.HAS_WINRM else ("pywinrm", str(_connection.WINRM_IMPORT_ERROR))
 
+    @classmethod
+    def tls_warning(cls, params):
+        return _connection.tls_warning(params)
+
     def __init__(self, params):
         super().__init__(params)
         self.conn = _connection.HyperVConnection(params)
@@ -82,7 +86,18 @@ class HyperVPlatform(HyperVSource, HyperVTarget, Platform):
 
     def find_vm(self, ref):
         if UUID_RE.match(ref or ""):
-            found = self.conn.run("vm_info", {"Id": ref}, vm=ref, what="describing the VM")
+            try:
+                found = self.conn.run("vm_info", {"Id": ref}, vm=ref, what="describing the VM")
+            except InputError as exc:
+                # Get-VM -Id of a well-formed Id fails as input (InvalidArgument: "unable to
+                # find a virtual machine with id") only when the host has no such VM.
+                raise VmNotFoundError(exc.problem, exc.fix, **dict(exc.details, vm=ref)) from exc
+            if not found:
+                raise VmNotFoundError(
+                    "VM %s not found on Hyper-V host %s" % (ref, self.conn.host),
+                    "check the Id: Get-VM on %s lists the VMs this user can see" % self.conn.host,
+                    vm=ref,
+                )
         else:
             found = _inventory.read_vms(self.conn, [ref])
         return self._one(found, ref)

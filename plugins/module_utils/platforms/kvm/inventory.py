@@ -11,7 +11,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, VmNotFoundError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
@@ -241,7 +241,7 @@ class KvmInventory:
                     "cannot look up domain %s at %s: %s" % (ref, self.uri, error_message(exc)), None
                 ) from exc
             known = [d["name"] for d in self.list_vms()]
-            raise InputError(
+            raise VmNotFoundError(
                 "domain '%s' does not exist at %s" % (ref, self.uri),
                 "check the name or UUID; known domains: %s" % (", ".join(known[:20]) or "(none)"),
                 vm=ref,

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from urllib.parse import quote
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, PlatformError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
+from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file, make_dirs
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import SourceSession
@@ -516,7 +516,7 @@ class KvmSource(KvmInventory):
                 % (rec["target"], rec["path"], error_message(exc)),
                 "put the disk in a storage pool, or run the export on the libvirt host with transfer=path",
             ) from exc
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_dirs(os.path.dirname(path))
         written = [0]
         with atomic_file(path) as fh:
             st = self.conn.newStream(0)

@@ -159,6 +159,19 @@ def _norm_thumbprint(text):
     return re.sub(r"[^0-9a-f]", "", (text or "").lower())
 
 
+def tls_warning(params):
+    """The warning a module returns when certificate checks are off, else None. One text
+    per host, with no secret in it: Ansible shows an identical warning once per run."""
+    if params.get("validate_certs", True) or params.get("thumbprint"):
+        return None  # a pinned thumbprint is the check (doc fragment vmigrate.v2v.vsphere)
+    return (
+        "TLS certificate verification is off for vSphere %s (validate_certs=false): anyone on the "
+        "network path can pose as the server and read the password and the disk data sent to it. "
+        "Fix: set validate_certs=true and give ca_path (the PEM CA that signed the server certificate), "
+        "or pin the server certificate with thumbprint" % params.get("hostname")
+    )
+
+
 def ssl_context(validate_certs=True, ca_path=None):
     if not validate_certs:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, VmNotFoundError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import rollback as _rollback
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.profiles import escape_name
@@ -320,9 +320,10 @@ class VsphereInventory:
                 )
             vm = matches[0] if matches else None
         if vm is None and required:
-            raise InputError(
+            raise VmNotFoundError(
                 "VM %r not found in datacenter %s at %s" % (ref, self.dc.name, self.conn.host),
                 "check the name (vsphere_vm_info lists VMs), or give its moid, instance UUID or folder path",
+                vm=ref,
             )
         return vm
 

@@ -17,6 +17,9 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.con
     PYVMOMI_IMPORT_ERROR,
     Connection,
 )
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
+    tls_warning as _tls_warning,
+)
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.power import VspherePower
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.source import VsphereSource
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.target import VsphereTarget
@@ -32,6 +35,10 @@ class VspherePlatform(VsphereSource, VsphereTarget, VspherePower, Platform):
     @classmethod
     def missing_library(cls):
         return None if HAS_PYVMOMI else ("pyvmomi", str(PYVMOMI_IMPORT_ERROR))
+
+    @classmethod
+    def tls_warning(cls, params):
+        return _tls_warning(params)
 
     def __init__(self, params):
         super().__init__(params)
