@@ -64,7 +64,7 @@ def nics(draw, n_max=3):
             network_type=draw(st.none() | st.sampled_from(_spec.NETWORK_TYPES)),
             model=draw(st.sampled_from(_spec.NIC_MODELS)),
         )
-        for _ in range(draw(st.integers(0, n_max)))
+        for _step in range(draw(st.integers(0, n_max)))
     ]
 
 
@@ -76,7 +76,7 @@ def removables(draw, n_max=3):
             bus=draw(st.sampled_from(_spec.REMOVABLE_BUSES)),
             path=draw(st.none() | names().map(lambda p: "/isos/" + p)),
         )
-        for _ in range(draw(st.integers(0, n_max)))
+        for _step in range(draw(st.integers(0, n_max)))
     ]
 
 

@@ -138,7 +138,7 @@ TEXT_FORMATS = ("libvirt", "vmx", "ovf")
 def byte_edits(draw, data):
     """Flip, insert, delete or truncate at a few offsets."""
     data = bytearray(data)
-    for _ in range(draw(st.integers(1, 8))):
+    for _step in range(draw(st.integers(1, 8))):
         if not data:
             break
         pos = draw(st.integers(0, len(data) - 1))
@@ -159,7 +159,7 @@ def byte_edits(draw, data):
 @st.composite
 def line_edits(draw, data):
     lines = data.decode("utf-8").split("\n")
-    for _ in range(draw(st.integers(1, 5))):
+    for _step in range(draw(st.integers(1, 5))):
         i = draw(st.integers(0, len(lines) - 1))
         op = draw(st.sampled_from(["delete", "dup", "swap", "value"]))
         if op == "delete":
@@ -192,7 +192,7 @@ def xml_edits(draw, data):
     ):
         ET.register_namespace(prefix, ns)
     root = ET.fromstring(data)
-    for _ in range(draw(st.integers(1, 6))):
+    for _step in range(draw(st.integers(1, 6))):
         elements = list(root.iter())
         el = draw(st.sampled_from(elements))
         op = draw(st.sampled_from(["attr", "text", "drop", "new-attr"]))

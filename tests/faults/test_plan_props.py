@@ -133,7 +133,7 @@ def test_generated_plans_load(data):
 @settings(max_examples=400)
 def test_spoiled_plans_fail_with_an_input_error_naming_the_key(data, draw):
     paths = list(_nodes(data))
-    for _ in range(draw.draw(st.integers(1, 3))):
+    for _step in range(draw.draw(st.integers(1, 3))):
         path = draw.draw(st.sampled_from(paths))
         value = draw.draw(junk)
         if not path:
