@@ -9,7 +9,7 @@ SANITY_DIR := /tmp/vmigrate-v2v-sanity/ansible_collections/vmigrate/v2v
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps venv lab lab-down lab-proof demo test lint ruff sanity ansible-lint unit integration molecule bench build clean
+.PHONY: deps venv lab lab-down lab-proof demo test lint ruff sanity ansible-lint unit faults integration molecule bench build clean
 
 deps:
 	test -x tests/lab/lab && tests/lab/lab deps
@@ -83,6 +83,11 @@ lint: ruff sanity ansible-lint
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
+# Property-based tests and fuzzing of the spec, the plan parser and the descriptor
+# readers (hypothesis, derandomized and bounded: the same examples on every run; < 2 min).
+faults: venv
+	$(VENV)/bin/pytest tests/faults
+
 integration: lab
 	$(VENV)/bin/pytest tests/integration
 
@@ -93,7 +98,7 @@ integration: lab
 molecule: lab
 	$(WITH_GUESTFS) $(VENV)/bin/molecule test --all
 
-test: lint unit lab-proof integration molecule
+test: lint unit faults lab-proof integration molecule
 
 # a-c measure the engine alone; e runs migrations end to end on the lab (~4 min more).
 bench: lab

@@ -206,9 +206,11 @@ class Problems:
 
 
 def _join(path, key):
-    if isinstance(key, int):
+    if isinstance(key, int) and not isinstance(key, bool):
         return "%s[%d]" % (path, key)
-    return "%s.%s" % (path, key) if path else str(key)
+    if not isinstance(key, str) or not key.strip():
+        return "%s[%r]" % (path, key)  # a key YAML made from null, true or '': shown as written
+    return "%s.%s" % (path, key) if path else key
 
 
 class _Checker:
@@ -440,6 +442,10 @@ def _parse_endpoints(chk, endpoints, plan, line):
     line = p.line(endpoints, line)
     for name, ep in endpoints.items():
         path = _join("endpoints", name)
+        if not isinstance(name, str) or not name:
+            # waves name endpoints by string; YAML makes 1 or true of an unquoted name
+            p.add(path, line, "is not a name (%s)" % _kind(name), "quote the endpoint name")
+            continue
         # registered even when wrong, so references to it do not add more problems
         plan.endpoints[name] = {"platform": None, "connection": {}, "placement": {}}
         if not chk.mapping(ep, path, line):
@@ -471,7 +477,9 @@ def _parse_endpoints(chk, endpoints, plan, line):
         placement = ep.get("placement")
         if placement is not None:
             ptypes = PLACEMENT_KEYS[platform]
-            if chk.mapping(placement, _join(path, "placement"), eline, keys=tuple(ptypes)):
+            if not chk.mapping(placement, _join(path, "placement"), eline, keys=tuple(ptypes)):
+                placement = None  # the problem is recorded; keep the endpoint usable by references
+            else:
                 pline = p.line(placement, eline)
                 for key, item in placement.items():
                     chk.scalar(item, ptypes[key], _join(path, "placement." + key), pline, template_ok=True)
@@ -592,7 +600,7 @@ def _parse_entry(chk, entry, path, line, wave, plan):
         p.add(_join(path, "source"), line, "is not set here nor on its wave", "set source on the wave or the VM")
     elif entry.get("source") is not None and not _check_endpoint(chk, source, _join(path, "source"), line, plan):
         source = None
-    out["source"] = source if source in plan.endpoints else None
+    out["source"] = source if isinstance(source, str) and source in plan.endpoints else None
     out["level"] = _level(chk, entry, path, line)
     out["network_map"] = chk.name_map(entry.get("network_map"), _join(path, "network_map"), line, network=True) or {}
     out["storage_map"] = chk.name_map(entry.get("storage_map"), _join(path, "storage_map"), line) or {}

@@ -271,7 +271,9 @@ def validate(spec):
             )
         _need_int(disk.get("capacity"), where + ".capacity", allow_none=True)
         _need_choice(disk.get("format"), where + ".format", FORMATS, allow_none=True)
-        _need_dict(disk.get("source"), where + ".source")
+        source = _need_dict(disk.get("source"), where + ".source")
+        for key in ("path", "dev", "pool", "datastore"):  # the keys storage_of reads
+            _need_str(source.get(key), "%s.source.%s" % (where, key), allow_none=True)
         _need_str(disk.get("storage"), where + ".storage", allow_none=True)
         _need_int(disk.get("boot_order"), where + ".boot_order", minimum=1, allow_none=True)
 
@@ -399,7 +401,12 @@ def apply_maps(spec, target_platform, network_map=None, storage_map=None, strict
         where = "removable[%d]" % i
         bus = item["bus"]
         if item["type"] == "floppy":
-            continue  # a floppy stays on its controller; Hyper-V gen 2 importers report it
+            # a floppy stays on the floppy controller (Hyper-V gen 2 importers report it);
+            # schema 1 lets a spec name another bus, which no writer can attach it to
+            if bus != "fdc":
+                change(where + ".bus", bus, "fdc", "a floppy drive attaches to the floppy controller")
+                item["bus"] = "fdc"
+            continue
         if target_platform == "hyperv":
             want = "scsi" if new["firmware"]["type"] == "uefi" else "ide"
         elif target_platform == "kvm" and bus == "ide" and new["firmware"]["type"] == "uefi":

@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
-from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.spec import FORMATS, SUPPORT
+from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.spec import FORMATS, SUPPORT, validate
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 
@@ -54,11 +54,31 @@ def _local(tag):
     return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
-def _int(value, what, field):
+def _int(value, what, field, minimum=None):
+    """A whole number from a descriptor; ``minimum`` refuses counts a VM cannot have (0 CPUs)."""
     try:
-        return int(str(value).strip())
+        number = int(str(value).strip())
     except (TypeError, ValueError):
-        raise InputError("%s: %s is %r, not a whole number" % (what, field, value), "correct %s" % field) from None
+        # ValueError also covers digit strings longer than Python converts (4300 digits)
+        shown = value if len(str(value)) <= 40 else str(value)[:40] + "..."
+        raise InputError("%s: %s is %r, not a whole number" % (what, field, shown), "correct %s" % field) from None
+    if minimum is not None and number < minimum:
+        raise InputError(
+            "%s: %s is %d, less than %d" % (what, field, number, minimum),
+            "correct %s (at least %d)" % (field, minimum),
+        )
+    return number
+
+
+def _checked(spec, what):
+    """The spec a reader made, checked against schema 1, so that a value no check above
+    caught fails here naming the descriptor instead of later in a translation."""
+    try:
+        return validate(spec)
+    except InputError as exc:
+        raise InputError(
+            "%s: %s" % (what, exc.problem), "correct the descriptor (%s)" % exc.fix, **exc.details
+        ) from None
 
 
 def _uuid(text):

@@ -16,6 +16,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors.co
     MiB,
     TiB,
     _check_support,
+    _checked,
     _int,
     _local,
     _mac,
@@ -25,8 +26,10 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors.co
     _uuid,
 )
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.spec import (
+    BUSES,
     FORMATS,
     GUEST_OS,
+    REMOVABLE_BUSES,
     cpu_count,
     guest_family,
     new_disk,
@@ -109,13 +112,15 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
     if mem is None:
         mem = root.find("currentMemory")
     memory_mib = _to_bytes(mem.text, mem.get("unit"), what, "memory") // MiB if mem is not None else 1024
-    vcpus = _int(root.findtext("vcpu") or 1, what, "vcpu")
+    if memory_mib < 1:
+        raise InputError("%s: <%s> is under 1 MiB" % (what, mem.tag), "give the domain its memory in KiB or MiB")
+    vcpus = _int(root.findtext("vcpu") or 1, what, "vcpu", minimum=1)
     topo = root.find("cpu/topology")
     if topo is not None:
         cpu = {
-            "sockets": _int(topo.get("sockets", 1), what, "sockets") * _int(topo.get("dies", 1), what, "dies"),
-            "cores": _int(topo.get("cores", 1), what, "cores"),
-            "threads": _int(topo.get("threads", 1), what, "threads"),
+            "sockets": _int(topo.get("sockets", 1), what, "sockets", 1) * _int(topo.get("dies", 1), what, "dies", 1),
+            "cores": _int(topo.get("cores", 1), what, "cores", 1),
+            "threads": _int(topo.get("threads", 1), what, "threads", 1),
         }
     else:
         cpu = {"sockets": vcpus, "cores": 1, "threads": 1}
@@ -150,8 +155,16 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
         bus = target.get("bus") if target is not None else None
         bus = bus or {"vd": "virtio", "sd": "scsi", "hd": "ide", "fd": "fdc"}.get(dev[:2], "virtio")
         if device in ("cdrom", "floppy"):
+            if bus not in REMOVABLE_BUSES:  # usb, sd, virtio...: the targets attach it afresh anyway
+                bus = "fdc" if device == "floppy" else "sata"
             removable.append(new_removable(type=device, bus=bus, path=src.get("file") or src.get("dev")))
             continue
+        if bus not in BUSES:
+            raise InputError(
+                "%s: disk %s is on bus %r, which cannot be migrated" % (what, dev or "(no target dev)", bus),
+                "detach it, or move it to one of the buses %s" % ", ".join(BUSES),
+                disk=dev,
+            )
         dtype = el.get("type", "file")
         if dtype == "volume":
             source = {"pool": src.get("pool"), "volume": src.get("volume")}
@@ -161,6 +174,7 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
             source = {"protocol": src.get("protocol"), "name": src.get("name")}
         else:
             source = {"path": src.get("file")}
+        source = {k: v or None for k, v in source.items()}  # file='' names no file
         driver = el.find("driver")
         fmt = driver.get("type") if driver is not None else None
         controller = None
@@ -177,7 +191,7 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
                 format=fmt if fmt in FORMATS else None,
                 source=source,
                 storage=storage_of(source),
-                boot_order=_int(boot.get("order"), what, "boot order") if boot is not None else None,
+                boot_order=_int(boot.get("order"), what, "boot order", minimum=1) if boot is not None else None,
             )
         )
     nics = []
@@ -189,6 +203,7 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
         model = el.find("model")
         model_name = model.get("type") if model is not None else None
         network = {"network": src.get("network"), "bridge": src.get("bridge"), "direct": src.get("dev")}.get(itype)
+        network = network or None  # source network='' names no network
         nics.append(
             new_nic(
                 mac=_mac(mac.get("address")) if mac is not None else None,
@@ -201,9 +216,9 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
     osinfo = None
     os_meta = root.find("metadata/{%s}libosinfo/{%s}os" % (LIBOSINFO_NS, LIBOSINFO_NS))
     if os_meta is not None:
-        osinfo = os_meta.get("id")
+        osinfo = os_meta.get("id") or None
     guest_id = next((gid for gid in GUEST_OS if osinfo_for(gid) == osinfo), None) if osinfo else None
-    return new_spec(
+    spec = new_spec(
         name=name,
         uuid=_uuid(root.findtext("uuid")),
         firmware=firmware,
@@ -216,6 +231,7 @@ def spec_from_libvirt_xml(xml_text, what="libvirt domain XML"):
         annotations={"description": root.findtext("description"), "title": root.findtext("title")},
         origin={"platform": "libvirt", "ref": None},
     )
+    return _checked(spec, what)
 
 
 def read_provenance(xml_text, what="libvirt domain XML"):

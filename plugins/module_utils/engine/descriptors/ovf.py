@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._files import make_dirs, open_private, publish
@@ -19,6 +22,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors.co
     KiB,
     MiB,
     _check_support,
+    _checked,
     _int,
     _local,
     _mac,
@@ -97,10 +101,14 @@ def _ovf_units(units, what):
     words = {"byte": 1, "bytes": 1, "kilobytes": KiB, "megabytes": MiB, "gigabytes": GiB}
     if u in words:
         return words[u]
-    match = re.match(r"^bytes?\*(\d+)(?:\^(\d+))?$", u)
+    # bounded digits: 'byte * 2^99999999' must not make Python build a 12 MB number
+    match = re.fullmatch(r"bytes?\*([0-9]{1,20})(?:\^([0-9]{1,3}))?", u)
     if match:
-        return int(match.group(1)) ** int(match.group(2) or 1)
-    raise InputError("%s: unknown allocation units %r" % (what, units), "use 'byte * 2^N'")
+        factor = int(match.group(1)) ** int(match.group(2) or 1)
+        if 1 <= factor <= 1 << 60:
+            return factor
+    shown = units if len(units) <= 40 else units[:40] + "..."
+    raise InputError("%s: unknown allocation units %r" % (what, shown), "use 'byte * 2^N' (N up to 60)")
 
 
 def _attr(el, name):
@@ -134,14 +142,14 @@ def _spec_from_ovf(text, base_dir, what, present=None):
     files = {}
     refs = _child(root, "References")
     for f in _children(refs, "File") if refs is not None else []:
-        files[_attr(f, "id")] = _attr(f, "href")
+        files[_attr(f, "id")] = _attr(f, "href") or None  # href='' names no file
     disk_defs = {}
     section = _child(root, "DiskSection")
     for d in _children(section, "Disk") if section is not None else []:
         capacity = _attr(d, "capacity")
         units = _ovf_units(_attr(d, "capacityAllocationUnits"), what)
         disk_defs[_attr(d, "diskId")] = {
-            "capacity": _int(capacity, what, "Disk capacity") * units if capacity else None,
+            "capacity": _int(capacity, what, "Disk capacity", minimum=0) * units if capacity else None,
             "href": files.get(_attr(d, "fileRef")),
             "format_uri": _attr(d, "format") or "",
         }
@@ -180,11 +188,13 @@ def _spec_from_ovf(text, base_dir, what, present=None):
     for item in items:
         rtype = item.get("ResourceType")
         if rtype == "3":
-            vcpus = _int(item.get("VirtualQuantity", 1), what, "CPU VirtualQuantity")
+            vcpus = _int(item.get("VirtualQuantity", 1), what, "CPU VirtualQuantity", minimum=1)
             cores = _int(item.get("CoresPerSocket", 1), what, "CoresPerSocket")
         elif rtype == "4":
-            qty = _int(item.get("VirtualQuantity"), what, "memory VirtualQuantity")
+            qty = _int(item.get("VirtualQuantity"), what, "memory VirtualQuantity", minimum=1)
             memory_mib = qty * _ovf_units(item.get("AllocationUnits") or "byte * 2^20", what) // MiB
+            if memory_mib < 1:
+                raise InputError("%s: the memory Item is under 1 MiB" % what, "correct its VirtualQuantity")
         elif rtype == "17":
             ref = item.get("HostResource", "")
             disk_id = ref.rsplit("/", 1)[-1]
@@ -230,6 +240,7 @@ def _spec_from_ovf(text, base_dir, what, present=None):
             )
         elif rtype in ("14", "15", "16"):
             bus = controllers.get(item.get("Parent"), ("sata", None, None))[0] if rtype != "14" else "fdc"
+            bus = "sata" if bus == "nvme" else bus  # schema 1 has no NVMe cd-rom; targets use SATA
             removable.append(new_removable(type="floppy" if rtype == "14" else "cdrom", bus=bus, path=None))
     if cores < 1 or vcpus % cores:
         cores = 1
@@ -238,13 +249,13 @@ def _spec_from_ovf(text, base_dir, what, present=None):
     guest_id, description, family = None, None, "other"
     if os_section is not None:
         guest_id = os_section.get("{%s}osType" % VMW_NS)
-        description = os_section.findtext("{%s}Description" % OVF1_NS) or os_section.findtext(
-            "{%s}Description" % OVF2_NS
+        description = (
+            os_section.findtext("{%s}Description" % OVF1_NS) or os_section.findtext("{%s}Description" % OVF2_NS) or None
         )
         cim = _attr(os_section, "id")
         family = guest_family(guest_id) if guest_id else None
         if not family or family == "other":
-            cim = int(cim) if cim and cim.isdigit() else 0
+            cim = int(cim) if cim and cim.isdecimal() else 0  # isdigit() admits '²', which int() refuses
             family = "linux" if cim in CIM_LINUX else "windows" if cim in CIM_WINDOWS else family or "other"
     annotation = _child(vs, "AnnotationSection")
     product = _child(vs, "ProductSection")
@@ -270,7 +281,7 @@ def _spec_from_ovf(text, base_dir, what, present=None):
     )
     if not name:
         raise InputError("%s: the VirtualSystem has no name or ovf:id" % what, "add <Name> to the VirtualSystem")
-    return spec, missing
+    return _checked(spec, what), missing
 
 
 def _text_of(section, name):
@@ -485,18 +496,46 @@ def ovf_from_spec(spec, disk_files):
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + _to_text(env)
 
 
+# What a damaged archive raises while it is read: tarfile's own errors, and those of the
+# decompressors tarfile.open("r:*") may have put in front (an OVA is plain tar, but
+# compressed ones are read too).
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
 _MF_LINE = re.compile(r"^(SHA1|SHA256|SHA512)\((.+)\)\s*=\s*([0-9a-fA-F]+)\s*$")
 
 
 def _safe_member(member, path):
     name = member.name
     parts = name.replace("\\", "/").split("/")
-    if name.startswith("/") or ".." in parts or not member.isfile():
+    # a trailing "/" (or "/.") on a plain file would make its extracted path a directory
+    if name.startswith("/") or ".." in parts or parts[-1] in ("", ".") or not member.isfile():
         raise InputError(
-            "OVA %s holds an unsafe member %r (absolute, '..', link or special file)" % (path, name),
+            "OVA %s holds an unsafe member %r (absolute, '..', link, directory or special file)" % (path, name),
             "an OVA holds plain files only; re-create it",
+            file=name,
         )
     return name
+
+
+def _check_members(members, path):
+    """Names of the OVA's members, each safe, none also the directory of another."""
+    names = [_safe_member(m, path) for m in members]
+    files = {os.path.normpath(n.replace("\\", "/")) for n in names}
+    for name in sorted(files):
+        parent = os.path.dirname(name)
+        while parent:
+            if parent in files:
+                raise InputError(
+                    "OVA %s holds %r both as a file and as the directory of %r" % (path, parent, name),
+                    "an OVA holds each file once; re-create it",
+                    file=name,
+                )
+            parent = os.path.dirname(parent)
+    return names
+
+
+def _damaged(path, exc):
+    return InputError("OVA %s is damaged: %s" % (path, exc), "re-export or re-download it")
 
 
 def read_ova(path, extract_dir=None):
@@ -513,75 +552,82 @@ def read_ova(path, extract_dir=None):
         raise InputError(
             "OVA %s is not a readable tar archive: %s" % (path, exc), "re-export or re-download it"
         ) from None
-    with tar:
-        members = tar.getmembers()
-        names = [_safe_member(m, path) for m in members]
-        ovf_members = [m for m in members if m.name.lower().endswith(".ovf")]
-        if len(ovf_members) != 1:
-            raise InputError(
-                "OVA %s holds %d .ovf descriptors, expected 1" % (path, len(ovf_members)), "re-export the VM as OVA"
-            )
-        digests = {}
-        for mf in (m for m in members if m.name.lower().endswith(".mf")):
-            text = tar.extractfile(mf).read().decode("utf-8", "replace")
-            for lineno, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                match = _MF_LINE.match(line.strip())
-                if not match:
-                    raise InputError(
-                        "OVA %s: manifest %s line %d is not `SHA256(file)= digest`" % (path, mf.name, lineno),
-                        "re-create the manifest",
-                    )
-                digests[match.group(2)] = (match.group(1).lower(), match.group(3).lower())
-        for fname in digests:
-            if fname not in names:
+    try:
+        with tar:
+            members = tar.getmembers()
+            names = _check_members(members, path)
+            ovf_members = [m for m in members if m.name.lower().endswith(".ovf")]
+            if len(ovf_members) != 1:
                 raise InputError(
-                    "OVA %s: manifest lists %s, which the archive lacks" % (path, fname), "re-export the VM as OVA"
+                    "OVA %s holds %d .ovf descriptors, expected 1" % (path, len(ovf_members)), "re-export the VM as OVA"
                 )
-        if extract_dir is not None:
-            make_dirs(extract_dir)
-        ovf_text = None
-        for member in members:
-            if member.name.lower().endswith((".mf", ".cert")):
-                continue
-            algo, want = digests.get(member.name, (None, None))
-            h = hashlib.new(algo) if algo else None
-            src = tar.extractfile(member)
-            out_path = os.path.join(extract_dir, member.name) if extract_dir is not None else None
-            keep = member is ovf_members[0]
-            buf = io.BytesIO() if keep else None
-            out = None
-            if out_path:
-                make_dirs(os.path.dirname(out_path))
-                out = os.fdopen(open_private(out_path + ".part", os.O_WRONLY | os.O_TRUNC), "wb")
-            try:
-                while True:
-                    chunk = src.read(4 * MiB)
-                    if not chunk:
-                        break
-                    if h:
-                        h.update(chunk)
-                    if out:
-                        out.write(chunk)
-                    if buf:
-                        buf.write(chunk)
-            finally:
+            digests = {}
+            for mf in (m for m in members if m.name.lower().endswith(".mf")):
+                text = tar.extractfile(mf).read().decode("utf-8", "replace")
+                for lineno, line in enumerate(text.splitlines(), 1):
+                    if not line.strip():
+                        continue
+                    match = _MF_LINE.match(line.strip())
+                    if not match:
+                        raise InputError(
+                            "OVA %s: manifest %s line %d is not `SHA256(file)= digest`" % (path, mf.name, lineno),
+                            "re-create the manifest",
+                        )
+                    digests[match.group(2)] = (match.group(1).lower(), match.group(3).lower())
+            for fname in digests:
+                if fname not in names:
+                    raise InputError(
+                        "OVA %s: manifest lists %s, which the archive lacks" % (path, fname), "re-export the VM as OVA"
+                    )
+            if extract_dir is not None:
+                make_dirs(extract_dir)
+            ovf_text = None
+            for member in members:
+                if member.name.lower().endswith((".mf", ".cert")):
+                    continue
+                algo, want = digests.get(member.name, (None, None))
+                h = hashlib.new(algo) if algo else None
+                src = tar.extractfile(member)
+                out_path = os.path.join(extract_dir, member.name) if extract_dir is not None else None
+                keep = member is ovf_members[0]
+                buf = io.BytesIO() if keep else None
+                out = None
+                if out_path:
+                    make_dirs(os.path.dirname(out_path))
+                    out = os.fdopen(open_private(out_path + ".part", os.O_WRONLY | os.O_TRUNC), "wb")
+                try:
+                    while True:
+                        chunk = src.read(4 * MiB)
+                        if not chunk:
+                            break
+                        if h:
+                            h.update(chunk)
+                        if out:
+                            out.write(chunk)
+                        if buf:
+                            buf.write(chunk)
+                except BaseException:
+                    if out:  # a damaged member: leave no partial file behind
+                        out.close()
+                        os.unlink(out_path + ".part")
+                    raise
                 if out:
                     out.close()
-            if h and h.hexdigest() != want:
+                if h and h.hexdigest() != want:
+                    if out_path:
+                        os.unlink(out_path + ".part")
+                    raise InputError(
+                        "OVA %s: %s does not match its manifest %s digest (file is %s, manifest says %s)"
+                        % (path, member.name, algo.upper(), h.hexdigest(), want),
+                        "the archive is corrupt or was altered; download or export it again",
+                        file=member.name,
+                    )
                 if out_path:
-                    os.unlink(out_path + ".part")
-                raise InputError(
-                    "OVA %s: %s does not match its manifest %s digest (file is %s, manifest says %s)"
-                    % (path, member.name, algo.upper(), h.hexdigest(), want),
-                    "the archive is corrupt or was altered; download or export it again",
-                    file=member.name,
-                )
-            if out_path:
-                publish(out_path + ".part", out_path)
-            if keep:
-                ovf_text = buf.getvalue().decode("utf-8", "replace")
+                    publish(out_path + ".part", out_path)
+                if keep:
+                    ovf_text = buf.getvalue().decode("utf-8", "replace")
+    except _TAR_ERRORS as exc:
+        raise _damaged(path, exc) from None
     what = "OVF descriptor %s in OVA %s" % (ovf_members[0].name, path)
     if extract_dir is not None:
         spec, missing = _spec_from_ovf(ovf_text, extract_dir, what)
@@ -635,13 +681,15 @@ def _read_ova_unverified(path):
     try:
         with tarfile.open(path, "r:*") as tar:
             members = tar.getmembers()
-            names = [_safe_member(m, path) for m in members]
+            names = _check_members(members, path)
             ovf = next((m for m in members if m.name.lower().endswith(".ovf")), None)
             if ovf is None:
                 raise InputError("OVA %s holds no .ovf descriptor" % path, "re-export the VM as OVA")
             text = tar.extractfile(ovf).read().decode("utf-8", "replace")
-    except tarfile.TarError as exc:
+    except OSError as exc:  # tarfile.open's own refusal of a file that is no archive (or unreadable)
         raise InputError("OVA %s is not a readable tar archive: %s" % (path, exc), "re-export it") from None
+    except _TAR_ERRORS as exc:
+        raise _damaged(path, exc) from None
     spec, missing = _spec_from_ovf(text, None, "OVF descriptor %s in OVA %s" % (ovf.name, path), present=set(names))
     for disk in spec["disks"]:
         if "member" in disk["source"]:

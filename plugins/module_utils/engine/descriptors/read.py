@@ -22,7 +22,7 @@ def detect_format(path):
     if not os.path.isfile(path):
         raise InputError("descriptor %s does not exist or is not a file" % path, "check the path")
     with open(path, "rb") as fh:
-        head = fh.read(4096)
+        head = fh.read(64 * 1024)  # enough to pass a long leading comment or DOCTYPE
     if len(head) > 262 and head[257:262] == b"ustar":
         return "ova"
     text = head.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")

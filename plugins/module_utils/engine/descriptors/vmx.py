@@ -11,6 +11,7 @@ import re
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors.common import (
     _check_support,
+    _checked,
     _int,
     _mac,
     _probe_disks,
@@ -57,7 +58,10 @@ def _vmx_escape(value):
 def parse_vmx(text, what="VMX file"):
     """key = "value" lines -> {lower-case key: value}, in file order."""
     values = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at \n (or \r\n) only: str.splitlines() would also split a value at the
+    # Unicode separators (NEL, U+2028) that VMX keeps unescaped in names and annotations.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -117,11 +121,11 @@ def _spec_from_vmx(text, base_dir, what):
     name = vmx.get("displayname")
     if not name:
         raise InputError("%s has no displayName" % what, 'add displayName = "<vm name>"')
-    vcpus = _int(vmx.get("numvcpus", 1), what, "numvcpus")
+    vcpus = _int(vmx.get("numvcpus", 1), what, "numvcpus", minimum=1)
     cores = _int(vmx.get("cpuid.corespersocket", 1), what, "cpuid.coresPerSocket")
     if cores < 1 or vcpus % cores:
         cores = 1
-    memory = _int(vmx.get("memsize", 1024), what, "memsize")
+    memory = _int(vmx.get("memsize", 1024), what, "memsize", minimum=1)
     uefi = vmx.get("firmware", "bios").lower() == "efi"
 
     def resolve(file_name):
@@ -144,7 +148,8 @@ def _spec_from_vmx(text, base_dir, what):
         file_name = vmx.get(slot + ".filename")
         if "cdrom" in dtype:
             path = resolve(file_name) if dtype == "cdrom-image" else None
-            removable.append(new_removable(type="cdrom", bus=bus, path=path))
+            # a cd-rom on NVMe (no such drive in schema 1) is re-attached on SATA by every target
+            removable.append(new_removable(type="cdrom", bus=bus if bus != "nvme" else "sata", path=path))
             continue
         if not file_name or not (file_name.lower().endswith(".vmdk") or "disk" in dtype):
             continue
@@ -188,7 +193,7 @@ def _spec_from_vmx(text, base_dir, what):
         nics.append(
             new_nic(
                 mac=_mac(mac),
-                network=vmx.get(pre + "networkname") or vmx.get(pre + "connectiontype"),
+                network=vmx.get(pre + "networkname") or vmx.get(pre + "connectiontype") or None,
                 model=VMX_NIC_MODELS.get(vmx.get(pre + "virtualdev", "e1000").lower(), "e1000"),
             )
         )
@@ -209,6 +214,7 @@ def _spec_from_vmx(text, base_dir, what):
         annotations={"description": vmx.get("annotation") or None, "title": None},
         origin={"platform": "vmx", "ref": None},
     )
+    _checked(spec, what)
     missing = _probe_disks(spec) if base_dir is not None else []
     return spec, missing
 
