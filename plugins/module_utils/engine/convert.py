@@ -352,20 +352,11 @@ class Converter:
         can drive chosen into ``spec`` (changed in place), and whether it is converted on KVM
         after the import. Refuses here, before any disk is converted or imported, a guest
         that cannot boot on the target."""
-        record = {"mode": self.guest_mode, "inspection": None, "changes": [], "warnings": []}
         if self.guest_mode == "skip":
-            record.update(action="none", reason="guest_conversion=skip: the guest was not inspected")
-            return record
-        disks = [(src.disk_path(d), d["format"]) for d in src.disks]
-        info = _guest.inspect(disks)
-        record["inspection"] = info
+            return _guest.decide(None, spec, None, self.target, "skip")
+        info = _guest.inspect([(src.disk_path(d), d["format"]) for d in src.disks])
         source_platform = (src.manifest.get("source") or {}).get("platform")
-        decision = _guest.plan(info, source_platform, self.target, self.guest_mode, self.virtio_win)
-        if decision["action"] != "convert":
-            # Not converted: the hardware must be what the guest drives already.
-            record["changes"], record["warnings"] = _guest.choose_hardware(spec, self.target, info)
-        record.update(decision, virtio_win=self.virtio_win)
-        return record
+        return _guest.decide(info, spec, source_platform, self.target, self.guest_mode, self.virtio_win)
 
     # -- check mode on what earlier checked steps would have written --
 

@@ -20,6 +20,8 @@ import json
 import os
 import re
 import subprocess
+import threading
+import time
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
 
@@ -160,12 +162,14 @@ def inspect(disks):
 def _linux_drivers(g):
     kernels, boot, loadable = [], None, None
     base = "/lib/modules"
-    for version in sorted(g.ls(base)) if g.is_dir(base) else []:
-        initrds = [p for p in ("/boot/initrd.img-%s" % version, "/boot/initramfs-%s.img" % version) if g.is_file(p)]
+    # Debian's, RHEL's and SUSE's initramfs names; /lib is a link to /usr/lib on merged-/usr systems.
+    names = ("/boot/initrd.img-%s", "/boot/initramfs-%s.img", "/boot/initrd-%s")
+    for version in sorted(g.ls(base)) if g.is_dir(base, followsymlinks=True) else []:
+        initrds = [p % version for p in names if g.is_file(p % version, followsymlinks=True)]
         if not initrds:
             continue  # modules left from a removed kernel
         builtin = set()
-        if g.is_file("%s/%s/modules.builtin" % (base, version)):
+        if g.is_file("%s/%s/modules.builtin" % (base, version), followsymlinks=True):
             builtin = {_module_name(line) for line in g.cat("%s/%s/modules.builtin" % (base, version)).splitlines()}
         in_initrd = {_module_name(p) for p in g.initrd_list(initrds[0])} | builtin
         on_disk = {_module_name(p) for p in g.find("%s/%s" % (base, version))} | builtin
@@ -362,6 +366,39 @@ def plan(info, source_platform, target, mode, virtio_win=None):
     return {"action": "convert", "reason": "from %s: virtio drivers, initramfs, tools removed" % source_platform}
 
 
+def decide(info, spec, source_platform, target, mode, virtio_win=None):
+    """The guest record of a convert (and of guest_info): ``spec`` (translated for
+    ``target``) gets hardware the guest drives unless it is converted toward KVM.
+    Raises InputError for a guest that cannot boot there or cannot be converted."""
+    record = {"mode": mode, "inspection": info, "changes": [], "warnings": []}
+    if mode == "skip":
+        record.update(action="none", reason="guest_conversion=skip: the guest was not inspected")
+        return record
+    decision = plan(info, source_platform, target, mode, virtio_win)
+    if decision["action"] != "convert":
+        # Not converted: the hardware must be what the guest drives already.
+        record["changes"], record["warnings"] = choose_hardware(spec, target, info)
+    record.update(decision, virtio_win=virtio_win)
+    return record
+
+
+def check(disks, spec, source_platform, target, mode, virtio_win=None):
+    """guest_info: the convert step's guest decision on a source's disks, read-only, with
+    its refusal as a problem instead of an error."""
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+
+    translated = _spec.apply_maps(spec, target)[0] if spec else {"name": None, "disks": [], "nics": []}
+    info = inspect(disks) if mode != "skip" else None
+    try:
+        record = decide(info, translated, source_platform, target, mode, virtio_win)
+        record["problems"] = []
+    except InputError as exc:
+        record = {"mode": mode, "inspection": info, "changes": [], "warnings": [], "action": "refused"}
+        record.update(reason=exc.problem, problems=["%s. Fix: %s" % (exc.problem, exc.fix)])
+    record["spec"] = translated
+    return record
+
+
 # -- virt-v2v-in-place --
 
 MR_KINDS = {"message": "messages", "warning": "warnings", "info": "info", "error": "errors"}
@@ -373,8 +410,6 @@ def virt_v2v_in_place(domain_xml, workdir, virtio_win=None, timeout=3600, on_mes
     Returns {version, seconds, messages, warnings, info}: virt-v2v 2.x's machine-readable
     output is prose lines by type, not a list of changes (docs/guest-conversion.md).
     """
-    import time
-
     try:
         version = subprocess.run(["virt-v2v-in-place", "--version"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -394,14 +429,22 @@ def virt_v2v_in_place(domain_xml, workdir, virtio_win=None, timeout=3600, on_mes
     started = time.monotonic()
     cmd = ["virt-v2v-in-place", "-i", "libvirtxml", xml_path, "--machine-readable=file:" + mr_path]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A watchdog, since reading its output blocks until it ends.
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
     tail = []
     try:
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-20:]
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise PlatformError("virt-v2v-in-place ran over %d s" % timeout, "look at %s" % mr_path) from None
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    if proc.returncode < 0 and time.monotonic() - started >= timeout:
+        raise PlatformError(
+            "virt-v2v-in-place ran over %d s and was stopped: %s" % (timeout, " | ".join(tail[-5:])),
+            "check that libguestfs's appliance starts here (libguestfs-test-tool); the target stays marked "
+            "incomplete, so the next import writes its disks again before the conversion runs again",
+        )
     report = {"version": version.stdout.strip(), "seconds": round(time.monotonic() - started, 1)}
     report.update(messages=[], warnings=[], info=[], errors=[])
     if os.path.exists(mr_path):
@@ -442,7 +485,6 @@ def run_conversion(platform, bundle, ref, options, check_mode=False):
     """
     import shutil
     import tempfile
-    import time
 
     from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks

@@ -122,3 +122,44 @@ def test_a_converted_target_takes_no_delta_it_is_written_again():
     found["guest_converted"] = {"fingerprint": found["fingerprint"], "state": "done", "at": "t"}
     plan = steps.plan_import(manifest, "web01", True, found)
     assert plan.action == "rewrite" and plan.disks == ["disk0"] and "converted" in plan.reason
+
+
+def fake_v2v(tmp_path, monkeypatch, body):
+    """A virt-v2v-in-place on PATH that answers --version and runs ``body`` (sh) otherwise,
+    with $MR the machine-readable file it was given."""
+    tool = tmp_path / "bin" / "virt-v2v-in-place"
+    tool.parent.mkdir()
+    tool.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && { echo "virt-v2v-in-place 2.2.0"; exit 0; }\n'
+        'for a in "$@"; do case "$a" in --machine-readable=file:*) MR=${a#--machine-readable=file:};; esac; done\n'
+        + body
+    )
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (tool.parent, __import__("os").environ["PATH"]))
+
+
+def test_virt_v2v_report_comes_from_its_machine_readable_lines(tmp_path, monkeypatch):
+    fake_v2v(
+        tmp_path,
+        monkeypatch,
+        'echo \'{ "message": "Converting 12 to run on KVM", "type": "message" }\' > "$MR"\n'
+        'echo \'{ "message": "could not update Grub2", "type": "warning" }\' >> "$MR"\n',
+    )
+    seen = []
+    report = guest.virt_v2v_in_place("<domain/>", str(tmp_path), on_message=seen.append)
+    assert report["version"] == "virt-v2v-in-place 2.2.0" and report["warnings"] == ["could not update Grub2"]
+    assert seen == ["Converting 12 to run on KVM"]
+
+
+def test_virt_v2v_failure_and_hang_are_clear_errors(tmp_path, monkeypatch):
+    from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import PlatformError
+
+    fake_v2v(tmp_path, monkeypatch, 'echo \'{ "message": "inspect_os: no root", "type": "error" }\' > "$MR"; exit 1\n')
+    with pytest.raises(PlatformError) as err:
+        guest.virt_v2v_in_place("<domain/>", str(tmp_path))
+    assert "exit 1" in err.value.problem and "inspect_os: no root" in err.value.problem
+    (tmp_path / "bin").rename(tmp_path / "old")
+    fake_v2v(tmp_path, monkeypatch, "exec sleep 30\n")
+    with pytest.raises(PlatformError) as err:
+        guest.virt_v2v_in_place("<domain/>", str(tmp_path), timeout=1)
+    assert "ran over 1 s" in err.value.problem and "incomplete" in err.value.fix
