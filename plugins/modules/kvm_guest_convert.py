@@ -11,14 +11,14 @@ short_description: Convert the guest of an imported libvirt domain so it boots o
 version_added: 0.3.0
 description:
   - Runs C(virt-v2v-in-place) on the disks of the domain imported from O(bundle), when the convert step decided
-    so (its RV(vmigrate.v2v.convert#module:guest) C(action) is V(convert): a Linux or Windows guest from vSphere
+    so (its RV(vmigrate.v2v.convert#module:guest) C(action) is V(convert) - a Linux or Windows guest from vSphere
     or Hyper-V, inspected with O(vmigrate.v2v.convert#module:guest_conversion=auto)). virt-v2v adds the virtio
     drivers, rebuilds the initramfs, fixes the boot loader where it can and removes the source platform's tools.
   - Only once the data is final. When the bundle's last sync read a running source (a warm migration before its
     cutover), nothing is done and the result says the conversion waits for the cutover, since the next sync would
     write over a converted guest.
   - First the domain's disks are compared with the bundle's digests (the data arrived intact, as the verify step
-    does); then they are converted, then read again. The domain's provenance records both (C(guest_converted)):
+    does); then they are converted, then read again. The domain's provenance records both (C(guest_converted));
     M(vmigrate.v2v.kvm_verify) later compares the disks with their digests after the conversion, and a later
     import writes every disk again (a delta from the source does not apply to a converted guest).
   - A run that dies mid-conversion leaves the domain marked incomplete, so the next import writes the disks again.

@@ -60,7 +60,10 @@ def pytest_sessionfinish(session, exitstatus):
         return
     unique = {json.dumps(r, sort_keys=True): r for r in _ROWS}.values()
     rows = sorted(unique, key=lambda r: (r["area"], r["fault"], r["test"]))
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+
+    def cell(text):
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
     lines = [
         "# Reliability: faults and bad input, as tested",
         "",

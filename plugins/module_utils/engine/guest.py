@@ -151,7 +151,7 @@ def inspect(disks):
         return info
     except RuntimeError as exc:
         raise PlatformError(
-            "libguestfs could not inspect the guest in %s: %s" % (", ".join(p for p, _ in disks), exc),
+            "libguestfs could not inspect the guest in %s: %s" % (", ".join(d[0] for d in disks), exc),
             "check that the disks are readable and libguestfs works here (libguestfs-test-tool), "
             "or set guest_conversion=skip",
         ) from exc
@@ -326,7 +326,7 @@ def _fix(info, needs):
     return (
         "add %s to the guest's initramfs (Debian: /etc/initramfs-tools/modules and update-initramfs -u; "
         "RHEL: dracut --add-drivers) and export again, or migrate to kvm with guest_conversion=auto"
-        % _names(needs).split(" or ")[0].replace("+", " ")
+        % _names(needs).split(" or ", maxsplit=1)[0].replace("+", " ")
     )
 
 
@@ -497,7 +497,10 @@ def run_conversion(platform, bundle, ref, options, check_mode=False):
     vm = platform.find_vm(ref)
     name = platform.vm_name(vm)
     result = {"changed": False, "name": name, "action": "none", "deferred": False, "conversion": None, "disks": []}
-    finish = lambda what: _steps.finish_step(result, started, "guest conversion of %s (%s)" % (name, what))  # noqa: E731
+
+    def finish(what):
+        return _steps.finish_step(result, started, "guest conversion of %s (%s)" % (name, what))
+
     if record.get("action") != "convert":
         result["reason"] = record.get("reason") or "bundle %s holds no guest inspection (guest_conversion=skip)" % (
             bundle.dir

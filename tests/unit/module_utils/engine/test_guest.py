@@ -51,7 +51,7 @@ def test_vsphere_keeps_pvscsi_when_the_initramfs_has_it_else_the_next_it_drives(
     assert (spec["disks"][0]["bus"], spec["disks"][0]["controller"]) == ("scsi", "pvscsi")
     info = dict(DEBIAN, boot_drivers=["ahci"], drivers=["ahci", "e1000e"])
     spec = spec_for("vsphere")
-    changes, _ = guest.choose_hardware(spec, "vsphere", info)
+    changes = guest.choose_hardware(spec, "vsphere", info)[0]
     assert (spec["disks"][0]["bus"], spec["disks"][0]["controller"]) == ("sata", None)
     assert spec["nics"][0]["model"] == "e1000e"
     assert {c["field"] for c in changes} == {"disks[0].bus", "disks[0].controller", "nics[0].model"}
