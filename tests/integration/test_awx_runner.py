@@ -14,6 +14,7 @@ import uuid
 
 import ansible_runner
 import pytest
+from conftest import guest_env
 from plan_lab import SourceDomains, target_of, write_plan  # tests/integration/plan_lab.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,6 +45,7 @@ def run_job(tmp_path, plan_path, playbook, limit=None, extravars=None):
             # where the job finds the collection (in AWX: the EE or the project's collections)
             "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, ".collections"),
             "PATH": os.path.dirname(ANSIBLE_PLAYBOOK) + os.pathsep + os.environ.get("PATH", ""),
+            **guest_env(),  # the tiny guest's data path: no guest inspection (conftest.guest_env)
         },
         limit=limit,
         extravars=extravars,

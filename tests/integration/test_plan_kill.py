@@ -26,6 +26,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import guest_env
 from plan_lab import PLAYBOOKS, SourceDomains, target_of, write_plan  # tests/integration/plan_lab.py
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.inventory import (
@@ -51,6 +52,7 @@ def start_playbook(plan_path, progress, log):
         ANSIBLE_INVENTORY=plan_path,
         ANSIBLE_NOCOLOR="1",
         VMIGRATE_PROGRESS_FILE=str(progress),
+        **guest_env(),  # the tiny guest's data path: no guest inspection
     )
     cmd = [os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), os.path.join(PLAYBOOKS, "migrate.yml")]
     out = open(log, "w")  # noqa: SIM115 - closed by the caller through proc.log
