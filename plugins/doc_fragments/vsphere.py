@@ -63,9 +63,18 @@ options:
   timeout:
     description:
       - Seconds to wait for one vSphere task (snapshot, create, reconfigure) before
-        failing, and for one HTTP transfer to make progress.
+        failing.
     type: int
     default: 3600
+  io_timeout:
+    description:
+      - Seconds one network wait may last (connecting, the TLS handshake, the answer
+        to one API call, one read or write of a disk transfer) before the step fails
+        with a timeout, so a server that stops answering never hangs the run. A
+        timeout is retried a few times like other transient faults.
+      - If not set, the environment variable E(VMIGRATE_VSPHERE_IO_TIMEOUT) is used.
+    type: int
+    default: 300
 notes:
   - Transient faults (connection reset, C(TaskInProgress), C(HostCommunication)) are
     retried a few times with backoff; other faults fail at once with vSphere's error text.

@@ -40,6 +40,7 @@ CONNECTION_KEYS = {
         "thumbprint": "str",
         "datacenter": "str",
         "timeout": "int",
+        "io_timeout": "int",
     },
     "hyperv": {
         "hostname": "str",

@@ -176,6 +176,12 @@ removed_leftover_snapshots:
   returned: when there were any
   type: list
   elements: str
+leftover_snapshots_gone:
+  description: Snapshots an earlier, interrupted run made and recorded in the bundle that were
+    already gone (removed in vCenter meanwhile); they are no longer recorded.
+  returned: when there were any
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402

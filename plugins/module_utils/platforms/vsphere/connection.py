@@ -55,6 +55,7 @@ CONNECTION_ARGS = dict(
     thumbprint=dict(type="str"),
     datacenter=dict(type="str", fallback=("env_fallback", ["VMWARE_DATACENTER"])),
     timeout=dict(type="int", default=3600),
+    io_timeout=dict(type="int", default=300, fallback=("env_fallback", ["VMIGRATE_VSPHERE_IO_TIMEOUT"])),
 )
 
 
@@ -172,7 +173,38 @@ def tls_warning(params):
     )
 
 
-def ssl_context(validate_certs=True, ca_path=None):
+class PinnedContext(ssl.SSLContext):
+    """An SSL context that checks the server certificate against a pinned thumbprint in
+    every handshake, before a byte of HTTP is sent. pyVmomi's SOAP connections (the one
+    that logs in included) and our datastore transfers all wrap their sockets with it,
+    so the password never goes to a server that does not hold the pinned certificate.
+    (pyVmomi's own thumbprint argument is checked only when CA verification fails, so
+    with validate_certs=false it would not be checked at all.)"""
+
+    pin = None
+    pin_host = None
+
+    def wrap_socket(self, sock, *args, **kwargs):
+        tls = super().wrap_socket(sock, *args, **kwargs)
+        try:
+            check_thumbprint(tls.getpeercert(binary_form=True), self.pin, self.pin_host)
+        except Exception:
+            tls.close()
+            raise
+        return tls
+
+
+def ssl_context(validate_certs=True, ca_path=None, thumbprint=None, host=None):
+    if thumbprint:
+        _norm_pin(thumbprint)  # refuse a malformed pin before connecting
+        ctx = PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.pin, ctx.pin_host = thumbprint, host
+        if validate_certs:
+            ctx.load_default_certs() if not ca_path else _load_ca(ctx, ca_path)
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
     if not validate_certs:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -188,12 +220,28 @@ def ssl_context(validate_certs=True, ca_path=None):
         raise InputError("ca_path %s is not a PEM CA file: %s" % (ca_path, exc), "give a PEM file") from exc
 
 
-def check_thumbprint(der_cert, expected, host):
-    """Compare the server certificate with a pinned SHA-256 or SHA-1 fingerprint."""
+def _load_ca(ctx, ca_path):
+    if not os.path.exists(ca_path):
+        raise InputError(
+            "ca_path %s does not exist" % ca_path, "give the PEM file of the CA that signed vCenter's certificate"
+        )
+    try:
+        ctx.load_verify_locations(cafile=ca_path)
+    except ssl.SSLError as exc:
+        raise InputError("ca_path %s is not a PEM CA file: %s" % (ca_path, exc), "give a PEM file") from exc
+
+
+def _norm_pin(expected):
     want = _norm_thumbprint(expected)
-    algo = hashlib.sha1 if len(want) == 40 else hashlib.sha256
     if len(want) not in (40, 64):
         raise InputError("thumbprint %r is neither SHA-256 nor SHA-1 hex" % expected, "give 64 (or 40) hex digits")
+    return want
+
+
+def check_thumbprint(der_cert, expected, host):
+    """Compare the server certificate with a pinned SHA-256 or SHA-1 fingerprint."""
+    want = _norm_pin(expected)
+    algo = hashlib.sha1 if len(want) == 40 else hashlib.sha256
     got = algo(der_cert).hexdigest()
     if got != want:
         raise PlatformError(
@@ -219,25 +267,24 @@ class Connection:
         self.port = int(params.get("port") or 443)
         self.user = params["username"]
         self.timeout = int(params.get("timeout") or 3600)
+        # Bounds every wait on the network (connect, TLS handshake, a SOAP answer, an HTTP
+        # read or write): a server that accepts and never answers ends the step.
+        self.io_timeout = int(params.get("io_timeout") or os.environ.get("VMIGRATE_VSPHERE_IO_TIMEOUT") or 300)
         self.thumbprint = params.get("thumbprint")
-        self.ssl = ssl_context(params.get("validate_certs", True), params.get("ca_path") or None)
+        self.ssl = ssl_context(
+            params.get("validate_certs", True), params.get("ca_path") or None, self.thumbprint, self.host
+        )
         self.si = None
-        if self.thumbprint:
-            self._check_pin()
         self.si = self._login(params["password"])
         self.content = self.si.RetrieveContent()
         self.datacenter = self._datacenter(params.get("datacenter"))
 
-    def _check_pin(self):
-        try:
-            with socket.create_connection((self.host, self.port), timeout=30) as raw:
-                with self.ssl.wrap_socket(raw, server_hostname=self.host) as tls:
-                    check_thumbprint(tls.getpeercert(binary_form=True), self.thumbprint, self.host)
-        except ssl.SSLCertVerificationError as exc:
-            raise _tls_error(self.host, self.port, exc) from exc
-
     @retry("connecting to vSphere")
     def _login(self, password):
+        # SmartConnect's version discovery opens HTTPS connections without a timeout: the
+        # default socket timeout bounds them (a module is one single-threaded process).
+        before = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(self.io_timeout)
         try:
             return SmartConnect(
                 host=self.host,
@@ -245,8 +292,16 @@ class Connection:
                 user=self.user,
                 pwd=password,
                 sslContext=self.ssl,
+                httpConnectionTimeout=self.io_timeout,
                 connectionPoolTimeout=-1,
             )
+        except TimeoutError as exc:  # not retried: a hung server would only hang longer
+            raise PlatformError(
+                "vSphere at %s:%s did not answer in %d s (io_timeout) while connecting"
+                % (self.host, self.port, self.io_timeout),
+                "check the server is up and answering (not hung or overloaded); raise io_timeout "
+                "(or VMIGRATE_VSPHERE_IO_TIMEOUT) for a slow link",
+            ) from exc
         except vim.fault.InvalidLogin as exc:
             raise PlatformError(
                 "vSphere login failed for user %s at %s: check username/password" % (self.user, self.host),
@@ -259,6 +314,8 @@ class Connection:
                 "cannot reach vSphere at %s:%s: %s" % (self.host, self.port, exc),
                 "check hostname and port, and that the server is up",
             ) from exc
+        finally:
+            socket.setdefaulttimeout(before)
 
     def _datacenter(self, name):
         dcs = [e for e in self.content.rootFolder.childEntity if isinstance(e, vim.Datacenter)]
@@ -298,7 +355,7 @@ class Connection:
         return "/folder/%s?%s" % (urllib.parse.quote(path), query)
 
     def http(self):
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=min(self.timeout, 600))
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=self.io_timeout)
         try:
             conn.connect()
         except ssl.SSLCertVerificationError as exc:
@@ -408,7 +465,11 @@ class DatastoreFile:
         if length <= 0:
             return b""
         resp = self._request("GET", {"Range": "bytes=%d-%d" % (offset, offset + length - 1)})
-        data = resp.read()
+        try:
+            data = resp.read()
+        except (http.client.HTTPException, OSError):
+            self.close()  # a body cut or timed out leaves the connection unusable for the retry
+            raise
         if resp.status not in (200, 206):
             raise PlatformError(
                 "reading %s at %d answered HTTP %d" % (self.path, offset, resp.status),
@@ -607,7 +668,7 @@ def upload_to_lease(conn, device_url, local, what, lease=None, progress=None, to
         ctx.verify_mode = ssl.CERT_NONE
         if not device_url.sslThumbprint:
             ctx = conn.ssl
-        client = http.client.HTTPSConnection(host, port, context=ctx, timeout=min(conn.timeout, 600))
+        client = http.client.HTTPSConnection(host, port, context=ctx, timeout=conn.io_timeout)
         client.connect()
         if device_url.sslThumbprint:
             check_thumbprint(client.sock.getpeercert(binary_form=True), device_url.sslThumbprint, host)

@@ -110,19 +110,38 @@ class VsphereSession(SourceSession):
         return contextlib.closing(reader)
 
     def changes(self, disk, reader, record):
+        last = ((record or {}).get("checkpoint") or {}).get("change_id")
         if not self.use_cbt:
+            if last:
+                self.reasons.append(
+                    "CBT is off on VM %s now (the last sync of disk %s used changeId %s), so block digests "
+                    "were compared" % (self.vm.name, disk["id"], last)
+                )
             return None
         vdisk = self.vdisks[disk["id"]]
         since = "*"
         if record is not None:
-            since = ((record.get("checkpoint") or {}).get("change_id")) or None
+            since = last or None
             if since is None:
                 self.reasons.append(
                     "disk %s had no changeId at the last sync (CBT was off), so block digests were compared"
                     % disk["id"]
                 )
                 return None
-        areas = self.platform.changed_areas(self.vm, self.snapshot, vdisk["key"], vdisk["capacity"], since)
+        try:
+            areas = self.platform.changed_areas(self.vm, self.snapshot, vdisk["key"], vdisk["capacity"], since)
+        except PlatformError as exc:
+            # A changeId vSphere refuses (CBT was reset: turned off and on, a disk moved or
+            # restored) says nothing about what changed: compare every block's digest with
+            # the bundle's instead, never apply areas against the wrong base. A refusal for
+            # our own snapshot is another fault and stays one.
+            if since == "*" or exc.details.get("fault") == "vmodl.fault.ManagedObjectNotFound":
+                raise
+            self.reasons.append(
+                "vSphere refused the changeId %s of disk %s from the last sync (%s): change tracking was "
+                "reset, so block digests were compared (the whole disk was read)" % (since, disk["id"], exc.problem)
+            )
+            return None
         return [list(a) for a in areas]
 
     def disk_checkpoint(self, disk, index):
@@ -258,8 +277,11 @@ class VsphereSource(VsphereInventory):
         recorded = bundle.manifest.get("created", {}).get("snapshots") or []
         existing = {s["moid"]: s for s in snapshot_list(vm)}
         removed = []
+        gone = []
         for item in list(recorded):
-            if item.get("moid") in existing:
+            if item.get("moid") not in existing:
+                gone.append(item.get("name") or item.get("moid"))  # removed behind our back: said, not an error
+            else:
                 snap = vim.vm.Snapshot(item["moid"], vm._stub)
                 what = "snapshot %s (%s) of VM %s" % (item.get("name"), item["moid"], vm.name)
                 try:
@@ -275,6 +297,8 @@ class VsphereSource(VsphereInventory):
             recorded.remove(item)
         if removed:
             result["removed_leftover_snapshots"] = removed
+        if gone:
+            result["leftover_snapshots_gone"] = gone
         bundle.save()
 
     def _disk_reader(self, ds_name, vmdk, capacity):
@@ -306,6 +330,7 @@ class VsphereSource(VsphereInventory):
                     "QueryChangedDiskAreas on %s disk %d since %s failed: %s"
                     % (vm.name, device_key, change_id, fault_text(exc)),
                     "the changeId is no longer valid (CBT was reset): run a full export (full=true)",
+                    fault=type(exc).__name__,
                 ) from exc
             for area in info.changedArea or []:
                 if areas and areas[-1][0] + areas[-1][1] == area.start:

@@ -10,6 +10,7 @@ boot check."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import posixpath
@@ -110,9 +111,16 @@ class VsphereTarget(VsphereInventory):
             lease.HttpNfcLeaseComplete()
             lease = None
             self._reconfigure(vm, {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)})
-        except BaseException:
+        except BaseException as exc:
             self._abort_import(lease, vm)
             self._cleanup(made, ds_name, marker, vsphere_name if made_folder else None)
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                # An API call (not a transfer, those say so themselves) lost vSphere.
+                raise PlatformError(
+                    "lost the connection to vSphere at %s:%s while importing VM %s: %s: %s"
+                    % (self.conn.host, self.conn.port, vsphere_name, type(exc).__name__, exc),
+                    "check vSphere is up and reachable, then re-run (the import starts again)",
+                ) from exc
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import ssl
 import subprocess
 
 import pytest
@@ -34,6 +35,19 @@ def test_thumbprint_pin():
         _connection.check_thumbprint(cert, "00" * 32, "h")
     with pytest.raises(InputError, match="neither SHA-256 nor SHA-1"):
         _connection.check_thumbprint(cert, "abcd", "h")
+
+
+def test_pinned_context_for_every_connection():
+    # With a pin, the context every connection uses (pyVmomi's login included) checks it
+    # in the handshake; a malformed pin is refused before any connection.
+    ctx = _connection.ssl_context(False, None, "ab" * 32, "vc1")
+    assert isinstance(ctx, _connection.PinnedContext) and ctx.pin == "ab" * 32 and ctx.pin_host == "vc1"
+    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    ctx = _connection.ssl_context(True, None, "ab" * 32, "vc1")
+    assert isinstance(ctx, _connection.PinnedContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(InputError, match="neither SHA-256 nor SHA-1"):
+        _connection.ssl_context(False, None, "abcd", "vc1")
+    assert not isinstance(_connection.ssl_context(False), _connection.PinnedContext)
 
 
 def test_retry_transient_then_success_and_exhaustion():
