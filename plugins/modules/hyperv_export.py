@@ -28,6 +28,8 @@ description:
     reports no change without reading the disks.
   - A VM whose disks are already differencing disks (its own checkpoints, a child VHD) is refused - remove
     the checkpoints (which merges them) first; VMs in another state than Off or Running are refused.
+  - A temporary checkpoint an earlier export could not remove (the host failed, the connection dropped, the run was
+    killed) is removed first, and RV(leftover_checkpoints_removed) names it.
   - The VM is found by O(vm) - its name or its Id.
 author:
   - vmigrate.v2v contributors (@vmigrate)
@@ -109,6 +111,12 @@ checkpoint_removed:
   description: The temporary checkpoint a warm sync made and removed.
   returned: warm syncs
   type: str
+leftover_checkpoints_removed:
+  description: Temporary checkpoints (C(vmigrate-sync-*)) an earlier export left on the VM, removed (merged) before
+    this one.
+  returned: when there were any
+  type: list
+  elements: str
 vm:
   description: The source VM - name, id and power_state.
   returned: always

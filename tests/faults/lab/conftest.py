@@ -14,3 +14,6 @@ _spec = importlib.util.spec_from_file_location("vmigrate_integration_fixtures", 
 _fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fixtures)
 globals().update({k: v for k, v in vars(_fixtures).items() if not k.startswith("__")})
+
+# The Hyper-V tests' own simulator (free ports, state under tmp; never the lab's shared one).
+from test_hyperv_migrate import hv  # noqa: E402, F401

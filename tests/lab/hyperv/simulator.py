@@ -12,7 +12,9 @@
 child process and waits until both ports answer: the tests' fixture and ``lab up`` use it.
 Everything the server needs is in the state directory: hyperv.json (the host model),
 users (``DOMAIN:USER:PASSWORD``, pyspnego's NTLM_USER_FILE format), winrm.pem/winrm.key
-(the HTTPS certificate, signed by the lab CA).
+(the HTTPS certificate, signed by the lab CA). Fault injection for tests: a ``fault.json``
+written there makes the next scripts naming a cmdlet drop the connection or answer with a
+WS-Management fault (see winrm.py).
 """
 
 from __future__ import annotations

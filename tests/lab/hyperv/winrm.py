@@ -18,6 +18,14 @@ What it models, and why it matters for the collection:
   model (``host.HyperVHost.run_powershell``); anything else fails the way cmd.exe does.
 - Errors as SOAP faults (HTTP 500) with a WSManFault code; refused credentials as a bare
   HTTP 401.
+- Fault injection for the fault tests (tests/faults/lab): a file ``fault.json`` in the
+  state directory, ``{"match": "Checkpoint-VM", "how": "drop"|"fault", "when":
+  "before"|"after", "times": 1}``, makes the next ``times`` scripts whose text contains
+  ``match`` fail: ``drop`` closes the TCP connection without an answer, ``fault`` answers
+  with a WS-Management fault (by default the one WinRM sends when its service restarted:
+  the shell is gone), ``before`` without running the script, ``after`` once it ran (the
+  host did it, the client never hears). The file is removed when used up; each injected
+  fault is logged in winrm.log (see ``inject_fault``).
 
 Only the standard library and pyspnego (a pywinrm dependency) are used.
 """
@@ -26,10 +34,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import http.server
+import json
 import os
 import re
+import socket
 import ssl
 import struct
 import threading
@@ -70,6 +81,10 @@ CMD_MAX = 8191
 FAULT_SHELL_NOT_FOUND = 2150858843
 FAULT_ACTION_NOT_SUPPORTED = 2150858771
 FAULT_BAD_REQUEST = 2150858774
+
+
+class DropConnection(Exception):
+    """Raised by an injected fault: the handler closes the connection without answering."""
 
 
 class WSManFault(Exception):
@@ -284,11 +299,17 @@ class Shells:
                 ).encode(),
                 1,
             )
+        fault = inject_fault(self.host.state_dir, script)
+        if fault and fault["when"] == "before":
+            raise_fault(fault)
         try:
-            return self.host.run_powershell(script)
+            result = self.host.run_powershell(script)
         except Exception:  # noqa: BLE001 - a bug in the simulator must show, not drop the connection
             text = "the lab's Hyper-V simulator failed inside (a bug in tests/lab/hyperv):\r\n" + traceback.format_exc()
-            return b"", text.encode("utf-8"), 1
+            result = b"", text.encode("utf-8"), 1
+        if fault:
+            raise_fault(fault)
+        return result
 
     def _receive(self, shell_id, commands, body):
         stream = body.find("rsp:Receive/rsp:DesiredStream", NS)
@@ -328,6 +349,48 @@ class Shells:
         return "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/SignalResponse", [
             ET.Element(_q("rsp", "SignalResponse"))
         ]
+
+
+# ---------------------------------------------------------------- fault injection
+
+FAULT_FILE = "fault.json"
+_fault_lock = threading.Lock()
+
+
+def inject_fault(state_dir, script):
+    """The fault to inject for this script (consumed), or None: see the module's docstring."""
+    path = os.path.join(state_dir, FAULT_FILE)
+    with _fault_lock:
+        try:
+            with open(path, encoding="utf-8") as f:
+                fault = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if fault.get("match", "").lower() not in script.lower():
+            return None
+        fault = dict({"how": "drop", "when": "before", "times": 1}, **fault)
+        left = int(fault["times"]) - 1
+        if left > 0:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(dict(fault, times=left), f)
+        else:
+            os.unlink(path)
+        with open(os.path.join(state_dir, "winrm.log"), "a", encoding="utf-8") as log:
+            log.write("injected fault %s\n" % json.dumps(fault, sort_keys=True))
+        return fault
+
+
+def raise_fault(fault):
+    if fault["how"] == "drop":
+        raise DropConnection()
+    raise WSManFault(
+        "Receiver",
+        "w:InternalError",
+        fault.get("reason")
+        or "The request for the Windows Remote Shell failed because the shell was not found on the server: "
+        "the WinRM service was restarted (injected by the lab's fault switch).",
+        int(fault.get("code") or FAULT_SHELL_NOT_FOUND),
+    )
 
 
 # ---------------------------------------------------------------- HTTP
@@ -444,7 +507,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # AllowUnencrypted=false: a readable SOAP body on HTTP is refused.
             self._send(500)
             return
-        status, reply = self._dispatch(body)
+        try:
+            status, reply = self._dispatch(body)
+        except DropConnection:
+            # An injected fault: the connection goes away mid-operation, no answer at all.
+            self.log_message("soap dropped the connection (injected fault)")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         # Which protection each request had, for tests that check encryption really happened.
         self.log_message("soap auth=%s body=%s status=%d", "basic" if basic else "ntlm",
                          "ntlm-sealed" if is_encrypted else "tls" if self.server.tls else "plain", status)  # fmt: skip

@@ -151,9 +151,15 @@ SCRIPTS = {
 """,
     # The import's first step: the VM, and at once its Notes saying it is incomplete, so
     # nothing made here ever looks finished (see platforms/hyperv/target.py).
+    # A VM of this name with these Notes is this very call's, sent again after the answer was
+    # lost (the import found no VM of the name before): it is used, not made twice.
     "new_vm": """
-    $vm = New-VM -Name $p.Name -Generation $p.Generation -MemoryStartupBytes $p.Memory -NoVHD
-    Set-VM -VM $vm -Notes $p.Notes
+    $made = @(Get-VM | Where-Object -Property Name -EQ -Value $p.Name |
+        Where-Object -Property Notes -EQ -Value $p.Notes)
+    if ($made.Count -eq 0) {
+        $vm = New-VM -Name $p.Name -Generation $p.Generation -MemoryStartupBytes $p.Memory -NoVHD
+        Set-VM -VM $vm -Notes $p.Notes
+    } else { foreach ($m in $made) { $vm = $m } }
     [pscustomobject]@{ ok = $true; result = [string]$vm.Id } | ConvertTo-Json -Compress
 """,
     # Everything else of a new VM: processors, memory, firmware, disks, network adapters.
@@ -206,10 +212,14 @@ SCRIPTS = {
         Present = [bool]$s; Enabled = $s.Enabled; Status = $s.PrimaryStatusDescription } } | ConvertTo-Json -Compress
 """,
     # Warm export: a temporary checkpoint, so each disk's parent stays as it is while the
-    # VM writes into the checkpoint's differencing disk; the answer names both files.
+    # VM writes into the checkpoint's differencing disk; the answer names both files. One
+    # of this (unique) name already there was made by this call, sent again after its
+    # answer was lost: a second would make the first one's child the parent read.
     "checkpoint_begin": """
     $vm = Get-VM -Id $p.Id
-    Checkpoint-VM -VM $vm -SnapshotName $p.Checkpoint
+    if (@(Get-VMCheckpoint -VM $vm -Name $p.Checkpoint).Count -eq 0) {
+        Checkpoint-VM -VM $vm -SnapshotName $p.Checkpoint
+    }
     $drives = @(Get-VMHardDiskDrive -VM $vm)
     $vhds = @()
     if ($drives.Count -gt 0) { $vhds = @(Get-VHD -Path $drives.Path) }
@@ -329,6 +339,11 @@ def parse_output(stdout, stderr, status, what, host):
     )
 
 
+# Scripts that do something different when sent twice: not sent again when the connection
+# fails, since the host may have run them before the answer was lost (the caller's cleanup
+# then removes what they made). Every other script reads, or checks before it changes.
+NOT_RETRIED = ("configure_vm", "reference_point")
+
 # Hyper-V categories that mean the request named something wrong, not that the host failed.
 INPUT_CATEGORIES = ("ObjectNotFound", "InvalidArgument")
 
@@ -436,15 +451,17 @@ class HyperVConnection:
                 % (script_name, len(encoded_command(script)), COMMAND_LINE_MAX),
                 "report this to the collection's maintainers; pass fewer VMs per call meanwhile",
             )
-        response = self._call(script, what)
+        response = self._call(script, what, retry=script_name not in NOT_RETRIED)
         doc = parse_output(response.std_out, response.std_err, response.status_code, what, self.host)
         if not doc.get("ok"):
             raise script_error(doc, what, self.host, vm=vm, fix=fix)
         return doc.get("result")
 
-    def _call(self, script, what):
+    def _call(self, script, what, retry=True):
         try:
-            return self._retrying_send(script, what)
+            if retry:
+                return self._retrying_send(script, what)
+            return self._send(script, what)
         except InvalidCredentialsError as exc:
             raise PlatformError(
                 "WinRM at %s refused the credentials of %s (HTTP 401, transport %s)"
@@ -473,6 +490,15 @@ class HyperVConnection:
                     "use message_encryption auto with transport ntlm/kerberos/credssp, or scheme https"
                 )
             raise PlatformError("WinRM at %s answered %s with HTTP %s" % (self.endpoint, what, exc.code), hint) from exc
+        except (requests.exceptions.ConnectionError, WinRMOperationTimeoutError) as exc:
+            if retry:
+                raise  # not reached: _retrying_send turned it into PlatformError
+            raise PlatformError(
+                "the connection to WinRM at %s failed while %s (not sent again: Hyper-V may have done part of it "
+                "before the answer was lost): %s" % (self.endpoint, what, exc),
+                "check that %s is up and WinRM answers, then run the step again: it removes what this run made "
+                "and starts that part again" % self.host,
+            ) from exc
         except requests.exceptions.RequestException as exc:
             raise PlatformError(
                 "cannot reach WinRM at %s: %s" % (self.endpoint, exc),

@@ -59,8 +59,14 @@ class HyperVSession(SourceSession):
         self.share.check()
         self.checkpoint_name = None
         self.reference_point = None  # {"Id", "Rct": [ids per disk]} made on entry
+        # The reference points this bundle's syncs made: those its disks record, and the last
+        # one kept under `created` (a failed new chain no longer records the old chain's).
+        created = ((bundle.manifest.get("created") or {}).get("reference_points") or []) if bundle else []
         self.previous = sorted(
-            {(r.get("checkpoint") or {}).get("reference_point") for r in (bundle.disks if bundle else [])} - {None}
+            {(r.get("checkpoint") or {}).get("reference_point") for r in (bundle.disks if bundle else [])}.union(
+                created
+            )
+            - {None}
         )
         self.use_rct = self.warm or any(
             (r.get("checkpoint") or {}).get("kind") == "rct" for r in (bundle.disks if bundle else [])
@@ -189,11 +195,17 @@ class HyperVSession(SourceSession):
                 self.checkpoint_name = None
             except V2VError as exc:
                 errors.append(exc)
-        if failed and self.reference_point:
+        # The export fails when the checkpoint stays: the new reference point is no base then either.
+        if (failed or errors) and self.reference_point:
             self._destroy(self.reference_point["Id"])
             self.reference_point = None
         if errors and not failed:
-            raise errors[0]
+            raise PlatformError(
+                "the temporary checkpoint %s of VM %s could not be removed, so this sync is not recorded: %s"
+                % (self.checkpoint_name, self.vm["Name"], errors[0].problem),
+                "run the export again: it removes (merges) that checkpoint first; or remove it on the host "
+                "(Remove-VMCheckpoint -VMName '%s' -Name '%s')" % (self.vm["Name"], self.checkpoint_name),
+            ) from errors[0]
 
     def _destroy(self, rp_id):
         with contextlib.suppress(V2VError):
@@ -261,6 +273,7 @@ class HyperVSession(SourceSession):
             for rp_id in self.previous:
                 if rp_id != self.reference_point["Id"]:
                     self._destroy(rp_id)
+            self.bundle.manifest.setdefault("created", {})["reference_points"] = [self.reference_point["Id"]]
         else:
             self._destroy(self.reference_point["Id"])
             self.reference_point = None
@@ -269,6 +282,22 @@ class HyperVSession(SourceSession):
 
 class HyperVSource:
     """Hyper-V as a source (a part of HyperVPlatform)."""
+
+    def export(self, vm, bundle, mode="auto", check_mode=False, options=None):
+        """A temporary checkpoint an earlier export left (the host failed to remove it, the
+        connection dropped, the run was killed) makes the disks differencing disks and would
+        block every later sync: it is removed (merged back) first, and the result says so."""
+        removed = []
+        if not check_mode:
+            for item in self.migration_leftovers(vm, None):
+                self.remove_leftover(vm, item)
+                removed.append(item["name"])
+            if removed:
+                vm = self.find_vm(vm["Id"])
+        result = super().export(vm, bundle, mode, check_mode, options)
+        if removed:
+            result["leftover_checkpoints_removed"] = removed
+        return result
 
     def source_record(self, vm):
         return {
