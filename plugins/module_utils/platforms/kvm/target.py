@@ -279,7 +279,10 @@ class KvmTarget(KvmInventory):
             if stream:
                 for pool in pools.values():
                     refresh_pool(pool)  # libvirt made the volumes raw; let it see the uploaded format
-            xml = _xml_from_spec(spec, disks_map, want, options.get("domain_type") or domain_type_for(self.conn))
+            # Defined marked incomplete, marked complete last: a run killed while libvirt
+            # defines the domain leaves a target that says it is not finished.
+            pending = dict(want, state="incomplete")
+            xml = _xml_from_spec(spec, disks_map, pending, options.get("domain_type") or domain_type_for(self.conn))
             dom = self.conn.defineXML(with_cpu_mode(xml, options.get("cpu_mode")))
             write_provenance(dom, want)
             journal.remove()  # the domain owns its volumes now
