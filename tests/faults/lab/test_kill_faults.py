@@ -284,4 +284,3 @@ def test_kill_while_the_import_defines_the_domain(lab, libvirt_conn, sources, tm
     pool.refresh(0)
     assert sorted(v.name() for v in pool.listAllVolumes(0) if target in v.name()) == [os.path.basename(dst)]
     assert hashlib.sha256(open(src_disk, "rb").read()).hexdigest() == digest
-
