@@ -20,7 +20,7 @@ import time
 
 import pytest
 from plan_lab import PLAYBOOKS, SourceDomains, target_of, write_plan  # tests/integration/plan_lab.py
-from test_plan_kill import disk_of, kill_tree, our_checkpoints  # the way test_plan_kill kills
+from test_plan_kill import descendants, disk_of, kill_tree, our_checkpoints  # the way test_plan_kill kills
 from test_plan_migrate import guest_write
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.inventory import read_provenance
@@ -135,7 +135,7 @@ def test_kill_while_a_sync_applies_its_delta(lab, libvirt_conn, sources, tmp_pat
         "target shut off, provenance state incomplete; source unchanged, no backup job or stray checkpoint; "
         "the re-run leaves disks equal by qemu-img compare",
     )
-    name, src_disk = sources.make("inc", mib=64)  # a 256 MiB disk
+    name, src_disk = sources.make("inc", mib=32)  # a 128 MiB disk
     src = libvirt_conn.lookupByName(name)
     src.create()  # no OS: it runs and writes nothing by itself
     target = target_of(name)
@@ -144,7 +144,7 @@ def test_kill_while_a_sync_applies_its_delta(lab, libvirt_conn, sources, tmp_pat
     rc, _, text = run(plan, "migrate.yml", tmp_path, "migrate")
     assert rc == 0, text[-6000:]
 
-    guest_write(src, 8 * MIB, 160 * MIB, 0x5A)  # a delta of 5 pieces of 32 MiB
+    guest_write(src, 8 * MIB, 96 * MIB, 0x5A)  # a delta of 3 pieces of 32 MiB
     before = snapshot(src_disk, tmp_path)
     progress = tmp_path / "progress-sync1.jsonl"
     proc = start(plan, "sync.yml", progress, tmp_path / "sync1.log")
@@ -280,6 +280,95 @@ def test_kill_while_the_import_defines_the_domain(lab, libvirt_conn, sources, tm
     assert read_provenance(libvirt_conn.lookupByName(target))["state"] == "complete"
     status = json.loads(status.read_text())
     assert status["status"] == "migrated" and status["steps"]["verify"]["ok"], status
+    pool = libvirt_conn.storagePoolLookupByName(lab["pools"]["target"])
+    pool.refresh(0)
+    assert sorted(v.name() for v in pool.listAllVolumes(0) if target in v.name()) == [os.path.basename(dst)]
+    assert hashlib.sha256(open(src_disk, "rb").read()).hexdigest() == digest
+
+
+ADMIN = ["virt-admin", "-c", "libvirtd:///system"]
+
+
+def libvirt_clients():
+    """The processes connected to libvirtd (virt-admin client-list): {client id: pid}."""
+    out = subprocess.run([*ADMIN, "client-list", "libvirtd"], capture_output=True, text=True, timeout=30).stdout
+    clients = {}
+    for line in out.splitlines()[2:]:
+        if not line.split():
+            continue
+        cid = line.split()[0]
+        info = subprocess.run([*ADMIN, "client-info", "libvirtd", cid], capture_output=True, text=True, timeout=30)
+        pid = [x.split(":", 1)[1].strip() for x in info.stdout.splitlines() if x.startswith("unix_process_id")]
+        clients[cid] = int(pid[0]) if pid else None
+    return clients
+
+
+def test_libvirt_connection_dropped_mid_copy(lab, libvirt_conn, sources, tmp_path, reliability):
+    """What a libvirtd restart does to a running import: libvirtd closes its connection.
+
+    The lab's libvirtd is shared (the main checkout's suite and other engineers' tests use it
+    at the same time, each through one connection for its whole session), so it is not
+    restarted here: libvirtd itself drops the import's connection (virt-admin
+    client-disconnect), the effect a restart has on the import, and nobody else's.
+    """
+    reliability(
+        "kill",
+        "libvirtd drops the import's connection mid-copy (what its restart does)",
+        "the import fails: 'cannot import X into pool(s) P: <libvirt error>', names the volume left, no traceback",
+        "no target domain; the volume left is made again by the re-run (its journal), which completes with "
+        "one volume per disk and disks equal by qemu-img compare; source unchanged (sha256)",
+    )
+    name, src_disk = sources.make("lvd", mib=64, piece_mib=48)  # a 256 MiB disk, 192 MiB of data: the copy lasts
+    target = target_of(name)
+    plan = write_plan(lab, tmp_path, [[name]], options=COLD)
+    work = tmp_path / "work" / "w0" / target
+    digest = hashlib.sha256(open(src_disk, "rb").read()).hexdigest()
+
+    def copier():
+        """The import's qemu-img writing the target volume, or None."""
+        for pid in descendants(proc.pid):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as fh:
+                    argv = fh.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if "convert" in argv and any(a.endswith("%s-disk0.qcow2" % target) for a in argv):
+                return pid
+        return None
+
+    proc = start(plan, "migrate.yml", tmp_path / "progress-r1.jsonl", tmp_path / "r1.log")
+    deadline = time.monotonic() + 600
+    while (copy := copier()) is None:
+        assert proc.poll() is None, open(proc.log_path).read()[-6000:]
+        assert time.monotonic() < deadline, "no import copy within 600 s"
+        time.sleep(0.005)
+    os.kill(copy, signal.SIGSTOP)  # held mid-copy while libvirtd drops the import's connection
+    try:
+        tree = {proc.pid, *descendants(proc.pid)}
+        ours = [cid for cid, pid in libvirt_clients().items() if pid in tree]
+        assert ours, "the import holds no libvirt connection (clients: %s)" % libvirt_clients()
+        for cid in ours:
+            subprocess.run([*ADMIN, "client-disconnect", "libvirtd", cid], check=True, capture_output=True, timeout=30)
+    finally:
+        os.kill(copy, signal.SIGCONT)
+    rc = proc.wait(timeout=600)
+    proc.log.close()
+    text = open(proc.log_path).read()
+    assert rc != 0, text[-6000:]
+    assert "Traceback" not in text, text[-6000:]
+    said = [line for line in text.splitlines() if "cannot import %s into pool(s)" % target in line]
+    assert said and "connection to %s was lost" % lab["libvirt_uri"] in said[0], text[-6000:]
+    assert "makes the volume(s) left behind again: %s-disk0.qcow2" % target in said[0], said[0]
+    assert target_domain(libvirt_conn, target) is None
+    status = json.loads((work / "status.json").read_text())
+    assert status["status"] == "failed", status
+    assert hashlib.sha256(open(src_disk, "rb").read()).hexdigest() == digest
+
+    rc, _, text = run(plan, "migrate.yml", tmp_path, "r2")
+    assert rc == 0, text[-6000:]
+    dst, fmt = disk_of(libvirt_conn, target)
+    ok, out = same(src_disk, "qcow2", dst, fmt)
+    assert ok, out
     pool = libvirt_conn.storagePoolLookupByName(lab["pools"]["target"])
     pool.refresh(0)
     assert sorted(v.name() for v in pool.listAllVolumes(0) if target in v.name()) == [os.path.basename(dst)]
