@@ -346,13 +346,12 @@ def plan_import(manifest, target, exists, found, replace=False):
                 deltas={d: deltas[d] for d in changed},
                 reason="target at sync %d, bundle at %d" % (prov["sync_index"], want["sync_index"]),
             )
-    return ImportPlan(
-        "rewrite",
-        want,
-        found=prov,
-        disks=changed,
-        reason="the content of %s changed and no delta chain leads there" % ", ".join(changed),
-    )
+    reason = "the content of %s changed and no delta chain leads there" % ", ".join(changed)
+    if not changed:
+        # An import stopped after its disks were written (while the domain was defined):
+        # nothing to write again, only the provenance to complete.
+        reason = "the target was left incomplete with every disk written: its provenance is completed"
+    return ImportPlan("rewrite", want, found=prov, disks=changed, reason=reason)
 
 
 def mark_updating(plan):

@@ -279,7 +279,10 @@ class KvmTarget(KvmInventory):
             if stream:
                 for pool in pools.values():
                     refresh_pool(pool)  # libvirt made the volumes raw; let it see the uploaded format
-            xml = _xml_from_spec(spec, disks_map, want, options.get("domain_type") or domain_type_for(self.conn))
+            # Defined marked incomplete, marked complete last: a run killed while libvirt
+            # defines the domain leaves a target that says it is not finished.
+            pending = dict(want, state="incomplete")
+            xml = _xml_from_spec(spec, disks_map, pending, options.get("domain_type") or domain_type_for(self.conn))
             dom = self.conn.defineXML(with_cpu_mode(xml, options.get("cpu_mode")))
             write_provenance(dom, want)
             journal.remove()  # the domain owns its volumes now
@@ -290,20 +293,34 @@ class KvmTarget(KvmInventory):
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
                 except libvirt.libvirtError:
                     pass
+            left = []
             for vol in made:
                 try:
                     vol.delete(0)
                 except libvirt.libvirtError:
-                    pass
-            journal.remove()
+                    left.append(vol.name())
+            if not left:
+                journal.remove()
+            # else the journal stays: a re-run of this import makes those volumes again
+            # (e.g. libvirtd restarted under the import, so they could not be deleted now).
             if isinstance(exc, libvirt.libvirtError):
-                raise PlatformError(
-                    "cannot import %s into pool(s) %s: %s" % (name, ", ".join(pools), error_message(exc)),
-                    "check the pool and the domain definition; nothing was left behind",
-                ) from exc
+                problem = "cannot import %s into pool(s) %s: %s" % (name, ", ".join(pools), error_message(exc))
+                fix = "check the pool and the domain definition; nothing was left behind"
+                if not self._alive():
+                    problem += " (the connection to %s was lost: libvirtd stopped or restarted)" % self.uri
+                    fix = "wait until libvirtd answers (virsh -c %s uri), then run the import again" % self.uri
+                if left:
+                    fix += "; it makes the volume(s) left behind again: %s" % ", ".join(left)
+                raise PlatformError(problem, fix) from exc
             raise
         result["provenance"] = want
         return result
+
+    def _alive(self):
+        try:
+            return self.conn.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
 
     @staticmethod
     def _exact_capacity(vol, capacity):
