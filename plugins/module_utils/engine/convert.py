@@ -507,8 +507,8 @@ class Converter:
         info = _disk.info(step["path"], self.fmt)
         if info["virtual-size"] != disk["capacity"]:
             raise InputError(
-                "disk %s: %s holds %d bytes, the manifest says %d"
-                % (disk["id"], step["path"], info["virtual-size"], disk["capacity"]),
+                "disk %s: %s holds %d bytes, the manifest %s says %d"
+                % (disk["id"], step["path"], info["virtual-size"], src.path, disk["capacity"]),
                 "re-run the export; the bundle does not match its disk",
             )
         files = (

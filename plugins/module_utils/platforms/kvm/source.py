@@ -77,31 +77,34 @@ def delete_checkpoints(dom, names):
 
     libvirt 9 refuses to delete a checkpoint of a shut-off domain, so there its metadata
     is deleted and qemu-img removes the bitmap (named like the checkpoint) from each
-    qcow2 disk, which is what libvirt does itself for a running domain.
+    qcow2 disk, which is what libvirt does itself for a running domain. A checkpoint whose
+    metadata someone else deleted (virsh checkpoint-delete --metadata) leaves its bitmap in
+    the disks: a shut-off domain's are removed too (and the name counts as deleted); a
+    running domain's stay until a sync with the domain off.
     """
     deleted = []
     active = dom.isActive()
     for name in names:
         try:
             chk = dom.checkpointLookupByName(name, 0)
-            if active:
-                chk.delete(0)
-            else:
-                chk.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
-                for rec in domain_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
-                    if rec["format"] == "qcow2" and rec["path"] and os.path.exists(rec["path"]):
-                        _disk._qemu_img(
-                            ["bitmap", "--remove", "-f", "qcow2", rec["path"], name],
-                            "cannot remove bitmap %s from %s" % (name, rec["path"]),
-                            ok_codes=(0, 1),  # a disk that had no bitmap of that name
-                        )
-            deleted.append(name)
+            chk.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
         except libvirt.libvirtError as exc:
             if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
                 raise PlatformError(
                     "cannot delete checkpoint %s of domain %s: %s" % (name, dom.name(), error_message(exc)),
                     "delete it by hand (virsh checkpoint-delete %s %s)" % (dom.name(), name),
                 ) from exc
+            if active:
+                continue
+        if not active:
+            for rec in domain_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+                if rec["format"] == "qcow2" and rec["path"] and os.path.exists(rec["path"]):
+                    _disk._qemu_img(
+                        ["bitmap", "--remove", "-f", "qcow2", rec["path"], name],
+                        "cannot remove bitmap %s from %s" % (name, rec["path"]),
+                        ok_codes=(0, 1),  # a disk that had no bitmap of that name
+                    )
+        deleted.append(name)
     return deleted
 
 
@@ -432,6 +435,11 @@ class KvmSession(SourceSession):
             last = (self.bundle.manifest.get("sync") or [{}])[-1].get("checkpoint") or {}
             keep = [last.get("id")] if self.running else []
             extra = [c for c in created if c not in keep and c not in drop]
+            if not self.running:
+                # Named as ours but recorded in no bundle: an earlier chain whose work dir
+                # was deleted. The domain is off (the cutover): no sync needs them now.
+                ours = "%s%s-" % (CHECKPOINT_PREFIX, self.vm.UUIDString()[:8])
+                extra += [c for c in checkpoint_names(self.vm) if c.startswith(ours) and c not in extra + drop]
         deleted = delete_checkpoints(self.vm, drop + extra)
         self._forget(deleted)
         if self.options.get("cleanup_checkpoints"):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, PlatformError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._files import atomic_file
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
@@ -67,6 +67,33 @@ def with_cpu_mode(xml_text, mode):
 
 def _bundle_path(bundle_dir, rel):
     return rel if os.path.isabs(rel) else os.path.join(bundle_dir, rel)
+
+
+def _check_data(bundle_dir, disk, path, fmt, name):
+    """Refuse a bundle whose disk data does not match its own block digests (a bit flipped
+    in a disk or delta file): the image just written at ``path`` (a new volume, or the file
+    about to be uploaded) is read back and hashed, before the domain is defined."""
+    if not disk.get("digests"):
+        return
+    want = _blocks.DigestList.load(
+        _bundle_path(bundle_dir, disk["digests"]),
+        disk["block_size"],
+        expected_sha256=disk.get("digests_sha256"),
+        count=disk.get("blocks"),
+    )
+    with _disk.open_guest(path, fmt) as reader:
+        got = _blocks.digest_disk(reader, want.block_size)
+    bad = want.changed_blocks(got)
+    if bad:
+        files = [_bundle_path(bundle_dir, disk["path"])]
+        files += [_bundle_path(bundle_dir, d["path"]) for d in disk.get("deltas") or []]
+        raise DiskError(
+            "bundle %s, disk %s: the data in %s does not match the bundle's block digests "
+            "(%d of %d blocks differ, first at byte %d): the file is damaged"
+            % (bundle_dir, disk["id"], " + ".join(files), len(bad), len(want), bad[0] * want.block_size),
+            "copy the bundle again, or re-run the export (and convert) that wrote it; %s was not imported "
+            "(no volume or domain left)" % name,
+        )
 
 
 def _xml_from_spec(spec, disks, provenance, domain_type):
@@ -257,7 +284,9 @@ class KvmTarget(KvmInventory):
                 deltas = [d for d in disk.get("deltas") or [] if d["index"] <= want["sync_index"]]
                 progress = Progress("import %s %s" % (name, disk["id"]), disk["capacity"])
                 if stream:
-                    path, written, applied = self._upload(pool, item["volume"], disk, src, fmt, bundle, deltas, made)
+                    path, written, applied = self._upload(
+                        pool, item["volume"], disk, src, fmt, bundle, deltas, made, check_data=name
+                    )
                 else:
                     vol = pool.createXML(self._volume_xml(item["volume"], disk["capacity"], fmt), 0)
                     made.append(vol)
@@ -266,10 +295,11 @@ class KvmTarget(KvmInventory):
                     _disk._run_with_progress(
                         ["convert", "-p", "-n", "--target-is-zero", "-f", disk["format"], "-O", fmt, src, path],
                         progress,
-                        "cannot copy %s into volume %s" % (src, item["volume"]),
+                        "cannot copy %s into volume %s in pool %s" % (src, item["volume"], pool.name()),
                     )
                     written = (vol.info()[2]) or 0
                     applied = [(delta, self._apply_one(path, fmt, bundle, delta)) for delta in deltas]
+                    _check_data(bundle, disk, path, fmt, name)
                 result["bytes_written"] += written
                 for delta, st in applied:
                     result["bytes_written"] += st["bytes_written"]
@@ -303,6 +333,19 @@ class KvmTarget(KvmInventory):
                 journal.remove()
             # else the journal stays: a re-run of this import makes those volumes again
             # (e.g. libvirtd restarted under the import, so they could not be deleted now).
+            if isinstance(exc, (DiskError, libvirt.libvirtError)) and "No space left on device" in str(exc):
+                # The free-space check counts the bundle's files; compressed or sparse-unaware
+                # sources take more once written. Say which pool filled up, and that it is clean.
+                raise DiskError(
+                    "%s: the file system of storage pool(s) %s is full"
+                    % (
+                        getattr(exc, "problem", None) or "cannot import %s: %s" % (name, error_message(exc)),
+                        ", ".join(pools),
+                    ),
+                    "free space in the pool or import into another pool (pool, storage_map); "
+                    "the volumes this import made were removed and no domain was defined",
+                    pool=", ".join(pools),
+                ) from exc
             if isinstance(exc, libvirt.libvirtError):
                 problem = "cannot import %s into pool(s) %s: %s" % (name, ", ".join(pools), error_message(exc))
                 fix = "check the pool and the domain definition; nothing was left behind"
@@ -351,7 +394,7 @@ class KvmTarget(KvmInventory):
         ET.SubElement(target, "format", type=fmt)
         return ET.tostring(root, encoding="unicode")
 
-    def _upload(self, pool, vname, disk, src, fmt, bundle, deltas, made):
+    def _upload(self, pool, vname, disk, src, fmt, bundle, deltas, made, check_data=None):
         """Make the volume's file here with qemu-img (deltas applied), then stream it up.
 
         The volume is created as an empty raw file of the image file's size and the image
@@ -365,6 +408,8 @@ class KvmTarget(KvmInventory):
             tmp = os.path.join(tmpdir, "volume.%s" % fmt)
             _disk.convert(src, disk["format"], tmp, fmt)
             applied = [(delta, self._apply_one(tmp, fmt, bundle, delta)) for delta in deltas]
+            if check_data:  # the domain's name: a new import checks the data before the upload
+                _check_data(bundle, disk, tmp, fmt, check_data)
             size = os.path.getsize(tmp)
             vol = pool.createXML(self._volume_xml(vname, size, "raw"), 0)
             made.append(vol)
