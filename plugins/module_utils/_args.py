@@ -20,3 +20,18 @@ def with_env_fallback(connection_args, extra):
         spec[name] = opts
     spec.update(extra)
     return spec
+
+
+def guest_options():
+    """guest_conversion and virtio_win, as convert and guest_info take them."""
+    from ansible.module_utils.basic import env_fallback
+
+    return dict(
+        guest_conversion=dict(
+            type="str",
+            default="auto",
+            choices=["auto", "inspect", "skip"],
+            fallback=(env_fallback, ["VMIGRATE_GUEST_CONVERSION"]),
+        ),
+        virtio_win=dict(type="path", fallback=(env_fallback, ["VIRTIO_WIN"])),
+    )

@@ -222,8 +222,9 @@ fingerprint:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._args import guest_options  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._lock import bundle_lock  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.convert import Converter  # noqa: E402
@@ -238,14 +239,8 @@ ARGUMENT_SPEC = dict(
     storage_map=dict(type="dict", default={}),
     block_size=dict(type="int", default=1048576),
     force=dict(type="bool", default=False),
-    guest_conversion=dict(
-        type="str",
-        default="auto",
-        choices=["auto", "inspect", "skip"],
-        fallback=(env_fallback, ["VMIGRATE_GUEST_CONVERSION"]),
-    ),
-    virtio_win=dict(type="path", fallback=(env_fallback, ["VIRTIO_WIN"])),
     planned=dict(type="dict"),
+    **guest_options(),
 )
 
 

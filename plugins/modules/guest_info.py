@@ -94,8 +94,9 @@ guest:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.vmigrate.v2v.plugins.module_utils._args import guest_options  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import fail_from_exception  # noqa: E402
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import guest as _guest  # noqa: E402
 
@@ -107,13 +108,7 @@ def main():
             spec=dict(type="dict"),
             source_platform=dict(type="str", choices=["kvm", "vsphere", "hyperv"]),
             target_platform=dict(type="str", required=True, choices=["kvm", "vsphere", "hyperv"]),
-            guest_conversion=dict(
-                type="str",
-                default="auto",
-                choices=["auto", "inspect", "skip"],
-                fallback=(env_fallback, ["VMIGRATE_GUEST_CONVERSION"]),
-            ),
-            virtio_win=dict(type="path", fallback=(env_fallback, ["VIRTIO_WIN"])),
+            **guest_options(),
         ),
         supports_check_mode=True,
     )

@@ -43,6 +43,29 @@ def linux_guest(lab):
     return {"path": image, "capacity": info["virtual-size"]}
 
 
+def linux_overlay(linux_guest, tmp_path):
+    """A qcow2 over the lab's Linux guest image, for a source VM to own."""
+    disk = str(tmp_path / "src.qcow2")
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", linux_guest["path"], disk], check=True)
+    return disk
+
+
+def define_source(lab, conn, linux_guest, name, disk, mac):
+    """A KVM domain of the Linux guest on a virtio disk and NIC (never started here)."""
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
+
+    spec = _spec.new_spec(
+        name=name,
+        memory_mib=512,
+        disks=[_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=linux_guest["capacity"])],
+        nics=[_spec.new_nic(mac=mac, network=lab["network"], model="virtio")],
+    )
+    paths = {"disk0": {"path": disk, "format": "qcow2"}}
+    xml = _libvirt_xml.libvirt_xml_from_spec(spec, paths, domain_type=domain_type(lab))
+    conn.defineXML(xml.replace(' mode="host-passthrough"', ""))
+
+
 def initramfs_modules(image, fmt, tmp_path):
     """The kernel modules in the image's initramfs, read with qemu-img, debugfs and lsinitramfs."""
     raw = str(tmp_path / ("read-%s.raw" % uuid.uuid4().hex[:6]))
@@ -98,24 +121,13 @@ def drop_domain(conn, lab, name):
 def test_linux_guest_kvm_to_vsphere_and_back_boots_only_converted_or_on_hardware_it_drives(
     lab, linux_guest, libvirt_conn, vsphere_si, run_module, run_playbook, tmp_path
 ):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
     from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.inventory import read_provenance
 
     tag = uuid.uuid4().hex[:6]
     src, mid = "lab-gc-kvm-" + tag, "lab-gc-vs-" + tag
     names = {mode: "lab-gc-%s-%s" % (mode, tag) for mode in ("skip", "inspect", "auto", "plan")}
-    disk = str(tmp_path / "src.qcow2")
-    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", linux_guest["path"], disk], check=True)
-    spec = _spec.new_spec(
-        name=src,
-        memory_mib=512,
-        disks=[_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=linux_guest["capacity"])],
-        nics=[_spec.new_nic(mac="52:54:00:76:6d:a1", network=lab["network"], model="virtio")],
-    )
-    paths = {"disk0": {"path": disk, "format": "qcow2"}}
-    xml = _libvirt_xml.libvirt_xml_from_spec(spec, paths, domain_type=domain_type(lab))
-    libvirt_conn.defineXML(xml.replace(' mode="host-passthrough"', ""))
+    disk = linux_overlay(linux_guest, tmp_path)
+    define_source(lab, libvirt_conn, linux_guest, src, disk, "52:54:00:76:6d:a1")
     kvm = {"uri": lab["libvirt_uri"]}
     export = dict(kvm, vm=src, bundle=str(tmp_path / "export"))
     vc = lab["vcsim"]
@@ -281,23 +293,12 @@ def strip_storage_drivers(image, lab, tmp_path):
 def test_a_guest_that_cannot_boot_on_the_target_is_refused_by_preflight_and_convert(
     lab, linux_guest, libvirt_conn, run_module, run_playbook, tmp_path
 ):
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
-    from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import libvirt as _libvirt_xml
-
     tag = uuid.uuid4().hex[:6]
     src, dst = "lab-gc-nodrv-" + tag, "lab-gc-nodrv-t-" + tag
-    disk = str(tmp_path / "src.qcow2")
-    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", linux_guest["path"], disk], check=True)
+    disk = linux_overlay(linux_guest, tmp_path)
     strip_storage_drivers(disk, lab, tmp_path)
     assert not {"ahci", "ata_piix", "vmw_pvscsi", "mptspi"} & initramfs_modules(disk, "qcow2", tmp_path)
-    spec = _spec.new_spec(
-        name=src,
-        memory_mib=512,
-        disks=[_spec.new_disk(id="disk0", bus="virtio", format="qcow2", capacity=linux_guest["capacity"])],
-        nics=[_spec.new_nic(mac="52:54:00:76:6d:a2", network=lab["network"], model="virtio")],
-    )
-    paths = {"disk0": {"path": disk, "format": "qcow2"}}
-    libvirt_conn.defineXML(_libvirt_xml.libvirt_xml_from_spec(spec, paths, domain_type=domain_type(lab)))
+    define_source(lab, libvirt_conn, linux_guest, src, disk, "52:54:00:76:6d:a2")
     before = subprocess.run(["sha256sum", disk], check=True, capture_output=True, text=True).stdout.split()[0]
     try:
         # Preflight, before anything is exported: the guest is named as the problem, with the fix.

@@ -22,6 +22,7 @@ Every disk here is 16-32 MiB and no guest is booted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -215,15 +216,15 @@ def test_permission_denied(lab, libvirt_conn, domains):
 # --- pool full ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_pool(libvirt_conn, tag):
-    """A dir pool on an 8 MiB tmpfs; destroyed, undefined and unmounted afterwards."""
-    name = "lab-tinypool-%s" % tag
+@contextlib.contextmanager
+def tmpfs_pool(libvirt_conn, name, size_mib):
+    """A dir pool on a tmpfs of ``size_mib`` MiB under /var/lib/vmigrate-lab: (name, path);
+    destroyed, undefined and unmounted afterwards."""
     path = "/var/lib/vmigrate-lab/%s" % name
     os.makedirs(path)
     pool = None
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", path], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm,mode=0755" % size_mib, "tmpfs", path], check=True)
         pool = libvirt_conn.storagePoolDefineXML(
             "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (name, path), 0
         )
@@ -239,6 +240,13 @@ def tiny_pool(libvirt_conn, tag):
             pool.undefine()
         subprocess.run(["umount", path], check=False)
         os.rmdir(path)
+
+
+@pytest.fixture
+def tiny_pool(libvirt_conn, tag):
+    """A pool on an 8 MiB tmpfs."""
+    with tmpfs_pool(libvirt_conn, "lab-tinypool-%s" % tag, 8) as pool:
+        yield pool
 
 
 def test_pool_full(lab, libvirt_conn, domains, run_module, tiny_pool, tmp_path, tag):

@@ -21,7 +21,6 @@ Domains, volumes and pools are named lab-fk-*; nothing here boots a guest to its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,17 +30,11 @@ import uuid
 
 import libvirt
 import pytest
+from test_kvm_bad_input import tmpfs_pool
+from test_kvm_migrate import sha256
 
 MIB = 1024 * 1024
 NS = "https://vmigrate.example/v2v/1"
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def same_disk(a, a_fmt, b, b_fmt):
@@ -155,27 +148,8 @@ def import_args(lab, bundle, dst, pool=None):
 @pytest.fixture
 def small_pool(libvirt_conn, fk):
     """A dir pool on a 24 MiB tmpfs under /var/lib/vmigrate-lab; gone afterwards."""
-    name = "lab-fk-small-%s" % fk["tag"]
-    path = "/var/lib/vmigrate-lab/%s" % name
-    os.makedirs(path)
-    pool = None
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", path], check=True)
-        pool = libvirt_conn.storagePoolDefineXML(
-            "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (name, path), 0
-        )
-        pool.create(0)
-        yield name, path
-    finally:
-        if pool is not None:
-            if pool.isActive():
-                pool.refresh(0)
-                for vol in pool.listAllVolumes(0):
-                    vol.delete(0)
-                pool.destroy()
-            pool.undefine()
-        subprocess.run(["umount", path], check=False)
-        os.rmdir(path)
+    with tmpfs_pool(libvirt_conn, "lab-fk-small-%s" % fk["tag"], 24) as pool:
+        yield pool
 
 
 @pytest.mark.parametrize("transfer", ["path", "stream"])
