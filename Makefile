@@ -64,7 +64,7 @@ ruff: venv
 
 # ansible-test needs the collection under ansible_collections/<ns>/<name>: copy the
 # tracked files there, outside this git checkout (a symlink would resolve back here).
-# The lab, bench and the lab-driven pytest suite in tests/integration (not ansible-test
+# The lab, bench and the lab-driven pytest suites in tests/integration and tests/faults/lab (not ansible-test
 # integration targets) are test tooling, not collection content: excluded; ruff checks them.
 sanity: venv
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR) ~/.ansible/test/cache
@@ -72,7 +72,7 @@ sanity: venv
 	  cp tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_$${v//./_}.py
 	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(SANITY_DIR)/
 	cd $(SANITY_DIR) && $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no \
-	  $(foreach d,tests/lab tests/integration bench,$(if $(wildcard $(d)),--exclude $(d)/))
+	  $(foreach d,tests/lab tests/integration tests/faults/lab bench,$(if $(wildcard $(d)),--exclude $(d)/))
 
 ansible-lint: venv
 	$(VENV)/bin/ansible-lint --profile production --offline
