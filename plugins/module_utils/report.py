@@ -18,7 +18,7 @@ from html import escape
 # A VM's phases, in the order they happen, and the file each one writes.
 PHASES = ("migrate", "sync", "cutover")
 PHASE_FILES = {"migrate": "status.json", "sync": "sync.json", "cutover": "cutover.json"}
-STEPS = ("export", "convert", "import", "verify")
+STEPS = ("export", "convert", "import", "guest_convert", "verify")
 NOT_STARTED = "not started"
 FAILED = "failed"
 # Status -> CSS class of its colour (anything else is "other").
@@ -112,6 +112,8 @@ def _phase(record, phase):
     out["bytes_moved"] = moved if moved is not None else max(step_bytes or [0])
     if "verify" in out["steps"]:
         out["verified"] = out["steps"]["verify"].get("ok")
+    if isinstance(record.get("guest"), dict):
+        out["guest"] = record["guest"]
     if phase == "sync":
         out["sync_index"] = _num(record.get("sync_index"), int)
         out["behind_seconds"] = _num(record.get("behind_seconds"))
@@ -190,8 +192,21 @@ def vm_report(vm):
         "throughput_bytes_per_second": int(totals["bytes_read"] / seconds) if seconds > 0 else 0,
         "downtime_seconds": phases["cutover"].get("downtime_seconds"),
         "verification": verify,
+        # The guest as the latest phase that looked at it left it (the cutover converts).
+        "guest": next((phases[p]["guest"] for p in reversed(PHASES) if phases[p].get("guest")), None),
         "errors": errors,
     }
+
+
+def _guest_cell(guest):
+    """(title, text) of the HTML's guest column: the decision, and why, what changed, warnings."""
+    if not guest:
+        return "", "-"
+    words = [guest.get("reason") or ""] + list(guest.get("hardware") or []) + list(guest.get("warnings") or [])
+    action = guest.get("action") or "-"
+    if guest.get("deferred"):
+        action += " (at the cutover)"
+    return _e("; ".join(w for w in words if w)), _e(" ".join(x for x in (action, guest.get("os") or "") if x))
 
 
 def _wave_span(vms):
@@ -432,7 +447,7 @@ def render_html(report):
         '<h2>VMs</h2><table id="vms" class="sortable"><thead><tr><th>VM</th><th>wave</th><th>source</th>'
         "<th>target</th><th>mode</th><th>status</th><th>migrate</th><th>sync</th><th>cutover</th>"
         "<th>time</th><th>read</th><th>written</th><th>moved</th><th>rate</th><th>downtime</th>"
-        "<th>verify</th><th>errors</th></tr></thead><tbody>"
+        "<th>guest</th><th>verify</th><th>errors</th></tr></thead><tbody>"
     )
     for r in rows:
         src = "%s (%s)" % (r["source"]["endpoint"] or "-", r["source"]["platform"] or "-")
@@ -456,6 +471,7 @@ def render_html(report):
             + _td_num(r["bytes_moved"], human_bytes(r["bytes_moved"]))
             + _td_num(r["throughput_bytes_per_second"], human_bytes(r["throughput_bytes_per_second"]) + "/s")
             + _td_num(r["downtime_seconds"], human_seconds(r["downtime_seconds"]))
+            + '<td title="%s">%s</td>' % _guest_cell(r.get("guest"))
             + '<td title="%s">%s</td>'
             % (_e(r["verification"].get("summary") or ""), _badge(r["verification"]["result"]))
             + "<td>%s</td></tr>" % errors

@@ -245,6 +245,10 @@ def test_linux_guest_kvm_to_vsphere_and_back_boots_only_converted_or_on_hardware
         assert target.isActive() and disk_buses(libvirt_conn, names["plan"]) == ["virtio"]
         cutover = json.loads((tmp_path / "work" / "w0" / names["plan"] / "cutover.json").read_text())
         assert cutover["status"] == "cut-over" and cutover["target_started"], cutover
+        # The status files the report reads say it: deferred at the migration, done at the cutover.
+        status = json.loads((tmp_path / "work" / "w0" / names["plan"] / "status.json").read_text())
+        assert status["guest"]["action"] == "convert" and status["guest"]["deferred"], status["guest"]
+        assert cutover["steps"]["guest_convert"]["changed"] and not cutover["guest"]["deferred"], cutover
     finally:
         undefine(libvirt_conn, src)
         destroy(vsphere_si, mid)

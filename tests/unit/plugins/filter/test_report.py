@@ -246,3 +246,26 @@ def test_report_playbook_offline(tmp_path):
     assert changed == 2  # both files, nothing else
     counts = json.loads((tmp_path / "report" / "report.json").read_text())["totals"]["counts"]
     assert counts == {"failed": 1, "migrated": 2}
+
+
+def test_the_guest_conversion_is_in_the_report():
+    record = migrate_record()
+    record["steps"]["guest_convert"] = dict(
+        step(90.0, read=8 << 20, action="convert"), summary="virt-v2v-in-place 2.2.0"
+    )
+    record["guest"] = {
+        "action": "convert",
+        "reason": "from vsphere: virtio drivers, initramfs, tools removed",
+        "os": "12.15",
+        "hardware": [],
+        "warnings": ["could not determine a way to update the configuration of Grub2"],
+        "deferred": False,
+    }
+    report = flt.report_data([vm("web", migrate=record)], WAVES)
+    (row,) = report["vms"]
+    assert row["guest"]["action"] == "convert" and row["phases"]["migrate"]["steps"]["guest_convert"]["seconds"] == 90.0
+    html = flt.report_html(report)
+    assert "convert 12.15" in html and "Grub2" in html
+    # A VM without a guest record (an older status file) shows a dash.
+    plain = flt.report_data([vm("db", migrate=migrate_record())], WAVES)
+    assert plain["vms"][0]["guest"] is None
