@@ -40,6 +40,12 @@ options:
     description: The domain's name (default the bundle's VM name); the import's O(vmigrate.v2v.kvm_import#module:name).
     type: str
     aliases: [name]
+  final:
+    description:
+      - The bundle holds the source's final data although its last sync read the source running - the source was
+        stopped since and a cold export found nothing new (the cutover role sets it). The conversion then runs.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -109,7 +115,11 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.kvm.platfor
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(bundle=dict(type="path", required=True), vm=dict(type="str", aliases=["name"])),
+        argument_spec=argument_spec(
+            bundle=dict(type="path", required=True),
+            vm=dict(type="str", aliases=["name"]),
+            final=dict(type="bool", default=False),
+        ),
         supports_check_mode=True,
     )
     guest_convert_step(module, KvmPlatform)

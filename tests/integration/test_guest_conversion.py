@@ -98,6 +98,7 @@ def write_warm_plan(lab, tmp_path, vm, target):
         "  lab-kvm: {platform: kvm, uri: '%s', placement: {pool: %s}}" % (lab["libvirt_uri"], lab["pools"]["target"]),
         *vsphere_endpoint(lab["vcsim"], "LAB_VC_PASSWORD"),
         "network_map: {'VM Network': '%s'}" % lab["network"],
+        "storage_map: {'%s': %s}" % (lab["vcsim"]["datastore"], lab["pools"]["target"]),
         "waves:",
         "  - {name: w0, source: lab-vc, target: lab-kvm, vms: [{name: %s, target_name: %s}]}" % (vm, target),
     ]
@@ -241,7 +242,7 @@ def test_linux_guest_kvm_to_vsphere_and_back_boots_only_converted_or_on_hardware
         cut = run_playbook(os.path.join(PLAYBOOKS, "cutover.yml"), env=env, timeout=1800)
         assert cut.returncode == 0, cut.stdout[-5000:]
         prov = read_provenance(target)
-        assert prov["guest_converted"]["state"] == "done" and prov["sync_index"] == 2, prov
+        assert prov["guest_converted"]["state"] == "done" and prov["state"] == "complete", prov
         assert target.isActive() and disk_buses(libvirt_conn, names["plan"]) == ["virtio"]
         cutover = json.loads((tmp_path / "work" / "w0" / names["plan"] / "cutover.json").read_text())
         assert cutover["status"] == "cut-over" and cutover["target_started"], cutover

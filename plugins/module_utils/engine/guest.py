@@ -518,13 +518,15 @@ def run_conversion(platform, bundle, ref, options, check_mode=False):
             "run the import of this bundle, then the guest conversion",
         )
     syncs = bundle.manifest.get("sync") or [{}]
-    if syncs[-1].get("mode") == "warm":
+    # options["final"]: the caller stopped the source since and its cold export found
+    # nothing new (the cutover), so the bundle's last warm sync is the final data.
+    if syncs[-1].get("mode") == "warm" and not options.get("final"):
         result["reason"] = (
             "deferred to the cutover: the source was running at this sync, and the next sync would write over "
             "a converted guest"
         )
         result["deferred"] = True
-        return finish("deferred")
+        return finish("deferred to the cutover")
     if platform.power_state(vm) != "off":
         raise InputError(
             "target VM %s is %s: its guest cannot be converted while it runs" % (name, platform.power_state(vm)),
