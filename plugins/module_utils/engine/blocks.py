@@ -420,10 +420,11 @@ def _is_stream_optimized(path, fmt):
     return data.get("create-type") == "streamOptimized"
 
 
-def apply_delta_file(target_path, fmt, delta_path, delta, show_progress=True):
+def apply_delta_file(target_path, fmt, delta_path, delta, show_progress=True, digests=None):
     """Apply one sync's delta (a bundle's delta record: its sparse file ``delta_path`` and
     its ``extents``) to the image ``target_path``: what an import does to a target, the
-    convert step to a disk it converted, and an export to its base copy.
+    convert step to a disk it converted, and an export to its base copy. ``digests`` as
+    for apply_delta.
     Returns {"bytes_written", "pieces"}; InputError when the delta file is gone."""
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 
@@ -436,10 +437,24 @@ def apply_delta_file(target_path, fmt, delta_path, delta, show_progress=True):
     if show_progress:
         label = "apply delta %s to %s" % (delta.get("index"), os.path.basename(target_path))
         progress = Progress(label, delta["bytes"])
-    stats = apply_delta(target_path, fmt, _bundle.delta_pieces(delta_path, delta["extents"]), progress=progress)
+    pieces = _bundle.delta_pieces(delta_path, delta["extents"])
+    stats = apply_delta(target_path, fmt, pieces, digests=digests, progress=progress)
     if progress is not None:
         progress.finish()
     return {"bytes_written": stats["bytes_written"], "pieces": stats["pieces"]}
+
+
+def apply_deltas_checked(target_path, fmt, deltas, resolve, expected):
+    """Apply a disk's deltas in order to the image at ``target_path`` (an existing target)
+    and check what they wrote: every block they touched is hashed from the data written
+    (blocks touched in part are read back) and compared with ``expected``, the bundle's
+    DigestList of the disk after the last of them. A bit flipped in a delta file (they
+    carry no checksum) is caught here, at the cost of the delta's size, not the disk's.
+    ``resolve`` maps a delta record's path to its file. Returns (stats per delta, indices
+    of the blocks that differ); without ``expected`` nothing is checked."""
+    got = DigestList(expected.block_size, digests=expected.digests) if expected is not None else None
+    applied = [apply_delta_file(target_path, fmt, resolve(d["path"]), d, digests=got) for d in deltas]
+    return applied, (expected.changed_blocks(got) if expected is not None else [])
 
 
 def apply_delta(target_path, fmt, pieces, digests=None, progress=None):

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, V2VError, VerifyError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, V2VError, VerifyError
 from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
@@ -360,6 +360,33 @@ def mark_updating(plan):
     found = plan.found or {}
     disks = {d: fp for d, fp in (found.get("disks") or {}).items() if d not in plan.disks}
     return dict(found, state="incomplete", disks=disks)
+
+
+def apply_deltas(path, fmt, bundle, disk, deltas, target):
+    """Bring the disk image ``path`` of an existing target (marked updating) up by the
+    bundle's ``deltas`` of ``disk``, and refuse what they wrote when it does not match the
+    bundle's block digests (blocks.apply_deltas_checked). The target stays marked
+    incomplete then, and a re-run applies the deltas again. Returns stats per delta."""
+    applied, bad = _blocks.apply_deltas_checked(path, fmt, deltas, bundle.resolve, bundle.load_digests(disk))
+    if bad:
+        block_size = int(disk["block_size"])
+        raise DiskError(
+            "bundle %s, disk %s: after its deltas (%s) the disk of %s (%s) differs from the bundle's block "
+            "digests in %d blocks, first at byte %d: a delta file is damaged, or that disk was changed "
+            "outside this tool"
+            % (
+                bundle.dir,
+                disk["id"],
+                ", ".join(bundle.resolve(d["path"]) for d in deltas),
+                target,
+                path,
+                len(bad),
+                bad[0] * block_size,
+            ),
+            "copy the bundle again (or re-run the export that wrote it) and import again; %s stays marked "
+            "incomplete until then (or import with replace=true to write it whole)" % target,
+        )
+    return applied
 
 
 def compare_disk(disk_id, where, expected, actual, expected_capacity, actual_capacity):

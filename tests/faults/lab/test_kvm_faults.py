@@ -545,3 +545,56 @@ def test_work_dir_deleted_between_runs(lab, libvirt_conn, fk, run_module, tmp_pa
     assert sha256(dst_disk) == before
     assert manifest(conv)["sync"][-1]["chain"] in provenance(dst)
     assert dom.listAllCheckpoints(0) == [] and bitmaps(fk["disk"]) == []
+
+
+def test_damaged_delta_on_an_existing_target(lab, libvirt_conn, fk, run_module, tmp_path, reliability):
+    """A bit flipped in a delta file (no checksum of its own) applied to an existing target:
+    what the delta wrote is checked against the bundle's block digests as it is written."""
+    from test_kvm_migrate import guest_writes
+
+    reliability(
+        "kvm",
+        "a bit flipped in a warm sync's delta file, imported onto the existing target",
+        "import fails: 'after its deltas (<delta file>) the disk of <target> (<path>) differs from the bundle's "
+        "block digests in 1 blocks, first at byte B: a delta file is damaged' and the fix",
+        "target never started, provenance state incomplete; the source untouched; with the delta file copied "
+        "again the re-run applies the deltas again, target equal to the source by qemu-img compare, verified",
+    )
+    dom = fk["make"](pattern(4))
+    bundle = str(tmp_path / "export")
+    dom.create()  # QEMU runs (no OS on the disk): the writes below go through its block layer
+    exp, imp = sync(run_module, lab, dom, bundle, None, fk["dst"])
+    assert exp["kind"] == "full" and imp["action"] == "create", (exp, imp)
+    guest_writes(dom, [6 * MIB, 21 * MIB], 0x5A)
+    dom.destroy()
+    exp = run_module("kvm_export", {"name": dom.name(), "bundle": bundle, "cleanup_checkpoints": True})
+    assert exp["kind"] == "incremental" and not exp.get("failed"), exp
+    (delta,) = manifest(bundle)["disks"][0]["deltas"]
+    delta_file = os.path.join(bundle, delta["path"])
+    shutil.copyfile(delta_file, str(tmp_path / "delta.good"))
+    start, _length = delta["extents"][-1]
+    with open(delta_file, "r+b") as fh:  # one bit in the data of its last extent
+        fh.seek(start + 777)
+        byte = fh.read(1)[0]
+        fh.seek(start + 777)
+        fh.write(bytes([byte ^ 0x10]))
+    source_sum = sha256(fk["disk"])
+
+    r = run_module("kvm_import", import_args(lab, bundle, fk["dst"]))
+    assert r["failed"] and r["error_kind"] == "disk", r
+    assert "after its deltas (%s) the disk of %s" % (delta_file, fk["dst"]) in r["msg"], r["msg"]
+    assert "differs from the bundle's block digests in 1 blocks" in r["msg"], r["msg"]
+    assert "a delta file is damaged" in r["msg"] and "Fix: copy the bundle again" in r["msg"], r["msg"]
+    target = libvirt_conn.lookupByName(fk["dst"])
+    assert not target.isActive() and 'state="incomplete"' in provenance(target)
+    dst_disk = target_disk(libvirt_conn, lab["pools"]["target"], fk["dst"])
+    assert not same_disk(fk["disk"], "qcow2", dst_disk, "qcow2")  # written, and visibly not done
+    assert sha256(fk["disk"]) == source_sum
+
+    shutil.copyfile(str(tmp_path / "delta.good"), delta_file)
+    r = run_module("kvm_import", import_args(lab, bundle, fk["dst"]))
+    assert not r.get("failed") and r["action"] == "deltas" and r["deltas_applied"], r
+    assert same_disk(fk["disk"], "qcow2", dst_disk, "qcow2")
+    assert 'state="complete"' in provenance(libvirt_conn.lookupByName(fk["dst"]))
+    assert run_module("kvm_verify", {"bundle": bundle, "name": fk["dst"]})["ok"]
+    assert sha256(fk["disk"]) == source_sum

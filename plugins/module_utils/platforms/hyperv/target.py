@@ -237,8 +237,9 @@ class HyperVTarget:
         applied = []
         for tdisk, rec in pairs:
             if plan.action == "deltas":
-                for delta in plan.deltas[rec["id"]]:
-                    st = self._apply_one(tdisk["local"], bundle, delta)
+                deltas = plan.deltas[rec["id"]]
+                stats = _steps.apply_deltas(tdisk["local"], "vhdx", bundle, rec, deltas, vm["Name"])
+                for delta, st in zip(deltas, stats, strict=True):
                     result["bytes_written"] += st["bytes_written"]
                     applied.append({"disk": rec["id"], "index": delta["index"], **st})
             else:

@@ -143,7 +143,7 @@ class KvmTarget(KvmInventory):
 
     def update_disks(self, vm, spec, bundle, plan, options, check_mode):
         if plan.action == "deltas":
-            return self._apply_deltas(vm, bundle.manifest, bundle.dir, plan, check_mode)
+            return self._apply_deltas(vm, bundle, plan, check_mode)
         return self._rewrite_disks(vm, bundle.manifest, bundle.dir, plan, options, check_mode)
 
     def start_vm(self, vm):
@@ -492,22 +492,24 @@ class KvmTarget(KvmInventory):
             )
         write_provenance(dom, _steps.mark_updating(plan))
 
-    def _apply_deltas(self, dom, manifest, bundle, plan, check_mode):
+    def _apply_deltas(self, dom, bundle, plan, check_mode):
         """Bring an existing target from its recorded sync to the bundle's last one."""
-        pairs = self._target_disks(dom, manifest, bundle)
-        todo = [(t, d, x) for t, d in pairs for x in plan.deltas.get(d["id"], [])]
+        pairs = [(t, d) for t, d in self._target_disks(dom, bundle.manifest, bundle.dir) if plan.deltas.get(d["id"])]
+        todo = [(d, x) for _t, d in pairs for x in plan.deltas[d["id"]]]
         result = {
-            "deltas_applied": [{"disk": d["id"], "index": x["index"], "bytes": x["bytes"]} for _t, d, x in todo],
+            "deltas_applied": [{"disk": d["id"], "index": x["index"], "bytes": x["bytes"]} for d, x in todo],
             "bytes_written": 0,
         }
         if check_mode:
             return result
         self._begin_update(dom, plan)
         applied = []
-        for tdisk, disk, delta in todo:
-            st = self._apply_one(tdisk["path"], tdisk["format"] or "raw", bundle, delta)
-            result["bytes_written"] += st["bytes_written"]
-            applied.append({"disk": disk["id"], "index": delta["index"], **st})
+        for tdisk, disk in pairs:
+            deltas = plan.deltas[disk["id"]]
+            stats = _steps.apply_deltas(tdisk["path"], tdisk["format"] or "raw", bundle, disk, deltas, dom.name())
+            for delta, st in zip(deltas, stats, strict=True):
+                result["bytes_written"] += st["bytes_written"]
+                applied.append({"disk": disk["id"], "index": delta["index"], **st})
         result["deltas_applied"] = applied
         write_provenance(dom, plan.want)
         return result
