@@ -7,6 +7,11 @@
   VM's configuration): a clear message, no checkpoint left on the source, no VM that looks
   complete on the target, and a plain re-run finishing with equal bytes. The faults come
   from the simulator's switch (tests/lab/hyperv/winrm.py, fault.json in its state dir).
+- An answer lost after the host acted (the connection dropped, or a fault, after the
+  cmdlet ran) at each state-changing step: CreateReferencePoint, Remove-VMCheckpoint,
+  DestroyReferencePoint, Set-VM, Remove-VM: the step sent again finds what it did (or
+  removes it), so the source keeps one reference point of ours and another tool's is left
+  alone.
 - An RCT reference point removed between warm syncs: detected, the digests compared, the
   result saying so, the bytes equal.
 """
@@ -29,6 +34,8 @@ from test_hyperv_migrate import (
     share_files,
     vms,
 )
+
+from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.hyperv.connection import SCRIPTS, build_script
 
 
 def inject(hv, match, how="drop", when="before", times=1):
@@ -266,5 +273,117 @@ def test_rct_reference_point_gone_between_warm_syncs(lab, hv, run_module, reliab
         guest_write(f.vhdx, 7 << 20, 0x53)
         res = run_module("hyperv_export", f.export)
         assert res["kind"] == "incremental" and res["fallback_reason"] is None and res["bytes_read"] <= 64 * 1024, res
+    finally:
+        f.cleanup()
+
+
+def foreign_reference_point(hv, name):
+    """A reference point another tool (a backup product) made on the VM: never ours to use or remove."""
+    (vm,) = vms(hv, name)
+    script = build_script(SCRIPTS["reference_point"], {"Id": vm["id"], "Known": reference_points(hv, name)})
+    out, err, code = hv["host"].run_powershell(script)
+    assert code == 0, err
+    return json.loads(out.decode("utf-8").splitlines()[0])["result"]["Id"]
+
+
+def test_export_answers_lost_after_the_host_acted(lab, hv, run_module, reliability, tmp_path):
+    reliability("hyperv", "connection dropped after CreateReferencePoint ran (answer lost), warm export",
+                "nothing: the script is sent again, finds the reference point it made (one the VM did not have "
+                "before) and uses it",
+                "one reference point of ours (the sync's); another tool's left alone; no checkpoint")  # fmt: skip
+    reliability("hyperv", "WinRM fault answering CreateReferencePoint after it ran",
+                "export fails: 'WinRM at <endpoint> answered making an RCT reference point with a fault: ...'",
+                "the reference point it made found (new since the call) and removed; no checkpoint; a re-run "
+                "completes, bytes equal")  # fmt: skip
+    reliability("hyperv", "connection dropped after CreateReferencePoint ran, at every attempt",
+                "export fails: 'sending making an RCT reference point to <endpoint> failed 3 times' and the fix",
+                "one reference point made (each retry found it), then removed; no checkpoint")  # fmt: skip
+    reliability("hyperv", "connection dropped after Remove-VMCheckpoint ran (answer lost)",
+                "nothing: sent again, the checkpoint is already gone, the export completes",
+                "no checkpoint; one reference point of ours")  # fmt: skip
+    reliability("hyperv", "connection dropped after DestroyReferencePoint ran (answer lost)",
+                "nothing: sent again, the reference point is already gone, the export completes",
+                "one reference point of ours")  # fmt: skip
+    reliability("hyperv", "connection dropped at every attempt to remove the last sync's reference point",
+                "nothing: the export completes; the old reference point stays listed in the bundle",
+                "two reference points of ours until the next sync that completes removes the old one")  # fmt: skip
+    f = Flow(lab, hv, run_module, tmp_path, uuid.uuid4().hex[:6], "l")
+    try:
+        hv["host"].run_powershell("$ErrorActionPreference = 'Stop'\nStart-VM -Name '%s'" % f.src)
+        other = foreign_reference_point(hv, f.src)
+
+        def ours():
+            rps = reference_points(hv, f.src)
+            assert other in rps  # another tool's reference point is never touched
+            return sorted(set(rps) - {other})
+
+        def synced(res, kind=None):
+            assert not res.get("failed") and res["mode"] == "warm", res
+            assert kind is None or res["kind"] == kind, res
+            assert not fault_pending(hv) and checkpoints(hv, f.src) == [] and avhdx_files(hv) == []
+            assert ours() == [res["reference_point"]], res
+            return res["reference_point"]
+
+        # The answer of CreateReferencePoint lost: sent again, the one it made is found and used.
+        inject(hv, "CreateReferencePoint", "drop", "after")
+        synced(run_module("hyperv_export", f.export), "full")
+        # Remove-VMCheckpoint's and DestroyReferencePoint's answers lost: sent again, already done.
+        for i, match in enumerate(("Remove-VMCheckpoint", "DestroyReferencePoint")):
+            guest_write(f.vhdx, (1 + i) << 20, 0x61 + i)
+            inject(hv, match, "drop", "after")
+            synced(run_module("hyperv_export", f.export), "incremental")
+
+        # The last sync's reference point cannot be removed: it stays listed, the next sync removes it.
+        old = ours()[0]
+        guest_write(f.vhdx, 4 << 20, 0x64)
+        inject(hv, "DestroyReferencePoint", "drop", "before", times=3)
+        res = run_module("hyperv_export", f.export)
+        assert not res.get("failed") and not fault_pending(hv), res
+        assert ours() == sorted([old, res["reference_point"]]) and checkpoints(hv, f.src) == []
+        assert sorted(manifest(f.export["bundle"])["created"]["reference_points"]) == ours()
+        kept = ours()
+
+        # The host made a reference point but the answer was a fault, or never came: it is removed.
+        guest_write(f.vhdx, 5 << 20, 0x65)
+        for how, times, says in (("fault", 1, "answered making an RCT reference point with a fault"),
+                                 ("drop", 3, "failed 3 times")):  # fmt: skip
+            inject(hv, "CreateReferencePoint", how, "after", times=times)
+            res = run_module("hyperv_export", f.export)
+            assert res["failed"] and says in res["msg"] and no_traceback(res), res
+            assert "making an RCT reference point" in res["msg"], res
+            assert not fault_pending(hv) and checkpoints(hv, f.src) == [] and avhdx_files(hv) == []
+            assert ours() == kept, how
+
+        expected = raw_copy(f.vhdx, str(tmp_path / "expected.raw"))
+        synced(run_module("hyperv_export", f.export))
+        assert same(f.vhdx, "vhdx", expected, "raw")
+        f.import_()
+        assert f.equal()
+    finally:
+        f.cleanup()
+
+
+def test_import_answers_lost_after_the_host_acted(lab, hv, run_module, reliability, tmp_path):
+    reliability("hyperv", "connection dropped after Remove-VM ran (answer lost), import replace=true",
+                "nothing: sent again, no VM of that Id is left to remove, the import completes",
+                "one VM of that name, complete; its VHDX written again, equal to the source")  # fmt: skip
+    reliability("hyperv", "connection dropped after Set-VM wrote the complete provenance (answer lost)",
+                "nothing: sent again (the same Notes), the import completes",
+                "one VM, complete; VHDX equal")  # fmt: skip
+    f = Flow(lab, hv, run_module, tmp_path, uuid.uuid4().hex[:6], "m")
+    try:
+        assert run_module("hyperv_export", f.export).get("changed")
+        inject(hv, "Set-VM -VM (Get-VM -Id", "drop", "after")
+        res = f.import_()
+        assert res["action"] == "create" and not fault_pending(hv), res
+        (first,) = vms(hv, f.dst)
+        assert notes_provenance(first["notes"])["state"] == "complete" and f.equal()
+
+        inject(hv, "Remove-VM -VM", "drop", "after")
+        res = run_module("hyperv_import", dict(f.imp, replace=True))
+        assert not res.get("failed") and res["action"] == "replace" and not fault_pending(hv), res
+        (vm,) = vms(hv, f.dst)
+        assert vm["id"] != first["id"] and notes_provenance(vm["notes"])["state"] == "complete"
+        assert f.equal()
     finally:
         f.cleanup()

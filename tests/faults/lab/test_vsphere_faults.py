@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import select
 import signal
 import socket
 import ssl
@@ -29,86 +28,36 @@ from pyVim.task import WaitForTask
 from test_vsphere_export import _has_snapshot, same_bytes
 from test_vsphere_import import backing_flat_path, conn_vars, destroy, find_vm, flat_path, make_bundle
 
+# tests/integration/test_vsphere_recovery.py (vSphere faults of the integration suite): its forwarder,
+# random disks and import arguments.
+from test_vsphere_recovery import CuttingProxy, import_args, random_disk
+
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.bundle import Bundle
 
 MIB = 1024 * 1024
 PREFIX = "lab-fv-"
 
 
-def random_disk(path, size):
-    with open(path, "wb") as fh:
-        for _ in range(size // MIB):
-            fh.write(os.urandom(MIB))
-    return str(path)
-
-
-def import_args(lab, bundle, **extra):
-    return conn_vars(
-        lab, bundle=bundle, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"}, **extra
-    )
-
-
-class Forwarder:
+class Forwarder(CuttingProxy):
     """Forwards 127.0.0.1:<port> to ``upstream``, waiting ``delay`` seconds before passing
     on each read (a slow link). ``hang_after``: once one side has sent that many bytes
     without the other answering (a disk transfer, not SOAP), the connection goes silent:
     nothing more is passed either way, and the sockets stay open (a hung server)."""
 
     def __init__(self, upstream, delay=0.0, hang_after=None):  # noqa: D107
-        self.upstream, self.delay, self.hang_after = upstream, delay, hang_after
+        self.delay, self.hang_after = delay, hang_after
         self.hangs = 0
         self.most = 0  # the largest burst passed: how far a disk transfer got
-        self.stopped = threading.Event()
-        self.sockets = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(upstream, cut_after=None, stop_on_cut=False, lifetime=3600)
 
-    def _serve(self):
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=10)
-            except OSError:
-                client.close()  # upstream down: refuse, as the server itself would
-                continue
-            self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-
-    def _pump(self, client, server):
-        peer = {client: server, server: client}
-        burst = {client: 0, server: 0}
-        try:
-            while not self.stopped.is_set():
-                ready, _, _ = select.select([client, server], [], [], 0.2)
-                for sock in ready:
-                    data = sock.recv(256 * 1024)
-                    if not data:
-                        return
-                    burst[sock] += len(data)
-                    burst[peer[sock]] = 0
-                    self.most = max(self.most, burst[sock])
-                    if self.hang_after is not None and burst[sock] > self.hang_after:
-                        self.hangs += 1
-                        self.stopped.wait()  # silent until the test ends
-                        return
-                    time.sleep(self.delay)
-                    peer[sock].sendall(data)
-        except OSError:
-            return
-        finally:
-            client.close()
-            server.close()
-
-    def stop(self):
-        self.stopped.set()
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
+    def _passes(self, burst):
+        self.most = max(self.most, burst)
+        if self.hang_after is not None and burst > self.hang_after:
+            self.hangs += 1
+            self.stopped.wait()  # silent until the test ends
+            return False
+        time.sleep(self.delay)
+        return True
 
 
 @pytest.fixture

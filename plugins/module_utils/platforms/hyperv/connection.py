@@ -190,8 +190,9 @@ SCRIPTS = {
     [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
 """,
     # Remove-VM turns a running VM off first; the VHDX files stay (the caller removes them).
+    # No VM of this Id: this call, sent again after its answer was lost, already removed it.
     "remove_vm": """
-    Remove-VM -VM (Get-VM -Id $p.Id) -Force
+    foreach ($vm in @(Get-VM | Where-Object -Property Id -EQ -Value $p.Id)) { Remove-VM -VM $vm -Force }
     [pscustomobject]@{ ok = $true; result = $null } | ConvertTo-Json -Compress
 """,
     "start_vm": """
@@ -234,16 +235,43 @@ SCRIPTS = {
     [pscustomobject]@{ ok = $true; result = $c.Count } | ConvertTo-Json -Compress
 """,
     # An RCT reference point (ReferencePointType 1): one change tracking id per disk.
+    # Hyper-V gives a reference point no name: one of this VM's that is not in Known (the
+    # ones it had just before) was made by this very call, sent again after its answer was
+    # lost, and is used rather than made twice (Found says so).
     "reference_point": """
     $ns = 'root\\virtualization\\v2'
-    $cs = Get-CimInstance -Namespace $ns -ClassName 'Msvm_ComputerSystem' | Where-Object -Property Name -EQ -Value $p.Id
-    $svc = Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePointService'
-    $r = Invoke-CimMethod -InputObject $svc -MethodName 'CreateReferencePoint' -Arguments @{
-        AffectedSystem = $cs; ReferencePointSettings = ''; ReferencePointType = 1 }
-    $rp = $r.ResultingReferencePoint
-    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = [int]$r.ReturnValue
-        Id = $rp.InstanceID; Rct = @($rp.ResilientChangeTrackingIdentifiers); Job = [string]$r.Job.InstanceID }
+    $mine = @(Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePoint' |
+        Where-Object -Property VirtualSystemIdentifier -EQ -Value $p.Id)
+    $new = @(foreach ($r in $mine) {
+        $known = $false
+        foreach ($k in $p.Known) { if ($r.InstanceID -eq $k) { $known = $true } }
+        if (-not $known) { $r }
+    })
+    $found = $new.Count -eq 1
+    if ($found) {
+        foreach ($r in $new) { $rp = $r }
+        $rv = 0
+        $job = ''
+    } else {
+        $cs = Get-CimInstance -Namespace $ns -ClassName 'Msvm_ComputerSystem' |
+            Where-Object -Property Name -EQ -Value $p.Id
+        $svc = Get-CimInstance -Namespace $ns -ClassName 'Msvm_VirtualSystemReferencePointService'
+        $r = Invoke-CimMethod -InputObject $svc -MethodName 'CreateReferencePoint' -Arguments @{
+            AffectedSystem = $cs; ReferencePointSettings = ''; ReferencePointType = 1 }
+        $rp = $r.ResultingReferencePoint
+        $rv = [int]$r.ReturnValue
+        $job = [string]$r.Job.InstanceID
+    }
+    [pscustomobject]@{ ok = $true; result = [pscustomobject]@{ ReturnValue = $rv; Found = $found
+        Id = $rp.InstanceID; Rct = @($rp.ResilientChangeTrackingIdentifiers); Job = $job }
     } | ConvertTo-Json -Depth 4 -Compress
+""",
+    # The Ids of a VM's reference points (its own and any other tool's).
+    "vm_reference_points": """
+    $mine = @(Get-CimInstance -Namespace 'root\\virtualization\\v2' -ClassName 'Msvm_VirtualSystemReferencePoint' |
+        Where-Object -Property VirtualSystemIdentifier -EQ -Value $p.Id)
+    $out = @(foreach ($r in $mine) { [string]$r.InstanceID })
+    [pscustomobject]@{ ok = $true; result = $out } | ConvertTo-Json -Compress
 """,
     # A CIM method that answered 4096 runs as a job: its state (7 Completed; 8, 9, 10 failed).
     "cim_job": """
@@ -342,7 +370,7 @@ def parse_output(stdout, stderr, status, what, host):
 # Scripts that do something different when sent twice: not sent again when the connection
 # fails, since the host may have run them before the answer was lost (the caller's cleanup
 # then removes what they made). Every other script reads, or checks before it changes.
-NOT_RETRIED = ("configure_vm", "reference_point")
+NOT_RETRIED = ("configure_vm",)
 
 # Hyper-V categories that mean the request named something wrong, not that the host failed.
 INPUT_CATEGORIES = ("ObjectNotFound", "InvalidArgument")

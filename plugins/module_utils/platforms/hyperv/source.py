@@ -143,8 +143,40 @@ class HyperVSession(SourceSession):
                 )
 
     def _new_reference_point(self):
+        # Hyper-V names no reference point: the ones the VM has before tell the one this call
+        # makes from the others. Sent again after its answer was lost, the script finds it and
+        # uses it; failing for good, the one it made is removed, not left on the host.
+        known = self._reference_points()
+        try:
+            self._make_reference_point(known)
+        except BaseException:
+            self._remove_made_reference_point(known)
+            raise
+
+    def _reference_points(self):
+        return (
+            self.conn.run(
+                "vm_reference_points",
+                {"Id": self.vm["Id"]},
+                vm=self.vm["Name"],
+                what="listing the RCT reference points",
+            )
+            or []
+        )
+
+    def _remove_made_reference_point(self, known):
+        with contextlib.suppress(V2VError):
+            made = [rp for rp in self._reference_points() if rp not in known]
+            # Only one new since the call: it is this call's (more: another tool made some too).
+            if len(made) == 1:
+                self._destroy(made[0])
+
+    def _make_reference_point(self, known):
         rp = self.conn.run(
-            "reference_point", {"Id": self.vm["Id"]}, vm=self.vm["Name"], what="making an RCT reference point"
+            "reference_point",
+            {"Id": self.vm["Id"], "Known": known},
+            vm=self.vm["Name"],
+            what="making an RCT reference point",
         )
         if rp.get("ReturnValue") == JOB_STARTED and rp.get("Job"):
             # A busy host runs it as a job; the reference point is the job's affected element.
@@ -208,10 +240,14 @@ class HyperVSession(SourceSession):
             ) from errors[0]
 
     def _destroy(self, rp_id):
-        with contextlib.suppress(V2VError):
+        """True once removed (or already gone)."""
+        try:
             self.conn.run(
                 "destroy_reference_point", {"Id": rp_id}, vm=self.vm["Name"], what="removing a reference point"
             )
+        except V2VError:
+            return False
+        return True
 
     # -- reading --
 
@@ -270,13 +306,15 @@ class HyperVSession(SourceSession):
         if not self.reference_point:
             return False
         if changed:
-            for rp_id in self.previous:
-                if rp_id != self.reference_point["Id"]:
-                    self._destroy(rp_id)
-            self.bundle.manifest.setdefault("created", {})["reference_points"] = [self.reference_point["Id"]]
-        else:
-            self._destroy(self.reference_point["Id"])
-            self.reference_point = None
+            new = self.reference_point["Id"]
+            # One that could not be removed (the host unreachable) stays listed: the next sync removes it.
+            left = [rp_id for rp_id in self.previous if rp_id != new and not self._destroy(rp_id)]
+            self.bundle.manifest.setdefault("created", {})["reference_points"] = [new, *left]
+            return False
+        if not self._destroy(self.reference_point["Id"]):
+            created = self.bundle.manifest.setdefault("created", {})
+            created["reference_points"] = [*(created.get("reference_points") or []), self.reference_point["Id"]]
+        self.reference_point = None
         return False
 
 
