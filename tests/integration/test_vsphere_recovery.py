@@ -444,8 +444,11 @@ def test_import_failing_after_upload_removes_what_it_made(lab, vsphere_si, run_m
         res = run_module("vsphere_import", import_args(lab, bundle.dir))
         assert res.get("failed"), res
         msg = res["msg"]
-        assert "disk disk0 read from the bundle differs from its manifest digests in 1 blocks" in msg, msg
-        assert "first at byte %d" % (3 * MIB) in msg, msg
+        assert res["error_kind"] == "disk", res
+        says = "bundle %s, disk disk0: the data in %s does not match the bundle's block digests" % (bundle.dir, image)
+        assert says in msg, msg
+        assert "(1 of 8 blocks differ, first at byte %d): the file is damaged" % (3 * MIB) in msg, msg
+        assert "Fix: copy the bundle again, or re-run the export (and convert)" in msg, msg
         # Nothing left: no VM, and the VM's directory this run made is gone with its files.
         assert find_vm(vsphere_si, vm_name) is None
         assert not os.path.exists(vm_dir)
@@ -456,7 +459,7 @@ def test_import_failing_after_upload_removes_what_it_made(lab, vsphere_si, run_m
         with open(os.path.join(vm_dir, "keep.txt"), "w") as fh:
             fh.write("not vmigrate's")
         res = run_module("vsphere_import", import_args(lab, bundle.dir))
-        assert res.get("failed") and "differs from its manifest digests" in res["msg"], res
+        assert res.get("failed") and "does not match the bundle's block digests" in res["msg"], res
         assert find_vm(vsphere_si, vm_name) is None
         assert sorted(os.listdir(vm_dir)) == ["keep.txt"]
     finally:

@@ -346,6 +346,52 @@ def digest_disk(reader, block_size=DEFAULT_BLOCK_SIZE, progress=None, extents=No
     return result
 
 
+def _in_bundle(bundle_dir, rel):
+    return rel if os.path.isabs(rel) else os.path.join(bundle_dir, rel)
+
+
+def refuse_damaged_data(bundle_dir, disk, got, name, left="nothing left on the target"):
+    """Raise DiskError when ``got``, the DigestList of a bundle disk's data as an import
+    read it (its deltas applied), differs from the bundle's own block digests for that
+    disk: a bit flipped in a disk or delta file of the bundle. Formats without checksums
+    (raw, vmdk, vhdx data) read such a file without complaint, so the import checks this
+    before it makes the VM; ``left`` says what the caller leaves on the target (nothing)."""
+    if not disk.get("digests"):
+        return
+    want = DigestList.load(
+        _in_bundle(bundle_dir, disk["digests"]),
+        disk["block_size"],
+        expected_sha256=disk.get("digests_sha256"),
+        count=disk.get("blocks"),
+    )
+    bad = want.changed_blocks(got)
+    if bad:
+        image = _in_bundle(bundle_dir, disk["path"])
+        # An image of several files (a vmdk's descriptor and flat extent) names them all.
+        more = [_in_bundle(bundle_dir, f["path"]) for f in disk.get("files") or []]
+        more = [f for f in more if f != image]
+        files = [image + (" (with %s)" % ", ".join(more) if more else "")]
+        files += [_in_bundle(bundle_dir, d["path"]) for d in disk.get("deltas") or []]
+        raise DiskError(
+            "bundle %s, disk %s: the data in %s does not match the bundle's block digests "
+            "(%d of %d blocks differ, first at byte %d): the file is damaged"
+            % (bundle_dir, disk["id"], " + ".join(files), len(bad), len(want), bad[0] * want.block_size),
+            "copy the bundle again, or re-run the export (and convert) that wrote it; %s was not imported (%s)"
+            % (name, left),
+        )
+
+
+def check_disk_data(bundle_dir, disk, path, fmt, name, left="nothing left on the target"):
+    """Read back ``path`` (an image an import wrote from the bundle's disk, deltas applied)
+    and refuse it as refuse_damaged_data does when its data differs from the bundle's
+    digests."""
+    if not disk.get("digests"):
+        return
+    with _disk.open_guest(path, fmt) as reader:
+        got = digest_disk(reader, disk["block_size"])
+    refuse_damaged_data(bundle_dir, disk, got, name, left)
+
+
 def _name(io):
     return getattr(io, "path", None) or getattr(io, "name", None) or type(io).__name__
 

@@ -367,7 +367,8 @@ class Bundle:
             except DiskError as exc:
                 raise DiskError(
                     "bundle %s, disk %s (fields %s.path, %s.format): %s" % (self.dir, did, where, where, exc.problem),
-                    exc.fix,
+                    "the file is damaged or not in that format: copy the bundle again, or re-run the export "
+                    "(and convert) that wrote it",
                 ) from exc
             if size != disk["capacity"]:
                 raise self._integrity(

@@ -68,6 +68,31 @@ def _not_found_vm(name, cmdlet):
     )
 
 
+_REGION_METADATA = uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E").bytes_le
+_ITEM_VIRTUAL_SIZE = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8").bytes_le
+
+
+def vhdx_metadata(local):
+    """What Get-VHD reads of a VHDX that qemu-img refuses: its format and virtual size, from
+    the region table (at 192 KiB) and the metadata table (VHDX specification 2.6)."""
+    with open(local, "rb") as f:
+        f.seek(192 * 1024)
+        table = f.read(64 * 1024)
+        regions = {table[16 + 32 * i : 32 + 32 * i]: int.from_bytes(table[32 + 32 * i : 40 + 32 * i], "little")
+                   for i in range(int.from_bytes(table[8:12], "little"))}  # fmt: skip
+        if table[:4] != b"regi" or _REGION_METADATA not in regions:
+            return {"format": "raw", "virtual-size": os.path.getsize(local)}
+        base = regions[_REGION_METADATA]
+        f.seek(base)
+        meta = f.read(64 * 1024)
+        for i in range(int.from_bytes(meta[10:12], "little")):
+            entry = meta[32 + 32 * i : 64 + 32 * i]
+            if entry[:16] == _ITEM_VIRTUAL_SIZE:
+                f.seek(base + int.from_bytes(entry[16:20], "little"))
+                return {"format": "vhdx", "virtual-size": int.from_bytes(f.read(8), "little")}
+    return {"format": "raw", "virtual-size": os.path.getsize(local)}
+
+
 class HyperVHost(HostActions, HostRct):
     """The host: ``state_dir`` holds hyperv.json; ``share_local`` is the VHDX directory
     Hyper-V knows as ``share_windows``."""
@@ -393,11 +418,10 @@ class HyperVHost(HostActions, HostRct):
                     "ObjectNotFound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD",
                     target=p,
                 )
-            info = json.loads(
-                subprocess.run(
-                    ["qemu-img", "info", "--output=json", "-U", local], check=True, capture_output=True, text=True
-                ).stdout
-            )
+            proc = subprocess.run(["qemu-img", "info", "--output=json", "-U", local], capture_output=True, text=True)
+            # qemu-img refuses a damaged VHDX (a BAT entry past the file's end); Hyper-V's
+            # Get-VHD reads only the headers and metadata, so it still reports the disk.
+            info = json.loads(proc.stdout) if proc.returncode == 0 else vhdx_metadata(local)
             meta = state["vhds"].get(p.lower(), {})
             # A checkpoint's .avhdx is a qcow2 overlay here (see actions.py): Hyper-V calls it VHDX.
             fmt = "VHDX" if meta.get("parent") else {"vhdx": "VHDX", "vpc": "VHD"}.get(info.get("format"))

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, V2VError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, PlatformError, V2VError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import bundle as _bundle
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import SourceSession
@@ -258,7 +258,15 @@ class HyperVSession(SourceSession):
     def open_disk(self, disk):
         src = disk["source"]
         # qemu-img check first: a VHDX cut short would otherwise read as zeros past its end.
-        _disk.info(src["local"], src["format"])
+        try:
+            _disk.info(src["local"], src["format"])
+        except DiskError as exc:
+            raise DiskError(
+                "disk %s of VM %s (%s, %s) cannot be read: %s"
+                % (disk["id"], self.vm["Name"], disk["target"], src["path"], exc.problem),
+                "the file is damaged: check it on the Hyper-V host (Test-VHD -Path '%s'), restore it from a "
+                "backup or repair it, then re-run the export" % src["path"],
+            ) from exc
         return _disk.open_guest(src["local"], src["format"])
 
     def changes(self, disk, reader, record):

@@ -109,6 +109,12 @@ class HyperVTarget:
             for f in files:
                 made.append(f["local"])
                 result["bytes_written"] += self._write_vhdx(f, bundle, prov, vhd_type, result, name)
+                # Read back against the bundle's digests before New-VM: a bit flipped in the
+                # bundle's VHDX data (no checksums there) would otherwise reach the target
+                # unseen until verify. The VHDX is checked, not the bundle's file before the
+                # conversion: the digests describe the disk with its deltas applied, which
+                # exists only once written; a refusal removes it below (no VM is made).
+                _blocks.check_disk_data(bundle.dir, f["record"], f["local"], "vhdx", name, left="no VM, no VHDX left")
             try:
                 vm_id = self.conn.run(
                     "new_vm",

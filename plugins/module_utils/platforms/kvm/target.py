@@ -72,28 +72,9 @@ def _bundle_path(bundle_dir, rel):
 def _check_data(bundle_dir, disk, path, fmt, name):
     """Refuse a bundle whose disk data does not match its own block digests (a bit flipped
     in a disk or delta file): the image just written at ``path`` (a new volume, or the file
-    about to be uploaded) is read back and hashed, before the domain is defined."""
-    if not disk.get("digests"):
-        return
-    want = _blocks.DigestList.load(
-        _bundle_path(bundle_dir, disk["digests"]),
-        disk["block_size"],
-        expected_sha256=disk.get("digests_sha256"),
-        count=disk.get("blocks"),
-    )
-    with _disk.open_guest(path, fmt) as reader:
-        got = _blocks.digest_disk(reader, want.block_size)
-    bad = want.changed_blocks(got)
-    if bad:
-        files = [_bundle_path(bundle_dir, disk["path"])]
-        files += [_bundle_path(bundle_dir, d["path"]) for d in disk.get("deltas") or []]
-        raise DiskError(
-            "bundle %s, disk %s: the data in %s does not match the bundle's block digests "
-            "(%d of %d blocks differ, first at byte %d): the file is damaged"
-            % (bundle_dir, disk["id"], " + ".join(files), len(bad), len(want), bad[0] * want.block_size),
-            "copy the bundle again, or re-run the export (and convert) that wrote it; %s was not imported "
-            "(no volume or domain left)" % name,
-        )
+    about to be uploaded) is read back and hashed, before the domain is defined. The check
+    is the engine's, shared with the vSphere and Hyper-V imports."""
+    _blocks.check_disk_data(bundle_dir, disk, path, fmt, name, left="no volume or domain left")
 
 
 def _xml_from_spec(spec, disks, provenance, domain_type):

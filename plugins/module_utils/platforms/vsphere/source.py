@@ -7,13 +7,16 @@ tracking (CBT) where it is on. What is copied and recorded is engine/export.py's
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import PlatformError, V2VError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, PlatformError, V2VError
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.base import SourceSession
 from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.connection import (
     DatastoreFile,
     fault_text,
     flat_name,
+    get_file,
     split_ds_path,
     vim,
     vmodl,
@@ -26,6 +29,7 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.inv
 )
 
 SNAPSHOT_PREFIX = "vmigrate-"
+_EXTENT = re.compile(r'^\s*(?:RW|RDONLY)\s+(\d+)\s+(?:FLAT|VMFS)\s+"([^"]+)"', re.M)
 SNAPSHOT_DESCRIPTION = "vmigrate.v2v sync; removed by it"
 STUN_SNAPSHOT = SNAPSHOT_PREFIX + "cbt-stun"
 
@@ -43,6 +47,14 @@ def allocated_of(layout_ex, disk_key):
             total = sum(extents.get(k, 0) for link in disk.chain or [] for k in link.fileKey)
             return total or None
     return None
+
+
+def extent_bytes(descriptor, extent):
+    """The bytes a VMDK descriptor's extent lines give the file ``extent`` (sectors x 512),
+    or None when the descriptor (bytes, or None when there is none) names no such extent."""
+    text = (descriptor or b"")[:65536].decode("utf-8", "replace")
+    sectors = [int(n) for n, name in _EXTENT.findall(text) if os.path.basename(name) == os.path.basename(extent)]
+    return sum(sectors) * 512 if sectors else None
 
 
 class VsphereSession(SourceSession):
@@ -311,7 +323,18 @@ class VsphereSource(VsphereInventory):
                 "this module reads flat/thin VMFS and NFS disks; export sparse disks with ovftool or NBD/VDDK",
             ) from exc
         if reader.size < capacity:
-            # A thin file shorter than the disk: the rest reads as zeros.
+            # vSphere keeps a flat extent at its full size (thin ones are sparse files), so
+            # a file shorter than its descriptor says was cut: its tail would read as zeros.
+            declared = extent_bytes(get_file(self.conn, ds_name, vmdk), flat_name(vmdk))
+            if declared and reader.size < declared:
+                raise DiskError(
+                    "disk [%s] %s: its flat extent [%s] %s holds %d bytes, its descriptor says %d: the file "
+                    "is truncated (damaged)" % (ds_name, vmdk, ds_name, flat_name(vmdk), reader.size, declared),
+                    "restore the disk's files (a backup, or vSphere's own repair), then re-run the export; "
+                    "nothing was read into the bundle",
+                )
+            # No extent size to check against (vcsim's own empty disks have an empty
+            # descriptor): the rest reads as zeros.
             reader.data_end = reader.size
             reader.size = capacity
         return reader

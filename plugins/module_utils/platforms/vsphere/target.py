@@ -90,7 +90,9 @@ class VsphereTarget(VsphereInventory):
         try:
             # The disks are made ready (and checked against the bundle) before vSphere is
             # asked for anything, so a bad bundle leaves nothing behind.
-            streams = [self._stream_disk(bundle, item, work) for item in plan["disks"]]
+            streams = [
+                self._stream_disk(bundle, item, work, vsphere_name, "no VM, no file uploaded") for item in plan["disks"]
+            ]
             put_file(self.conn, ds_name, marker, json.dumps(prov).encode(), len(json.dumps(prov)))
             config = self._config_spec(vsphere_name, spec, plan, prov, options)
             folder = self._folder(options.get("folder"))
@@ -180,10 +182,14 @@ class VsphereTarget(VsphereInventory):
             )
         return stats
 
-    def _stream_disk(self, bundle, item, work):
+    def _stream_disk(self, bundle, item, work, name, left):
         """The disk as a streamOptimized VMDK in ``work``: the bundle's disk is read once
         (allocated extents only), hashed on the way and checked against the bundle's
-        digests; only non-zero grains are written, compressed on every core."""
+        digests; only non-zero grains are written, compressed on every core.
+
+        Hashing on the one read the upload needs anyway (rather than a read of the local
+        file before, or of the target after) costs nothing extra, and the check is done
+        before vSphere is asked for anything, so a damaged bundle leaves ``left``."""
         record = item["record"]
         capacity = item["capacity"]
         adapter = ADAPTER_TYPE.get(item["controller"] or item["bus"], "lsilogic")
@@ -198,7 +204,7 @@ class VsphereTarget(VsphereInventory):
                 )
             block_size = record.get("block_size") or _blocks.DEFAULT_BLOCK_SIZE
             digests, data = write_stream_vmdk(reader, stream, adapter, block_size)
-        _check_digests(bundle, record, item["id"], digests)
+        _blocks.refuse_damaged_data(bundle.dir, record, digests, name, left)
         return {"path": stream, "data": data}
 
     def remove_vm(self, vm, spec, options, check_mode):
@@ -481,7 +487,7 @@ class VsphereTarget(VsphereInventory):
         attached = False
         try:
             # Checked against the bundle's digests before vSphere is asked for anything.
-            streams = [self._stream_disk(bundle, item, work) for item in items]
+            streams = [self._stream_disk(bundle, item, work, vm.name, "its disks unchanged") for item in items]
             plan = {"datastore": ds_name, "disks": items, "networks": {}}
             config = self._config_spec(helper_name, dict(spec, nics=[], disks=[]), plan, prov, {})
             config.annotation = "vmigrate.v2v: uploads new disks for VM %s; delete it if it is left behind" % vm.name
@@ -654,19 +660,6 @@ def _annotation(spec, prov):
         prov["source_id"],
     )
     return (note + "\n\n" + origin).strip()
-
-
-def _check_digests(bundle, record, disk_id, digests):
-    """Refuse to go on with a disk whose bytes, hashed while they were read from the bundle
-    for the upload, differ from the bundle's manifest digests."""
-    want = bundle.load_digests(record)
-    if want is not None and want != digests:
-        bad = digests.changed_blocks(want)
-        raise PlatformError(
-            "disk %s read from the bundle differs from its manifest digests in %d blocks (first at byte %d)"
-            % (disk_id, len(bad), bad[0] * digests.block_size),
-            "the bundle's disk changed after export: re-run the export",
-        )
 
 
 def _scratch_dir(bundle):

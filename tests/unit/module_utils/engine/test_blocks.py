@@ -383,3 +383,33 @@ def test_apply_deltas_checked_catches_a_flipped_bit_in_a_delta(tmp_path):
     target, (_stats, bad) = run()
     assert bad == [9]
     assert target.read_bytes() != bytes(new)  # it was written: the caller marks the target incomplete
+
+
+def test_check_disk_data_names_bundle_disk_files_and_fix(tmp_path):
+    """The imports' shared check: a bit flipped in a bundle's vmdk (descriptor + flat file)
+    is refused naming both files and how many blocks differ; the intact image passes."""
+    raw = tmp_path / "src.raw"
+    raw.write_bytes(os.urandom(4 * MiB))
+    bundle = tmp_path / "b"
+    (bundle / "digests").mkdir(parents=True)
+    vmdk = bundle / "disk0.vmdk"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat",
+                    str(raw), str(vmdk)], check=True)  # fmt: skip
+    with _disk.open_guest(str(raw), "raw") as reader:
+        want = _blocks.digest_disk(reader, MiB)
+    disk = {"id": "disk0", "path": "disk0.vmdk", "digests": "digests/disk0.blocks", "block_size": MiB,
+            "digests_sha256": want.save(str(bundle / "digests" / "disk0.blocks")), "blocks": len(want),
+            "files": [{"path": "disk0.vmdk"}, {"path": "disk0-flat.vmdk"}]}  # fmt: skip
+    _blocks.check_disk_data(str(bundle), disk, str(vmdk), "vmdk", "vm1")
+    flat = bundle / "disk0-flat.vmdk"
+    with open(flat, "r+b") as fh:
+        fh.seek(2 * MiB + 9)
+        byte = fh.read(1)[0]
+        fh.seek(2 * MiB + 9)
+        fh.write(bytes([byte ^ 1]))
+    with pytest.raises(DiskError) as exc:
+        _blocks.check_disk_data(str(bundle), disk, str(vmdk), "vmdk", "vm1", left="no VM left")
+    msg = exc.value.message
+    assert "bundle %s, disk disk0: the data in %s (with %s) does not match" % (bundle, vmdk, flat) in msg, msg
+    assert "(1 of 4 blocks differ, first at byte %d): the file is damaged" % (2 * MiB) in msg, msg
+    assert msg.endswith("re-run the export (and convert) that wrote it; vm1 was not imported (no VM left)"), msg

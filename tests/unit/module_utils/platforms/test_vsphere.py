@@ -261,3 +261,14 @@ def test_allocated_of_reads_the_current_extents_of_a_disk():
     assert allocated_of(layout, 2001) is None and allocated_of(None, 2000) is None
     files[1].size = 0  # vcsim: no sizes
     assert allocated_of(layout, 2000) is None
+
+
+def test_extent_bytes_reads_a_flat_descriptor():
+    from ansible_collections.vmigrate.v2v.plugins.module_utils.platforms.vsphere.source import extent_bytes
+
+    desc = b'# Disk DescriptorFile\nversion=1\ncreateType="vmfs"\n\nRW 16384 VMFS "vm/vm-flat.vmdk"\n'
+    assert extent_bytes(desc, "vm-flat.vmdk") == 16384 * 512
+    assert extent_bytes(desc.replace(b"VMFS", b"FLAT"), "vm/vm-flat.vmdk") == 16384 * 512
+    assert extent_bytes(desc, "other-flat.vmdk") is None
+    assert extent_bytes(b"", "vm-flat.vmdk") is None  # vcsim's own empty disks: no size to check
+    assert extent_bytes(None, "vm-flat.vmdk") is None
