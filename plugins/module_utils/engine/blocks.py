@@ -381,6 +381,10 @@ def refuse_damaged_data(bundle_dir, disk, got, name, left="nothing left on the t
         )
 
 
+# What a refused rewrite of an existing target's disk leaves (its provenance says incomplete).
+REWRITE_LEFT = "its disk was written again and it stays marked incomplete until an import from an intact bundle"
+
+
 def check_disk_data(bundle_dir, disk, path, fmt, name, left="nothing left on the target"):
     """Read back ``path`` (an image an import wrote from the bundle's disk, deltas applied)
     and refuse it as refuse_damaged_data does when its data differs from the bundle's

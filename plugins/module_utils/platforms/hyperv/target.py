@@ -258,6 +258,7 @@ class HyperVTarget:
                 f = {"record": rec, "local": tdisk["local"]}
                 vhd_type = "fixed" if tdisk.get("vhd_type") == "Fixed" else "dynamic"
                 result["bytes_written"] += self._write_vhdx(f, bundle, plan.want, vhd_type, result, vm["Name"])
+                _blocks.check_disk_data(bundle.dir, rec, tdisk["local"], "vhdx", vm["Name"], left=_blocks.REWRITE_LEFT)
         result["deltas_applied"] = applied or result["deltas_applied"]
         self.write_provenance(vm, plan.want)
         return result

@@ -527,6 +527,7 @@ class KvmTarget(KvmInventory):
                 result["bytes_written"] += disk["capacity"]
                 for delta in deltas:
                     result["bytes_written"] += self._apply_one(tdisk["path"], fmt, bundle, delta)["bytes_written"]
+                _blocks.check_disk_data(bundle, disk, tdisk["path"], fmt, dom.name(), left=_blocks.REWRITE_LEFT)
             else:
                 # A sparse upload over old data would keep it in the holes: make the
                 # volume again under the same name (and path), then upload.
