@@ -18,8 +18,8 @@ import contextlib
 import os
 import time
 
-from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, V2VError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import DiskError, InputError, V2VError
+from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
@@ -92,6 +92,7 @@ class HyperVTarget:
                     "the share already holds %s (%s), which this import would write" % (f["windows"], f["local"]),
                     "remove that file (it belongs to no VM of this name), or import under another name",
                 )
+        self._check_free_space(files, vhd_type)
         generation = 2 if spec["firmware"]["type"] == "uefi" else 1
         result = {
             "changed": True,
@@ -133,7 +134,7 @@ class HyperVTarget:
             self.conn.run("configure_vm", self._configuration(vm_id, spec, generation, files, options), vm=name,
                           what="configuring the new VM")  # fmt: skip
             self.conn.run("set_notes", {"Id": vm_id, "Notes": self._notes(None, prov)}, vm=name, what="writing Notes")
-        except BaseException:
+        except BaseException as exc:
             # Leave nothing half-made behind: the VM and the files this run wrote.
             if vm_id is not None:
                 with contextlib.suppress(V2VError):
@@ -141,9 +142,41 @@ class HyperVTarget:
             for path in made:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+            if isinstance(exc, (DiskError, OSError)) and "No space left on device" in str(exc):
+                # The free-space check counts the bundle's files; compressed ones hold more
+                # once written, and others may write on that volume too.
+                share = self.share()
+                problem = getattr(exc, "problem", None) or "cannot import %s: %s" % (name, exc)
+                raise DiskError(
+                    "%s: the share %s (Hyper-V's %s) is full" % (problem.rstrip("."), share.local, share.windows),
+                    "free space on the volume that holds %s, or give share and share_windows of a directory "
+                    "with room; the files this import wrote were removed and no VM was made" % share.windows,
+                    share=share.windows,
+                ) from exc
             raise
         result["provenance"] = prov
         return result
+
+    def _check_free_space(self, files, vhd_type):
+        """Refuse an import the share's volume cannot hold, before writing anything. The
+        share is the host's volume mounted over SMB: statvfs on the mount point is the
+        free space the Hyper-V host's file server reports for that volume."""
+        share = self.share()
+        # A fixed VHDX takes its capacity; a dynamic one about the data (the bundle's files).
+        need = 0
+        for f in files:
+            rec = f["record"]
+            need += int(rec["capacity"] if vhd_type == "fixed" else rec.get("allocated") or rec["capacity"])
+        st = os.statvfs(share.local)
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise InputError(
+                "the share %s (Hyper-V's %s) has %s free, the disks need up to %s"
+                % (share.local, share.windows, human_bytes(free), human_bytes(need)),
+                "free space on the volume that holds %s, or give share and share_windows of a directory with room"
+                % share.windows,
+                share=share.windows,
+            )
 
     def _remove_unfinished(self, name):
         """New-VM may have made the VM before the script failed: remove VMs of this name

@@ -706,7 +706,7 @@ def upload_to_lease(conn, device_url, local, what, lease=None, progress=None, to
     if resp.status not in (200, 201, 204):
         raise PlatformError(
             "upload of disk %s to %s:%s answered HTTP %d: %s"
-            % (what, host, port, resp.status, body[:200].decode("utf-8", "replace")),
+            % (what, host, port, resp.status, body[:200].decode("utf-8", "replace").strip()),
             "check the datastore has space and the user may import VMs (VApp.Import privilege)",
         )
     return sent

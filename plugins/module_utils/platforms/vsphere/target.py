@@ -22,7 +22,7 @@ import time
 import zlib
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputError, PlatformError, VerifyError
-from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress
+from ansible_collections.vmigrate.v2v.plugins.module_utils._progress import Progress, human_bytes
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import blocks as _blocks
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import disk as _disk
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import steps as _steps
@@ -165,9 +165,14 @@ class VsphereTarget(VsphereInventory):
             urls = [by_name[os.path.basename(item["path"])] for item in plan["disks"]]
         total = sum(os.path.getsize(st["path"]) for st in streams)
         stats, done = [], 0
-        for item, url, st in zip(plan["disks"], urls, streams, strict=True):
+        for i, (item, url, st) in enumerate(zip(plan["disks"], urls, streams, strict=True)):
             progress = Progress("upload %s" % item["id"], os.path.getsize(st["path"]))
-            sent = upload_to_lease(self.conn, url, st["path"], item["file"], lease, progress, total, done)
+            try:
+                sent = upload_to_lease(self.conn, url, st["path"], item["file"], lease, progress, total, done)
+            except PlatformError as exc:
+                # The data still to write is what this upload and the next ones carry.
+                self._raise_if_full(item["datastore"], sum(s["data"] for s in streams[i:]), exc)
+                raise
             done += sent
             stats.append(
                 {
@@ -260,17 +265,48 @@ class VsphereTarget(VsphereInventory):
         networks = {}
         for nic in spec["nics"]:
             networks[nic["network"]] = self._network(nic["network"])
-        self._check_free_space(ds_name, sum(d["capacity"] for d in disks))
+        # The import writes thin disks: what they take is the bundle's data (its files'
+        # allocation), not their capacity; a bundle that does not say counts capacity.
+        self._check_free_space(ds_name, sum(int(d["record"].get("allocated") or d["capacity"]) for d in disks))
         return {"datastore": ds_name, "disks": disks, "networks": networks}
 
-    def _check_free_space(self, ds_name, need):
+    def _free_space(self, ds_name):
+        """The datastore's free bytes (None when vSphere does not say), refreshed first:
+        vCenter's summary is only updated now and then."""
         ds = self.conn.datastore(ds_name)
-        free = ds.summary.freeSpace
+        try:
+            ds.RefreshDatastore()
+        except Exception:  # no privilege (or an empty answer, as vcsim 0.24 gives): the summary is what there is
+            pass
+        return ds.summary.freeSpace
+
+    def _check_free_space(self, ds_name, need):
+        free = self._free_space(ds_name)
         if free is not None and free < need:
             raise PlatformError(
-                "datastore %s has %d bytes free, the disks need %d" % (ds_name, free, need),
-                "free space on %s or map the disks to another datastore" % ds_name,
+                "datastore %s has %d bytes free, the disks need %d (%s free, %s needed)"
+                % (ds_name, free, need, human_bytes(free), human_bytes(need)),
+                "free space on %s, or import onto another datastore (option datastore, or storage_map)" % ds_name,
+                datastore=ds_name,
             )
+
+    def _raise_if_full(self, ds_name, left, exc):
+        """After a failed upload: when the datastore has less room than the data still to
+        write, it filled up during the import (the up-front check counts the bundle's
+        files; compressed ones hold more once written, and others write there too)."""
+        try:
+            free = self._free_space(ds_name)
+        except Exception:  # vSphere itself may be the failure: keep the upload's error
+            return
+        if free is None or free >= left:
+            return
+        raise PlatformError(
+            "%s: datastore %s is full (%s free, this import still had %s to write)"
+            % (exc.problem.rstrip("."), ds_name, human_bytes(max(free, 0)), human_bytes(left)),
+            "free space on %s, or import onto another datastore (option datastore, or storage_map), "
+            "then re-run; what this import made is removed" % ds_name,
+            datastore=ds_name,
+        ) from exc
 
     def _network(self, name):
         for net in self.dc.network:
