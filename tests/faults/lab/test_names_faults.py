@@ -384,3 +384,35 @@ def test_plan_with_such_names(lab, libvirt_conn, run_playbook, reliability, tmp_
         assert find_canaries(canary, [str(tmp_path), os.getcwd(), "/tmp"] + list(lab["pool_paths"].values())) == []
     finally:
         sources.cleanup()
+
+
+def test_hyperv_source_disk_file_with_such_names(lab, hv, run_module, reliability, tmp_path):
+    reliability("hyperv", "source VM whose VHDX file name holds [ ] ` $ ' ; unicode and a leading dash "
+                "(wildcards and escapes to PowerShell)",
+                "nothing special: hyperv_export reads that file",
+                "the bundle's disk equals the VHDX (qemu-img compare); the source file unchanged (sha256)")  # fmt: skip
+    tag = uuid.uuid4().hex[:6]
+    canary = "nmc-" + tag
+    name = "-nm-hs-%s [1] `$x ü名前🚀 '$(touch %s)'; x" % (tag, canary)
+    fname = "-nm-hs-%s [1] `$x ü名前🚀 '$(touch %s)'; x [*].vhdx" % (tag, canary)
+    vhdx = os.path.join(hv["share"], fname)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", vhdx, str(8 * MIB)], check=True)
+    subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P 0x3c %d 65536" % (2 * MIB), vhdx],
+                   check=True, capture_output=True)  # fmt: skip
+    hv["host"].new_vm(name, generation=2, cpus=1, memory_mib=256, secure_boot=False,
+                      disks=[{"size": 8 * MIB, "controller": "SCSI", "file": fname}], nics=[])  # fmt: skip
+    before = sha256(vhdx)
+    try:
+        export = dict(hv["conn"], vm=name, bundle=str(tmp_path / "b"))
+        res = run_module("hyperv_export", export)
+        assert res.get("changed") and not res.get("failed") and no_traceback(res), res
+        with open(os.path.join(export["bundle"], "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        (disk,) = manifest["disks"]
+        assert same(os.path.join(export["bundle"], disk["path"]), disk["format"], vhdx, "vhdx")
+        assert manifest["spec"]["name"] == name
+        assert sha256(vhdx) == before and find_canaries(canary, [str(tmp_path), hv["share"], os.getcwd()]) == []
+    finally:
+        remove_hyperv_vm(hv, name)
+        if os.path.exists(vhdx):
+            os.unlink(vhdx)
