@@ -83,6 +83,7 @@ import re
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
+from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.vmigrate.v2v.plugins.module_utils import plan as _plan
 from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import V2VError
@@ -170,6 +171,10 @@ def platform_class(name):
     return VspherePlatform
 
 
+# The host variables that hold names (VMs, waves, networks, storage): never templated.
+NAME_VARS = ("v2v_vm", "v2v_target_name", "v2v_wave", "v2v_wave_group", "v2v_network_map", "v2v_storage_map")
+
+
 class InventoryModule(BaseInventoryPlugin):
     NAME = "vmigrate.v2v.plan"
 
@@ -247,9 +252,11 @@ class InventoryModule(BaseInventoryPlugin):
         for host, rec in inv["hosts"]:
             self.inventory.add_host(host, group="v2v")
             for key, value in rec.items():
-                self.inventory.set_variable(host, key, value)
+                # Names are data, never templates: a VM called 'web{{ x }}' keeps its name
+                # (connections and options may still use lookups, e.g. the password).
+                self.inventory.set_variable(host, key, wrap_var(value) if key in NAME_VARS else value)
         for group, hosts in inv["groups"].items():
             for host in hosts:
                 self.inventory.add_child(group, host)
-        self.inventory.set_variable("all", "v2v_waves", inv["waves"])
+        self.inventory.set_variable("all", "v2v_waves", wrap_var(inv["waves"]))
         self.inventory.set_variable("all", "v2v_plan_file", path)

@@ -16,6 +16,7 @@ into a message.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import posixpath
 import re
 
@@ -160,8 +161,13 @@ def group_name(text):
 
 
 def path_part(text):
-    """A safe single path component for a work dir."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".") or "_"
+    """A safe single path component for a work dir: plain characters as they are; a name
+    with others ('/', '..', spaces, unicode) gets them as '_' plus a digest of the name, so
+    two names never share a work dir ('名前' and '前名', 'a b' and 'a_b')."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".") or "_"
+    if safe != text:
+        safe = "%s-%s" % (safe, hashlib.sha256(text.encode("utf-8")).hexdigest()[:8])
+    return safe
 
 
 class Problems:

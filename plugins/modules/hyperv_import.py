@@ -25,6 +25,10 @@ description:
   - Secure boot is on only when the spec says so, with the template O(secure_boot_template) (default
     C(MicrosoftUEFICertificateAuthority) for Linux guests, C(MicrosoftWindows) for Windows).
   - Hyper-V needs memory in multiples of 2 MB; another amount is refused before anything is made.
+  - "A VM name has at most 100 characters; C(.), C(..) and names with control characters are refused
+    before anything is made. Any other character (unicode, quotes, C($), backticks) is kept: scripts read
+    the name as data, never as code. In the VHDX file names, the characters Windows refuses and C([) C(])
+    and the backtick become C(_)."
 author:
   - vmigrate.v2v contributors (@vmigrate)
 extends_documentation_fragment:

@@ -25,6 +25,9 @@ description:
     the provenance says C(state=incomplete), so a run that dies half-way is finished by a re-run.
   - A domain with the same name that did not come from this source is refused unless O(replace=true),
     which removes it (and its volumes in the pools the import writes to) first.
+  - "A domain name with C(/) or a control character, C(.), C(..), or longer than 240 bytes in UTF-8
+    (libvirt and the pool name files after it) is refused before anything is made. Volumes are named
+    C(<name>-<disk id>.<format>)."
   - Disks go to O(pool), or to the pool O(storage_map) maps their source storage to.
 author:
   - vmigrate.v2v contributors (@vmigrate)

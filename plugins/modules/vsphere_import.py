@@ -69,7 +69,8 @@ options:
     description: Virtual hardware version such as C(vmx-19). Defaults to the server's default.
     type: str
 notes:
-  - A VM name has at most 80 characters, checked before anything is uploaded.
+  - A VM name has at most 80 characters, checked before anything is uploaded; C(.), C(..) and names
+    with control characters are refused too.
   - "vSphere keeps C(/), C(\\) and C(%) in names escaped (C(%2f), C(%5c), C(%25)), as
     vCenter does for a VM made in its client: the VM C(a/b) is stored as C(a%2fb)
     (which the vSphere Client shows as C(a/b)), in the datastore folder C(a%2fb)

@@ -177,7 +177,7 @@ def module_play(module: str, args: dict, out: str) -> str:
         "    - vmigrate.v2v.%s: %s\n      register: r\n      ignore_errors: true\n"
         "    - ansible.builtin.copy: {content: '{{ r | to_json }}', dest: '%s'}\n"
         "      check_mode: false\n      changed_when: false\n"
-    ) % (module, json.dumps(args), out)
+    ) % (module, json.dumps(args, ensure_ascii=False), out)  # YAML reads \ud83d escapes as lone surrogates
 
 
 @pytest.fixture

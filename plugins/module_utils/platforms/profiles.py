@@ -35,8 +35,17 @@ PROFILES = {
         "descriptor": "libvirt_xml",
         # qcow2 and raw volumes hold any multiple of 512 bytes (qemu's sector).
         "capacity_multiple": 512,
-        # libvirt refuses a '/' in a domain name (it becomes a file name in /etc/libvirt).
-        "name": {"max_length": None, "forbidden": "/", "escaped": {}, "what": "a libvirt domain name", "by": "libvirt"},
+        # libvirt refuses a '/' in a domain name: it names files (/etc/libvirt/qemu/<name>.xml,
+        # and the import's volumes <name>-<disk>.<format>), so the name also has to leave room
+        # for those suffixes in a file name's 255 bytes.
+        "name": {
+            "max_length": None,
+            "max_bytes": 240,
+            "forbidden": "/",
+            "escaped": {},
+            "what": "a libvirt domain name",
+            "by": "libvirt",
+        },
     },
     "vsphere": {
         "buses": ("scsi", "sata", "ide", "nvme"),
@@ -74,7 +83,9 @@ PROFILES = {
         # VHDX holds multiples of its logical sector (512); VHD (vpc) rounds a size up
         # to its CHS geometry, so only VHDX keeps an exact capacity.
         "capacity_multiple": 512,
-        "name": {"max_length": None, "forbidden": "", "escaped": {}, "what": "a Hyper-V VM name", "by": "Hyper-V"},
+        # Hyper-V Manager takes at most 100 characters (its own VHDX files are named after the
+        # VM too); the import's file names replace what Windows refuses (share.safe_file_name).
+        "name": {"max_length": 100, "forbidden": "", "escaped": {}, "what": "a Hyper-V VM name", "by": "Hyper-V"},
     },
 }
 
@@ -98,18 +109,42 @@ def check_target(platform, name, disks):
             "the VM name %r is empty: %s needs at least one character" % (name, rule["what"]),
             "give a name (option name, or the spec's name)",
         )
+    if name in (".", ".."):
+        # Every platform makes paths from the name (a datastore folder, libvirt's files).
+        raise InputError(
+            "the VM name %r is a directory reference: %s would make paths from it" % (name, rule["what"]),
+            "give a name with other characters (option name; in a plan, the VM's target_name)",
+        )
     bad = sorted({ch for ch in name if ch in rule["forbidden"]})
     if bad:
         raise InputError(
             "the VM name %r contains %s, which is not allowed in %s (%s refuses it)"
             % (name, " ".join(repr(c) for c in bad), rule["what"], rule["by"]),
-            "give another name (option name), e.g. %r" % "".join("-" if ch in bad else ch for ch in name),
+            "give another name (option name), e.g. %r; in a plan, the VM's target_name"
+            % "".join("-" if ch in bad else ch for ch in name),
+        )
+    # Control characters (newline, tab, escape ...): libvirt's XML cannot hold most of them,
+    # and in any inventory, log or file name they hide what the name is.
+    bad = sorted({ch for ch in name if ord(ch) < 32 or ord(ch) == 127})
+    if bad:
+        raise InputError(
+            "the VM name %r contains the control character%s %s, which %s cannot hold"
+            % (name, "s" if len(bad) > 1 else "", " ".join(repr(c) for c in bad), rule["what"]),
+            "give another name (option name), e.g. %r; in a plan, the VM's target_name"
+            % "".join(" " if ch in bad else ch for ch in name),
         )
     if rule["max_length"] and len(name) > rule["max_length"]:
         raise InputError(
             "the VM name %r is %d characters long; %s has at most %d (%s refuses a longer one)"
             % (name, len(name), rule["what"], rule["max_length"], rule["by"]),
-            "give a shorter name (option name)",
+            "give a shorter name (option name; in a plan, the VM's target_name)",
+        )
+    size = len(name.encode("utf-8"))
+    if rule.get("max_bytes") and size > rule["max_bytes"]:
+        raise InputError(
+            "the VM name %r is %d bytes long in UTF-8; %s has at most %d (%s names files after it, and a "
+            "file name has at most 255 bytes)" % (name, size, rule["what"], rule["max_bytes"], rule["by"]),
+            "give a shorter name (option name; in a plan, the VM's target_name)",
         )
     multiple = profile["capacity_multiple"]
     for disk in disks:

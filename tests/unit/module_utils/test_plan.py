@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -295,3 +296,17 @@ def test_hyperv_endpoints_take_the_hyperv_modules_options(tmp_path):
     assert rec["v2v_target"]["placement"] == {"vhd_type": "fixed"}
     err, _path = refused(tmp_path, text.replace("    share: /mnt/hv01\n", "    datastore: x\n"))
     assert "datastore" in err.problem and "share_windows" in err.fix
+
+
+def test_work_dirs_of_names_with_other_characters_never_collide(tmp_path):
+    """Names that only differ in characters a path cannot hold as they are (unicode, spaces,
+    '/', '..') each get their own work dir: the safe form plus a digest of the name."""
+    names = ["名前", "前名", "a b", "a_b", "../x", "..", "-web '$(x)`n"]
+    vms = "".join("      - {name: %s, target_name: %s}\n" % (json.dumps(n), json.dumps(n)) for n in names)
+    _plan_obj, recs = build(tmp_path, BASE.replace("      - web01\n", vms))
+    dirs = [r["v2v_work_dir"] for r in recs]
+    assert len(set(dirs)) == len(names), dirs
+    for d in dirs:
+        part = d.rsplit("/", 1)[1]
+        assert d == "/var/lib/vmigrate/wave1/" + part and part not in (".", "..") and not part.startswith(".")
+    assert dict(zip(names, dirs, strict=True))["a_b"] == "/var/lib/vmigrate/wave1/a_b"  # plain: unchanged

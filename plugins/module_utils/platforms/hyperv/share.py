@@ -34,8 +34,10 @@ def share_args(required=True):
 
 
 def safe_file_name(name):
-    """A VM name as a Windows file name: characters Windows refuses in names become '_'."""
-    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", name).strip(" .") or "vm"
+    """A VM name as a Windows file name: characters Windows refuses in names become '_', and
+    so do '[' ']' '`', which PowerShell's -Path parameters read as wildcards and escapes
+    (only -LiteralPath takes them as they are)."""
+    return re.sub(r'[\\/:*?"<>|\[\]`\x00-\x1f]', "_", name).strip(" .") or "vm"
 
 
 class Share:

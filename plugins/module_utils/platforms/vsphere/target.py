@@ -309,9 +309,13 @@ class VsphereTarget(VsphereInventory):
         ) from exc
 
     def _network(self, name):
-        for net in self.dc.network:
-            if net.name == name:
-                return net
+        # vCenter stores '/', '\\' and '%' in a port group's name escaped (a/b is a%2fb), as in
+        # VM names: a network_map written with the name its client shows matches either form.
+        names = (name, escape_name("vsphere", name))
+        for want in names:
+            for net in self.dc.network:
+                if net.name == want:
+                    return net
         raise InputError(
             "network %r not found in datacenter %s" % (name, self.dc.name),
             "map it in network_map to one of: %s" % ", ".join(sorted({n.name for n in self.dc.network})),

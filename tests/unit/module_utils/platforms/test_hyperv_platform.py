@@ -61,6 +61,8 @@ def test_share_checks_say_how_to_mount(tmp_path):
 def test_file_names_drop_what_windows_refuses():
     assert safe_file_name('a/b\\c:d*e?"f<g>h|i') == "a_b_c_d_e__f_g_h_i"
     assert safe_file_name("web 01 ünïcode") == "web 01 ünïcode"
+    # PowerShell's -Path reads [ ] as wildcards and ` as their escape.
+    assert safe_file_name("web[1]`$x") == "web_1__$x"
 
 
 def _spec_for(firmware="bios", buses=("ide", "scsi"), nics=(("52:54:00:00:00:01", "net"),)):

@@ -65,3 +65,29 @@ def test_the_formats_hold_a_512_multiple_exactly(tmp_path, fmt):
     subprocess.run(["qemu-img", "create", "-q", "-f", fmt, path, str(300 * MIB + 512)], check=True)
     info = subprocess.run(["qemu-img", "info", "--output=json", path], check=True, capture_output=True, text=True)
     assert '"virtual-size": 314573312' in info.stdout, info.stdout
+
+
+@pytest.mark.parametrize("platform", sorted(PROFILES))
+def test_directory_references_and_control_characters_are_refused(platform):
+    for name in (".", ".."):
+        with pytest.raises(InputError, match="is a directory reference") as err:
+            check_target(platform, name, [])
+        assert "in a plan, the VM's target_name" in err.value.message
+    for ch in ("\n", "\t", "\x00", "\x1b", "\x7f"):
+        with pytest.raises(InputError, match="contains the control character") as err:
+            check_target(platform, "web%s01" % ch, [])
+        assert "Fix: give another name (option name), e.g. 'web 01'" in err.value.message
+    # Everything else is a name like any other: quotes, shell and PowerShell metacharacters, unicode.
+    check_target(platform, "-web ü名前🚀 '\"`$;&|()$(x)`n<>*?[]..", [])
+
+
+def test_length_rules_of_hyperv_and_kvm():
+    check_target("hyperv", "h" * 100, [])
+    with pytest.raises(InputError, match="is 101 characters long; a Hyper-V VM name has at most 100"):
+        check_target("hyperv", "h" * 101, [])
+    # libvirt names files after the domain (<name>.xml, <name>-disk0.qcow2): bytes count.
+    check_target("kvm", "k" * 240, [])
+    check_target("kvm", "名" * 80, [])  # 240 bytes
+    with pytest.raises(InputError, match="is 243 bytes long in UTF-8; a libvirt domain name has at most 240") as err:
+        check_target("kvm", "名" * 81, [])
+    assert "Fix: give a shorter name" in err.value.message
