@@ -48,7 +48,7 @@ def reliability(request):
         proved = "NO"
     else:
         proved = "skipped" if call.skipped else "yes"
-    path, _, name = request.node.nodeid.partition("::")
+    path, _sep, name = request.node.nodeid.partition("::")
     test = "%s::%s" % (os.path.basename(path), name.split("[")[0])
     for row in rows:
         _ROWS.append(dict(row, proved=proved, suite=_suite(request.node), test=test))
