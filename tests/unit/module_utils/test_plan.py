@@ -370,3 +370,22 @@ def test_hyperv_endpoints_take_the_hyperv_modules_options(tmp_path, reliability)
     assert rec["v2v_target"]["placement"] == {"vhd_type": "fixed"}
     err, _path = refused(tmp_path, text.replace("    share: /mnt/hv01\n", "    datastore: x\n"))
     assert "datastore" in err.problem and "share_windows" in err.fix
+
+
+def test_plan_paths_stay_under_the_work_dir(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan names that would lead out of the work dir: target_name '../../etc', wave name '../w', "
+        "a relative work_dir",
+        "wave name: \"waves[0].name '../w' is not a valid wave name\"; work_dir: 'defaults.work_dir must be "
+        "an absolute path' (file and line named); the target name is kept, its directory made safe",
+        "the VM's work dir '<work_dir>/wave1/_.._etc', under the work dir; nothing outside",
+    )
+    _plan_obj, (rec,) = build(tmp_path, BASE.replace("      - web01", "      - {name: web01, target_name: ../../etc}"))
+    assert rec["v2v_target_name"] == "../../etc"
+    assert rec["v2v_work_dir"] == "/var/lib/vmigrate/wave1/_.._etc"
+    assert ".." not in rec["v2v_work_dir"].split("/")
+    err, file = refused(tmp_path, BASE.replace("  - name: wave1", "  - name: ../w"))
+    assert "plan %s line 14: waves[0].name '../w' is not a valid wave name" % file in err.message, err.message
+    err, file = refused(tmp_path, BASE.replace("network_map:", "defaults: {work_dir: relative/dir}\nnetwork_map:"))
+    assert "plan %s line 11: defaults.work_dir must be an absolute path" % file in err.message, err.message

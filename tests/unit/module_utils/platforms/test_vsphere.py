@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import subprocess
 
@@ -101,6 +102,25 @@ def test_fault_text_prefers_the_message():
         "File [ds] x not found (vim.fault.FileNotFound)"
     )
     assert _connection.fault_text(vim.fault.FileNotFound()) == "vim.fault.FileNotFound"
+
+
+def test_unreachable_vcenter_is_a_clear_error(reliability):
+    reliability(
+        "vsphere",
+        "unreachable vCenter endpoint (nothing listens on the port)",
+        "PlatformError 'cannot reach vSphere at <host>:<port>: ... Connection refused' and 'Fix: check "
+        "hostname and port, and that the server is up'; the password not in it",
+        "nothing sent",
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    params = {"hostname": "127.0.0.1", "port": port, "username": "u", "password": "pw-Zq81", "validate_certs": False}
+    with pytest.raises(PlatformError) as err:
+        _connection.Connection(params)
+    assert "cannot reach vSphere at 127.0.0.1:%d" % port in err.value.problem, err.value.message
+    assert "Connection refused" in err.value.problem and "check hostname and port" in err.value.fix
+    assert "pw-Zq81" not in err.value.message
 
 
 def test_ssl_context_checks_ca_path(tmp_path, reliability):
