@@ -1,4 +1,5 @@
-"""Make `ansible_collections.vmigrate.v2v` importable from this checkout in pytest."""
+"""Make `ansible_collections.vmigrate.v2v` importable from this checkout in pytest, and load
+the `reliability` fixture (tests/reliability.py) for every suite."""
 
 import os
 import sys
@@ -7,3 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(ROOT, ".collections")
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+pytest_plugins = ["reliability"]

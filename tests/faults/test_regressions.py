@@ -24,7 +24,13 @@ def ovf_text():
 
 
 @pytest.mark.parametrize("units", ["byte * 2^99999999", "byte * " + "9" * 5000, "byte * 0", "byte * 2^61"])
-def test_ovf_allocation_units_are_bounded(units):
+def test_ovf_allocation_units_are_bounded(units, reliability):
+    reliability(
+        "readers",
+        "OVF allocation units out of bounds (2^99999999, 5000 digits, 0, 2^61)",
+        "InputError '<OVF>: unknown allocation units ...'",
+        "refused in < 1 s",
+    )
     text = ovf_text().replace('capacityAllocationUnits="byte * 2^20"', 'capacityAllocationUnits="%s"' % units, 1)
     start = time.monotonic()
     with pytest.raises(InputError, match=r"generated OVF: unknown allocation units"):
@@ -32,7 +38,13 @@ def test_ovf_allocation_units_are_bounded(units):
     assert time.monotonic() - start < 1
 
 
-def test_ovf_capacity_of_5000_digits_is_an_input_error():
+def test_ovf_capacity_of_5000_digits_is_an_input_error(reliability):
+    reliability(
+        "readers",
+        "OVF disk capacity of 5000 digits",
+        "InputError \"Disk capacity is '999...', not a whole number\" (the value cut to 40 digits)",
+        "refused",
+    )
     text = ovf_text().replace('ovf:capacity="64"', 'ovf:capacity="%s"' % ("9" * 5000), 1)
     with pytest.raises(InputError, match=r"Disk capacity is '9{40}\.\.\.', not a whole number"):
         _ovf.spec_from_ovf(text, None, "generated OVF")
@@ -47,7 +59,13 @@ def test_ovf_os_id_with_superscript_digits():
     "key,value,field",
     [("numvcpus", "0", "numvcpus"), ("memSize", "-1", "memsize"), ("memSize", "0", "memsize")],
 )
-def test_vmx_counts_below_one_are_refused(key, value, field):
+def test_vmx_counts_below_one_are_refused(key, value, field, reliability):
+    reliability(
+        "readers",
+        "VMX counts below one (numvcpus 0, memSize 0 or -1)",
+        "InputError '<VMX>: <field> is <value>, less than 1'",
+        "refused",
+    )
     spec = _spec.apply_maps(RICH, "vsphere")[0]
     text = _vmx.vmx_from_spec(spec, {d["id"]: d["id"] + ".vmdk" for d in spec["disks"]})
     text = "\n".join('%s = "%s"' % (key, value) if line.startswith(key + " ") else line for line in text.split("\n"))
@@ -81,7 +99,13 @@ def domain(devices="", vcpu="2", memory='<memory unit="KiB">1048576</memory>'):
         ('<domain><name>vm</name><cpu><topology sockets="0"/></cpu></domain>', "sockets is 0, less than 1"),
     ],
 )
-def test_libvirt_values_no_spec_can_hold_are_refused(xml, message):
+def test_libvirt_values_no_spec_can_hold_are_refused(xml, message, reliability):
+    reliability(
+        "readers",
+        "libvirt XML values no spec can hold (vcpu 0, memory under 1 MiB, boot order 0, a disk on usb, 0 sockets)",
+        "InputError 'domain XML of vm: ...' naming the value (e.g. 'vcpu is 0, less than 1')",
+        "refused",
+    )
     with pytest.raises(InputError) as err:
         _libvirt.spec_from_libvirt_xml(xml, "domain XML of vm")
     assert err.value.problem.startswith("domain XML of vm: ") and message in err.value.problem
@@ -127,7 +151,13 @@ PLAN = {
         (lambda p: p["waves"][0].update({None: 1}), "waves[0][None]"),
     ],
 )
-def test_plan_problems_instead_of_tracebacks(edit, path):
+def test_plan_problems_instead_of_tracebacks(edit, path, reliability):
+    reliability(
+        "plan",
+        "plan keys and values found by fuzzing: a list for a name, a non-string or empty key, a None key",
+        "InputError naming the key path (e.g. 'waves[0].source', 'endpoints[1]'), not a traceback",
+        "refused as the plan loads: nothing run",
+    )
     data = copy.deepcopy(PLAN)
     edit(data)
     with pytest.raises(InputError) as err:

@@ -86,7 +86,15 @@ def same_disk(src, dst, dst_fmt):
     return subprocess.run(cmd, check=False).returncode == 0
 
 
-def test_migrate_through_runner_reports_each_vm_and_a_rerun_changes_nothing(lab, libvirt_conn, sources, tmp_path):
+def test_migrate_through_runner_reports_each_vm_and_a_rerun_changes_nothing(
+    lab, libvirt_conn, sources, tmp_path, reliability
+):
+    reliability(
+        "plan",
+        "a cutover window given as a string (as an AWX survey answers) to cutover.yml",
+        "the host fails: 'The cutover window is a mapping or null'",
+        "no cutover.json; the next wave never starts",
+    )
     vms = [sources.make("one"), sources.make("two")]
     hosts = [target_of(name) for name, _disk in vms]
     plan = write_plan(lab, tmp_path, [[vms[0][0]], [vms[1][0]]])  # waves w0 and w1
@@ -131,7 +139,15 @@ def test_migrate_through_runner_reports_each_vm_and_a_rerun_changes_nothing(lab,
     assert not list((tmp_path / "work").glob("*/*/cutover.json"))
 
 
-def test_a_vm_missing_on_the_source_fails_its_host_and_not_its_sibling(lab, libvirt_conn, sources, tmp_path):
+def test_a_vm_missing_on_the_source_fails_its_host_and_not_its_sibling(
+    lab, libvirt_conn, sources, tmp_path, reliability
+):
+    reliability(
+        "plan",
+        "a plan VM the source does not have (validate_sources: false, run through ansible-runner)",
+        "only that host fails, at 'Export from the source', naming the VM",
+        "its sibling in the wave migrates and verifies, disks equal",
+    )
     good, good_disk = sources.make("good")
     ghost = "lab-awx-ghost-%s" % sources.tag  # no such domain
     plan = write_plan(lab, tmp_path, [[good, ghost]], max_failed=1)

@@ -296,8 +296,15 @@ def strip_storage_drivers(image, lab, tmp_path):
 
 
 def test_a_guest_that_cannot_boot_on_the_target_is_refused_by_preflight_and_convert(
-    lab, linux_guest, libvirt_conn, run_module, run_playbook, tmp_path
+    lab, linux_guest, libvirt_conn, run_module, run_playbook, tmp_path, reliability
 ):
+    reliability(
+        "engine",
+        "a Linux guest whose initramfs lacks every storage driver the target offers",
+        "preflight: 'cannot boot on vsphere' with 'Fix: add vmw_pvscsi to the guest's initramfs'; convert "
+        "refuses too ('cannot boot on vsphere', 'cannot boot on kvm')",
+        "nothing exported by preflight; convert writes no manifest; the source disk only read (sha256 unchanged)",
+    )
     tag = uuid.uuid4().hex[:6]
     src, dst = "lab-gc-nodrv-" + tag, "lab-gc-nodrv-t-" + tag
     disk = linux_overlay(linux_guest, tmp_path)

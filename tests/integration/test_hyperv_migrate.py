@@ -243,7 +243,38 @@ def test_kvm_to_hyperv(lab, hv, kvm_source, run_module, tmp_path):
             os.unlink(os.path.join(hv["share"], f))
 
 
-def test_bad_input_is_clear_and_leaves_nothing(lab, hv, run_module, tmp_path):
+def test_bad_input_is_clear_and_leaves_nothing(lab, hv, run_module, tmp_path, reliability):
+    for fault, sees, left in (
+        ("wrong Hyper-V password (export)", "'refused the credentials'", "fails (state not checked)"),
+        (
+            "export of a VM the host does not have",
+            "\"VM 'lab-hv2-nope' not found\", listing the VMs that exist",
+            "fails (state not checked)",
+        ),
+        ("export share not mounted", "the fix 'mount -t cifs ...'", "no bundle"),
+        ("cold export of a running VM", "refused, naming the VM and that it must be shut down", "fails"),
+        (
+            "export of a VM with a checkpoint (differencing disk)",
+            "refused: 'differencing disk' and the fix 'Remove-VMCheckpoint'",
+            "no bundle; the disk not read",
+        ),
+        (
+            "import onto a VM name taken by another VM",
+            "refused: 'already exists' and the fix 'replace=true'",
+            "host state and share files unchanged",
+        ),
+        (
+            "network_map names a switch the host does not have (a cmdlet fails mid-import)",
+            "import fails naming 'no-such-switch'",
+            "no VM, no file left in the share",
+        ),
+        (
+            "read-only share for the import",
+            "refused: 'not writable' and the fix 'mount -t cifs ...'",
+            "refused before anything is made: no VM, share unchanged",
+        ),
+    ):
+        reliability("hyperv", fault, sees, left)
     tag = uuid.uuid4().hex[:6]
     src = "lab-hv2-bad-" + tag
     make_hyperv_source(lab, hv, src)

@@ -108,14 +108,26 @@ def test_https_ntlm_with_channel_binding(hv):
     assert isinstance(_conn.HyperVConnection(https(hv)).run("vm_info", {"Names": []}), list)
 
 
-def test_wrong_password_is_a_clear_error(hv):
+def test_wrong_password_is_a_clear_error(hv, reliability):
+    reliability(
+        "hyperv",
+        "wrong WinRM password (NTLM over HTTP, Basic over HTTPS)",
+        "PlatformError 'refused the credentials of vmigrate (HTTP 401 ...' and the fix 'check username and password'",
+        "nothing run on the host",
+    )
     for p in (params(hv, password="wrong"), https(hv, transport="basic", password="wrong")):
         with pytest.raises(PlatformError, match=r"refused the credentials of vmigrate \(HTTP 401") as err:
             _conn.HyperVConnection(p).run("vm_info", {"Names": []})
         assert "check username and password" in err.value.fix
 
 
-def test_untrusted_certificate_is_a_clear_error(hv):
+def test_untrusted_certificate_is_a_clear_error(hv, reliability):
+    reliability(
+        "hyperv",
+        "untrusted WinRM certificate (the lab CA not given)",
+        "'TLS verification of <host:port> failed: certificate verify failed' and a fix naming ca_path",
+        "nothing sent",
+    )
     # The system store does not hold the lab CA.
     with pytest.raises(
         PlatformError, match="TLS verification of 127.0.0.1:%d failed: certificate verify failed" % hv["https_port"]
@@ -124,7 +136,13 @@ def test_untrusted_certificate_is_a_clear_error(hv):
     assert "ca_path" in err.value.fix
 
 
-def test_unencrypted_http_is_refused_like_winrm(hv):
+def test_unencrypted_http_is_refused_like_winrm(hv, reliability):
+    reliability(
+        "hyperv",
+        "WinRM over HTTP without message encryption (message_encryption=never, or Basic on HTTP)",
+        "the host's 'HTTP 500' with a fix naming AllowUnencrypted; Basic on HTTP refused by the module: 'unencrypted'",
+        "nothing run on the host",
+    )
     with pytest.raises(PlatformError, match="HTTP 500") as err:
         _conn.HyperVConnection(params(hv, message_encryption="never")).run("vm_info", {"Names": []})
     assert "AllowUnencrypted" in err.value.fix
@@ -275,7 +293,13 @@ def test_hyperv_vm_info_module_describes_and_changes_nothing(hv, run_module):
         assert f.read() == before
 
 
-def test_hyperv_vm_info_module_unknown_vm(hv, run_module):
+def test_hyperv_vm_info_module_unknown_vm(hv, run_module, reliability):
+    reliability(
+        "hyperv",
+        "a VM the Hyper-V host does not have (hyperv_vm_info)",
+        "\"VM 'lab-hv-nope' not found on Hyper-V host 127.0.0.1\", listing the VMs the host has",
+        "fails (nothing to change)",
+    )
     hv["host"].new_vm("lab-hv-listed")
     res = run_module("hyperv_vm_info", {"vms": ["lab-hv-nope"]}, env=module_env(hv))
     assert res["failed"] and "VM 'lab-hv-nope' not found on Hyper-V host 127.0.0.1" in res["msg"]

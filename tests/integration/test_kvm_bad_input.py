@@ -183,7 +183,14 @@ def run_as_nobody(module, args):
     return proc
 
 
-def test_permission_denied(lab, libvirt_conn, domains):
+def test_permission_denied(lab, libvirt_conn, domains, reliability):
+    reliability(
+        "kvm",
+        "libvirt refuses the user (kvm_vm_info, kvm_export run as nobody)",
+        "'permission denied: libvirt at <uri> does not let this user ...' and 'Fix: run as root or as a member of "
+        "the group that owns the libvirt socket' (polkit, qemu:///session named); no traceback",
+        "nothing written: bundle dir empty; source XML, checkpoints and disk (sha256) unchanged",
+    )
     uri = lab["libvirt_uri"]
     dom, (disk,) = domains("perm", [(16, write_pattern(4))])
     before = {"domains": domain_names(libvirt_conn), "xml": dom.XMLDesc(0), "disk": sha256(disk)}
@@ -249,7 +256,14 @@ def tiny_pool(libvirt_conn, tag):
         yield pool
 
 
-def test_pool_full(lab, libvirt_conn, domains, run_module, tiny_pool, tmp_path, tag):
+def test_pool_full(lab, libvirt_conn, domains, run_module, tiny_pool, tmp_path, tag, reliability):
+    reliability(
+        "kvm",
+        "target pool too small for the disks (8 MiB tmpfs pool, 32 MiB of data)",
+        "import refused: 'storage pool P has 8.0 MiB free, the disks need up to 32.' and "
+        "'Fix: free space in the pool or import into another pool'",
+        "refused up front: no volume, no domain, the pool's free space unchanged",
+    )
     pool_name, pool_path = tiny_pool
     dom, (disk,) = domains("full", [(32, write_random(32))])
     bundle = str(tmp_path / "export")
@@ -281,7 +295,16 @@ def garble(path):
 
 
 @pytest.mark.parametrize("damage", [truncate, garble], ids=["truncated", "garbage"])
-def test_unreadable_source_disk(libvirt_conn, domains, run_module, tmp_path, damage):
+def test_unreadable_source_disk(libvirt_conn, domains, run_module, tmp_path, damage, reliability):
+    reliability(
+        "kvm",
+        "source qcow2 %s (%s)"
+        % (damage.__name__, "cut to 2 MiB" if damage is truncate else "garbage after the header"),
+        "export fails: 'disk vda of domain D cannot be read', the file named as corrupt or truncated, and "
+        "'Fix: copy the image again from its source; `qemu-img check -f qcow2 <file>`' (under 3000 chars)",
+        "disk only read (sha256 unchanged), no checkpoint; the existing bundle marked incomplete and import "
+        "refuses it ('bundle B is incomplete'); a fresh bundle is never written",
+    )
     dom, (disk,) = domains(damage.__name__, [(16, write_pattern(12))])
     bundle = str(tmp_path / "export")
     r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
@@ -359,7 +382,21 @@ def test_stream_transfer(lab, libvirt_conn, domains, run_module, tmp_path, tag):
 # --- an import that fails after making volumes --------------------------------------------------
 
 
-def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module, tmp_path, tag):
+def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module, tmp_path, tag, reliability):
+    reliability(
+        "kvm",
+        "bundle's second disk file missing",
+        "import refused: 'disk disk1: field disks[1].path names <file>, which does not exist'",
+        "refused before any volume: no domain, no volume",
+    )
+    reliability(
+        "kvm",
+        "bundle's second disk with garbage tables (header intact), found after the first disk was written",
+        "import fails: 'cannot copy <file> into volume <vm>-disk1.qcow2' or 'the data in <file> does not match "
+        "the bundle's block digests', and a 'Fix: '",
+        "no domain, no volume left (disk0's removed); with the file back the re-run imports, disks equal by "
+        "qemu-img compare, a third run changes nothing",
+    )
     dom, disks = domains("midway", [(16, write_pattern(4, 0x11)), (16, write_pattern(4, 0x22))])
     bundle = str(tmp_path / "export")
     r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
@@ -410,7 +447,14 @@ def test_import_fails_midway_then_resumes(lab, libvirt_conn, domains, run_module
 
 
 @pytest.mark.parametrize("edit,field", bundle_edits.EDITS, ids=bundle_edits.IDS)
-def test_hand_edited_bundle_is_refused(lab, libvirt_conn, domains, run_module, tmp_path, tag, edit, field):
+def test_hand_edited_bundle_is_refused(lab, libvirt_conn, domains, run_module, tmp_path, tag, edit, field, reliability):
+    reliability(
+        "kvm",
+        "hand-edited bundle manifest: %s changed" % field,
+        "import (and --check) refused: 'bundle B, disk disk0: field %s ...' and "
+        "'Fix: re-run the export/convert that wrote this bundle'" % field,
+        "refused before anything is made: no domain, no volume, no upload file; the unedited bundle imports",
+    )
     dom, (disk,) = domains("edit", [(16, write_pattern(4, 0x33))])
     bundle = str(tmp_path / "export")
     r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
@@ -500,7 +544,14 @@ def test_exact_capacity(lab, libvirt_conn, domains, run_module, tmp_path, tag, t
     assert sha256(disk) == disk_sum
 
 
-def test_domain_name_with_slash_is_refused_up_front(lab, libvirt_conn, domains, run_module, tmp_path, tag):
+def test_domain_name_with_slash_is_refused_up_front(lab, libvirt_conn, domains, run_module, tmp_path, tag, reliability):
+    reliability(
+        "kvm",
+        "target VM name with '/' (libvirt refuses it)",
+        "import refused: \"the VM name '...' contains '/', which is not allowed in a libvirt domain name\" and "
+        "'Fix: give another name (option name), e.g. ...-x'",
+        "refused up front: no volume, no domain",
+    )
     dom, _disks = domains("slash", [(16, write_pattern(2))])
     bundle = str(tmp_path / "export")
     r = run_module("kvm_export", {"name": dom.name(), "bundle": bundle})
@@ -569,8 +620,15 @@ WAVE_PLAY = """\
 
 @pytest.mark.parametrize("transfer", ["path", "stream"])
 def test_concurrent_imports_into_one_pool(
-    lab, libvirt_conn, domains, run_module, run_playbook, tmp_path, tag, transfer
+    lab, libvirt_conn, domains, run_module, run_playbook, tmp_path, tag, transfer, reliability
 ):
+    reliability(
+        "kvm",
+        "eight imports into one pool at once (forks: libvirt refuses a pool refresh during a volume build), "
+        "transfer=%s" % transfer,
+        "every import succeeds (action create)",
+        "eight domains, each disk equal to the source by qemu-img compare",
+    )
     # libvirt refuses a pool refresh while another client builds a volume in that pool
     # ("has asynchronous jobs running"); import refreshes the pool, so imports started
     # together (one playbook, one host per VM, forks: the tasks start at once) failed now

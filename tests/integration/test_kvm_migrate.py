@@ -195,7 +195,31 @@ def make_source(lab, conn, names):
     return conn.defineXML(xml)
 
 
-def test_bad_input(lab, libvirt_conn, names, run_module, tmp_path):
+def test_bad_input(lab, libvirt_conn, names, run_module, tmp_path, reliability):
+    reliability(
+        "kvm",
+        "export of a domain the source does not have",
+        "\"domain 'lab-no-such-domain' does not exist\"",
+        "fails (state not checked by this test)",
+    )
+    reliability(
+        "kvm",
+        "unreachable libvirt endpoint (qemu+tcp://127.0.0.1:1)",
+        "'connecting to libvirt at <uri> failed 3 times'",
+        "fails (state not checked by this test)",
+    )
+    reliability(
+        "kvm",
+        "import into a storage pool that does not exist",
+        "\"storage pool 'lab-no-such-pool' does not exist\"",
+        "no target domain, no volume made",
+    )
+    reliability(
+        "kvm",
+        "import onto a domain name taken by a VM not made from this source",
+        "'already exists' and the fix 'replace=true'",
+        "the existing domain kept; no volume made",
+    )
     r = run_module("kvm_export", {"name": "lab-no-such-domain", "bundle": str(tmp_path / "b")})
     assert r["failed"] and "domain 'lab-no-such-domain' does not exist" in r["msg"]
     r = run_module("kvm_vm_info", {"uri": "qemu+tcp://127.0.0.1:1/system"})

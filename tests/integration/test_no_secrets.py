@@ -50,7 +50,14 @@ class ArgvSampler:
         self._thread.join()
 
 
-def test_no_secret_in_output_logs_files_or_argv(lab, vsphere_si, sources, run_playbook, tmp_path):
+def test_no_secret_in_output_logs_files_or_argv(lab, vsphere_si, sources, run_playbook, tmp_path, reliability):
+    reliability(
+        "security",
+        "secrets: the vCenter password in a -vvv plan migration KVM -> vSphere and its report",
+        "neither the password nor base64 of it or of user:password in playbook output, ansible log, work dir "
+        "files (bundles, status, progress, report) or sampled process argv",
+        "migration complete (the target VM exists)",
+    )
     from test_vsphere_import import destroy, find_vm
 
     vc = lab["vcsim"]

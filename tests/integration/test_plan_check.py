@@ -78,8 +78,15 @@ def files_under(path):
 
 
 def test_check_mode_says_what_every_step_would_do_and_makes_nothing(
-    lab, libvirt_conn, vsphere_si, sources, run_playbook, tmp_path
+    lab, libvirt_conn, vsphere_si, sources, run_playbook, tmp_path, reliability
 ):
+    reliability(
+        "plan",
+        "a target name taken by a VM not made from this source (migrate.yml --check)",
+        "that host fails: \"VM '<target>' already exists on the target and was not made from kvm VM <vm>\"; "
+        "the other VM still says what it would create",
+        "nothing made: no file under the work dir, no target domain or vCenter VM",
+    )
     to_kvm, _ = sources.make("kk", mib=4)  # 16 MiB disks
     to_vc, _ = sources.make("kv", mib=4)
     path = plan(lab, tmp_path, to_kvm, to_vc)

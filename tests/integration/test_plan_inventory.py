@@ -195,7 +195,14 @@ def test_plan_inventory_validates_sources(lab, lab_vms, tmp_path):
     assert vc1["v2v_waves"][1]["concurrency"] == 2
 
 
-def test_plan_inventory_refuses_missing_map_entry(lab, lab_vms, tmp_path):
+def test_plan_inventory_refuses_missing_map_entry(lab, lab_vms, tmp_path, reliability):
+    reliability(
+        "plan",
+        "a source VM's network missing from network_map (checked against the lab's real VMs)",
+        "ansible-inventory fails: \"waves[0].vms[0] VM 'v' nics[0] (<mac>) is on network 'n', which has no "
+        'network_map entry" and the fix "add \'n\': <target network> to network_map"; no password in output',
+        "no inventory (nothing run)",
+    )
     path = tmp_path / "lab.v2v.yml"
     path.write_text(plan_text(lab, lab_vms, {"VM Network": lab["network"]}))
     proc = inventory(lab, path)

@@ -70,7 +70,15 @@ def test_plan_migrates_wave_by_wave_and_a_rerun_changes_nothing(lab, libvirt_con
     assert again.returncode == 0 and again.changed == 0, again.stdout[-5000:]
 
 
-def test_a_wave_over_its_tolerance_stops_later_waves(lab, libvirt_conn, sources, run_playbook, tmp_path):
+def test_a_wave_over_its_tolerance_stops_later_waves(lab, libvirt_conn, sources, run_playbook, tmp_path, reliability):
+    reliability(
+        "plan",
+        "one VM of a wave with a truncated source qcow2 (wave max_failed 0)",
+        "that VM fails, its sibling migrates; later waves: 'not started: wave w0 failed 1 VMs, more than its "
+        "max_failed 0'",
+        "sibling's target equal to its source; no target for the later wave; the failed VM's status.json "
+        "'failed' naming its disk",
+    )
     ok1, ok1_disk = sources.make("good", mib=8)
     bad, bad_disk = sources.make("bad", mib=8)
     later, _later_disk = sources.make("later", mib=8)
@@ -191,12 +199,20 @@ def test_warm_vm_into_vsphere_syncs_changed_data(lab, libvirt_conn, vsphere_si, 
         destroy(vsphere_si, target)
 
 
-def test_a_run_is_refused_while_another_writes_the_same_vm(lab, libvirt_conn, sources, run_playbook, tmp_path):
+def test_a_run_is_refused_while_another_writes_the_same_vm(
+    lab, libvirt_conn, sources, run_playbook, tmp_path, reliability
+):
     """Another run of the same plan holds the VM's export bundle (its export is running):
     this run's export stops with a message naming it, nothing is made; once the other
     run is gone, a re-run migrates the VM."""
     import sys
 
+    reliability(
+        "engine",
+        "two runs of the same plan at once (another run holds the VM's export bundle lock)",
+        "migrate.yml fails: 'is being written by another run (export of <vm> pid N ...'",
+        "nothing written under the other run: no bundle, no target; once it is gone a re-run migrates, disks equal",
+    )
     name, disk = sources.make("locked")
     path = write_plan(lab, tmp_path, [[name]])
     bundle = tmp_path / "work" / "w0" / target_of(name) / "export"

@@ -91,7 +91,13 @@ def test_report_after_a_plan_migration(lab, libvirt_conn, sources, run_playbook,
     assert again.returncode == 0 and again.changed == 0, again.stdout[-4000:]
 
 
-def test_browser_renders_hostile_names_without_script_errors(tmp_path):
+def test_browser_renders_hostile_names_without_script_errors(tmp_path, reliability):
+    reliability(
+        "security",
+        "VM names, wave names and errors full of HTML/script markup in the report",
+        "the browser shows them as text ('&lt;img src=x'); none of their script runs, no console error",
+        "report.html holds only its own script",
+    )
     """Names and errors full of markup stay text in a real browser: no script of theirs runs."""
     from ansible_collections.vmigrate.v2v.plugins.module_utils import report as rep
 

@@ -32,7 +32,17 @@ def world(libvirt_conn, lab):
     return domains, sorted(v.name() for v in pool.listAllVolumes(0) if v.name().startswith("lab-prerb-"))
 
 
-def test_preflight_finds_a_name_collision_and_changes_nothing(lab, libvirt_conn, sources, run_playbook, tmp_path):
+def test_preflight_finds_a_name_collision_and_changes_nothing(
+    lab, libvirt_conn, sources, run_playbook, tmp_path, reliability
+):
+    reliability(
+        "plan",
+        "a target name already taken by an unrelated domain (preflight.yml)",
+        "'preflight <vm>: FAILED - name collision: a VM named <target> already exists'; preflight.json failed "
+        "with that problem; the other VM 'OK'",
+        "nothing started, stopped or made (domains and volumes unchanged, the export only in check mode); "
+        "a re-run changes nothing",
+    )
     good, _ = sources.make("good")
     taken, _ = sources.make("taken")
     sources.make(target_of(taken), disk=False)  # an unrelated domain of the target's name

@@ -56,7 +56,16 @@ def not_private(top):
     return bad, seen
 
 
-def test_export_and_convert_write_private_bundles(lab, libvirt_conn, names, run_module, tmp_path, loose_umask):
+def test_export_and_convert_write_private_bundles(
+    lab, libvirt_conn, names, run_module, tmp_path, loose_umask, reliability
+):
+    reliability(
+        "security",
+        "file permissions: export and converts (KVM raw, vSphere vmdk) under a loose umask 0002",
+        "nothing (the modes are the tool's own)",
+        "every dir, disk, digest, descriptor, manifest, progress and lock file under the work dir: no bits for "
+        "others, files not group-writable (dirs <= 0750, files <= 0640)",
+    )
     make_source(lab, libvirt_conn, names)
     work = str(tmp_path / "work")  # made by the modules, not by the test
     export = os.path.join(work, "export")
@@ -83,7 +92,15 @@ def test_export_and_convert_write_private_bundles(lab, libvirt_conn, names, run_
     assert bad == [], bad
 
 
-def test_warm_export_copy_and_delta_are_private(lab, libvirt_conn, names, run_module, tmp_path, loose_umask):
+def test_warm_export_copy_and_delta_are_private(
+    lab, libvirt_conn, names, run_module, tmp_path, loose_umask, reliability
+):
+    reliability(
+        "security",
+        "file permissions: a warm export's full copy and delta under a loose umask 0002",
+        "nothing (the modes are the tool's own)",
+        "the copy, the delta and every other file: dirs <= 0750, files <= 0640",
+    )
     dom = make_source(lab, libvirt_conn, names)
     dom.create()
     time.sleep(30)  # boot (TCG takes ~20 s)

@@ -154,7 +154,13 @@ def test_without_cbt_hash_diff(lab, vsphere_si, run_module, tmp_path, source_vm)
     assert not _has_snapshot(vm)
 
 
-def test_failed_export_removes_its_snapshot(lab, vsphere_si, run_module, tmp_path, source_vm):
+def test_failed_export_removes_its_snapshot(lab, vsphere_si, run_module, tmp_path, source_vm, reliability):
+    reliability(
+        "vsphere",
+        "the source VM's flat disk file gone (the read fails mid-export)",
+        "export fails: 'has no flat extent'",
+        "the export's snapshot removed; no bundle left",
+    )
     vm = find_vm(vsphere_si, source_vm)
     WaitForTask(vm.PowerOnVM_Task())
     os.unlink(flat_path(lab, source_vm))  # the disk's data is gone: the read fails
@@ -165,7 +171,16 @@ def test_failed_export_removes_its_snapshot(lab, vsphere_si, run_module, tmp_pat
     assert not os.path.exists(str(tmp_path / "bundle"))
 
 
-def test_bad_input(lab, run_module, tmp_path, source_vm):
+def test_bad_input(lab, run_module, tmp_path, source_vm, reliability):
+    reliability(
+        "vsphere", "export of a VM vCenter does not have", "\"VM 'no-such-vm' not found\"", "fails (state not checked)"
+    )
+    reliability(
+        "vsphere",
+        "wrong vSphere password (export)",
+        "'vSphere login failed for user ...'",
+        "fails (state not checked)",
+    )
     res = run_module("vsphere_export", conn_vars(lab, vm="no-such-vm", bundle=str(tmp_path / "b")))
     assert res.get("failed") and "VM 'no-such-vm' not found" in res["msg"], res
     res = run_module("vsphere_export", conn_vars(lab, vm=source_vm, bundle=str(tmp_path / "b"), password="nope"))

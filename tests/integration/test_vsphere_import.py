@@ -111,7 +111,13 @@ def backing_flat_path(lab, vm):
     return os.path.join(lab["vcsim"]["datastore_dir"], re.sub(r"\.vmdk$", "-flat.vmdk", path))
 
 
-def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name, reliability):
+    reliability(
+        "vsphere",
+        "one byte of the imported disk changed on the datastore, then verify",
+        "verify fails: 'differs from the bundle in 1 of N ...', 'first at byte B'",
+        "reported, nothing changed by verify",
+    )
     bundle = make_bundle(str(tmp_path / "b"), guest_copy, vm_name, firmware="uefi")
     args = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
 
@@ -189,7 +195,15 @@ def test_import_verify_and_rerun(lab, vsphere_si, run_module, tmp_path, guest_co
     assert "first at byte %d" % (5 * 1024 * 1024) in res["msg"]
 
 
-def test_same_name_other_origin_is_refused_unless_replace(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+def test_same_name_other_origin_is_refused_unless_replace(
+    lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name, reliability
+):
+    reliability(
+        "vsphere",
+        "import onto a VM name taken by a VM from another source",
+        "refused: 'already exists' and the fix 'replace=true'",
+        "the existing VM kept (same moid); replace=true replaces it, provenance of the new source",
+    )
     first = make_bundle(str(tmp_path / "a"), guest_copy, vm_name)
     other = make_bundle(str(tmp_path / "b"), guest_copy, vm_name)  # another source id
     base = conn_vars(lab, datastore=lab["vcsim"]["datastore"], network_map={"lab-net": "VM Network"})
@@ -241,7 +255,34 @@ def test_incremental_update_uploads_changed_disk(lab, vsphere_si, run_module, tm
     assert run_module("vsphere_import", dict(args, bundle=newer.dir))["changed"] is False
 
 
-def test_bad_input_is_reported_and_leaves_nothing(lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name):
+def test_bad_input_is_reported_and_leaves_nothing(
+    lab, vsphere_si, run_module, tmp_path, guest_copy, vm_name, reliability
+):
+    left = "no VM, no datastore folder content"
+    reliability(
+        "vsphere",
+        "a source network missing from network_map",
+        "\"network 'lab-net' ... not in network_map\"",
+        left,
+    )
+    reliability(
+        "vsphere",
+        "network_map names a port group vCenter does not have",
+        "\"network 'no-such-portgroup' not found\", listing the networks that exist",
+        left,
+    )
+    reliability(
+        "vsphere",
+        "a datastore vCenter does not have",
+        "\"datastore 'NoSuchDS' not found\", listing the datastores that exist",
+        left,
+    )
+    reliability(
+        "vsphere",
+        "wrong vSphere password (import)",
+        "'vSphere login failed for user <user>'; the password not in the task's invocation (no_log)",
+        left,
+    )
     bundle = make_bundle(str(tmp_path / "b"), guest_copy, vm_name)
     base = conn_vars(lab, bundle=bundle.dir, datastore=lab["vcsim"]["datastore"])
     vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
@@ -264,7 +305,19 @@ def test_bad_input_is_reported_and_leaves_nothing(lab, vsphere_si, run_module, t
     assert not os.path.exists(vm_dir) or not os.listdir(vm_dir)
 
 
-def test_tls_needs_the_lab_ca(lab, run_module):
+def test_tls_needs_the_lab_ca(lab, run_module, reliability):
+    reliability(
+        "vsphere",
+        "untrusted certificate (the lab CA not given, not in the system trust store)",
+        "'TLS verification of <host> ...', naming ca_path and validate_certs",
+        "refused (vm_info: nothing to change)",
+    )
+    reliability(
+        "vsphere",
+        "certificate not the pinned thumbprint (validate_certs=false)",
+        "'not the pinned thumbprint'",
+        "refused (vm_info: nothing to change)",
+    )
     args = conn_vars(lab, vms=["DC0_H0_VM0"])
     res = run_module("vsphere_vm_info", args)
     assert not res.get("failed") and res["vms"][0]["name"] == "DC0_H0_VM0", res
@@ -364,7 +417,14 @@ def test_names_are_escaped_like_vcenter(lab, vsphere_si, run_module, tmp_path, m
     assert entries_with(ds_dir, tag) == {stored}
 
 
-def test_too_long_name_is_refused_before_any_upload(lab, vsphere_si, run_module, tmp_path):
+def test_too_long_name_is_refused_before_any_upload(lab, vsphere_si, run_module, tmp_path, reliability):
+    reliability(
+        "vsphere",
+        "target VM name of 81 characters (vSphere's limit is 80)",
+        "import refused: 'the VM name ... is 81 characters long; a vSphere VM name has at most 80' and "
+        "'Fix: give a shorter name'",
+        "refused before any upload: no datastore entry, no VM",
+    )
     tag = uuid.uuid4().hex[:6]
     name = "lab-b-long-%s-" % tag + "x" * 63  # 81 characters
     ds_dir = lab["vcsim"]["datastore_dir"]
@@ -380,7 +440,13 @@ def test_too_long_name_is_refused_before_any_upload(lab, vsphere_si, run_module,
     assert find_vm(vsphere_si, name) is None
 
 
-def test_failed_create_removes_the_folder_it_made(lab, vsphere_si, run_module, tmp_path, made_vms):
+def test_failed_create_removes_the_folder_it_made(lab, vsphere_si, run_module, tmp_path, made_vms, reliability):
+    reliability(
+        "vsphere",
+        "CreateVM refused after the disks were uploaded (a hardware version vCenter refuses)",
+        "import fails: 'create VM <name>'",
+        "the disks and the datastore folder it made removed; no VM",
+    )
     """CreateVM fails after the disks are up (vcsim refuses the hardware version): nothing stays."""
     tag = uuid.uuid4().hex[:6]
     name = "lab-b-fail/%s" % tag

@@ -201,7 +201,14 @@ def random_vm(lab, run_module, tmp_path, vm_name):
     return vm_name
 
 
-def test_import_vcsim_stops_mid_upload(lab, vsphere_si, run_module, proxy, tmp_path, vm_name):
+def test_import_vcsim_stops_mid_upload(lab, vsphere_si, run_module, proxy, tmp_path, vm_name, reliability):
+    reliability(
+        "vsphere",
+        "vCenter gone mid-upload (connection cut after 8 MiB, vcsim unreachable after)",
+        "import fails: 'upload of disk [ds] vm/vm.vmdk', the endpoint and 're-run'",
+        "the VM made stays marked incomplete (provenance state incomplete, no disks) beside vmigrate.partial; "
+        "the re-run completes, flat file equal to the source, marker gone",
+    )
     image = random_disk(tmp_path / "disk.raw")
     bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
     vm_dir = os.path.join(lab["vcsim"]["datastore_dir"], vm_name)
@@ -230,7 +237,16 @@ def test_import_vcsim_stops_mid_upload(lab, vsphere_si, run_module, proxy, tmp_p
     assert find_vm(vsphere_si, vm_name) is not None
 
 
-def test_update_cut_mid_upload_leaves_vm_marked_incomplete(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):
+def test_update_cut_mid_upload_leaves_vm_marked_incomplete(
+    lab, vsphere_si, run_module, proxy, tmp_path, random_vm, reliability
+):
+    reliability(
+        "vsphere",
+        "connection cut mid-upload of an update (a newer bundle of the same source)",
+        "import fails: 'upload of disk [ds] vm/vm-...'",
+        "the old disk still attached, helper VM gone, the VM marked incomplete (vm_info: incomplete true); "
+        "the re-run rewrites it, equal to the source, provenance complete",
+    )
     # A newer bundle of the same source: the disk's content changed.
     seed = Bundle.load(str(tmp_path / "seed"))
     image = seed.disk_path("disk0")
@@ -267,7 +283,15 @@ def test_update_cut_mid_upload_leaves_vm_marked_incomplete(lab, vsphere_si, run_
     assert prov["fingerprint"] == steps.content_fingerprint(newer.manifest) and prov["state"] == "complete"
 
 
-def test_warm_export_transfer_cut_removes_snapshot(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):
+def test_warm_export_transfer_cut_removes_snapshot(
+    lab, vsphere_si, run_module, proxy, tmp_path, random_vm, reliability
+):
+    reliability(
+        "vsphere",
+        "every disk read of a warm export cut after 4 MiB (SOAP still answers)",
+        "export fails: '[ds] vm/vm-flat.vmdk', the endpoint and 're-run' (the read retried first)",
+        "the export's snapshot removed, no bundle left; the re-run completes, bundle equal to the disk",
+    )
     vm = find_vm(vsphere_si, random_vm)
     WaitForTask(vm.PowerOnVM_Task())
     bdir = str(tmp_path / "bundle")
@@ -290,7 +314,16 @@ def test_warm_export_transfer_cut_removes_snapshot(lab, vsphere_si, run_module, 
     assert snapshot_names(vm) == []
 
 
-def test_warm_export_vcsim_stops_snapshot_left_then_cleaned(lab, vsphere_si, run_module, proxy, tmp_path, random_vm):
+def test_warm_export_vcsim_stops_snapshot_left_then_cleaned(
+    lab, vsphere_si, run_module, proxy, tmp_path, random_vm, reliability
+):
+    reliability(
+        "vsphere",
+        "vCenter gone mid-download of a warm export (snapshot cannot be removed)",
+        "export fails naming the flat file first, then 'snapshot vmigrate-1' and 'next run removes it'",
+        "snapshot vmigrate-1 left, recorded in the incomplete bundle; the re-run removes it "
+        "(removed_leftover_snapshots) and completes, bundle equal to the disk",
+    )
     vm = find_vm(vsphere_si, random_vm)
     WaitForTask(vm.PowerOnVM_Task())
     bdir = str(tmp_path / "bundle")
@@ -316,7 +349,13 @@ def test_warm_export_vcsim_stops_snapshot_left_then_cleaned(lab, vsphere_si, run
     assert same_bytes(flat_path(lab, random_vm), bundle.disk_path("disk0"))
 
 
-def test_import_datastore_too_small(lab, vsphere_si, run_module, tmp_path, vm_name):
+def test_import_datastore_too_small(lab, vsphere_si, run_module, tmp_path, vm_name, reliability):
+    reliability(
+        "vsphere",
+        "datastore smaller than the disks' capacity",
+        "import refused: 'datastore <ds> has N bytes free, the disks need M'",
+        "refused up front: no VM, no datastore folder",
+    )
     ds_name = lab["vcsim"]["datastore"]
     ds = next(d for d in vsphere_si.RetrieveContent().rootFolder.childEntity[0].datastore if d.name == ds_name)
     with contextlib.suppress(Exception):  # what the import reads too; vcsim answers it with an empty body
@@ -343,7 +382,15 @@ def set_extra_config(vm, key, value):
     WaitForTask(vm.ReconfigVM_Task(spec=spec))
 
 
-def test_snapshot_removal_failing(lab, vsphere_si, run_module, tmp_path, random_vm):
+def test_snapshot_removal_failing(lab, vsphere_si, run_module, tmp_path, random_vm, reliability):
+    reliability(
+        "vsphere",
+        "vCenter refuses to remove the export's snapshot (with and without a failed read)",
+        "export fails: the read error first ('has no flat extent'), then 'snapshot vmigrate-1 ... next run "
+        "removes it'; while still refused: 'left by an earlier run'",
+        "the snapshot stays, recorded in the incomplete bundle; once removal works the next run removes it and "
+        "completes, bundle equal to the disk",
+    )
     """The lab's vcsim refuses snapshot removal for a VM flagged in extraConfig
     (tests/lab/vcsim/faults.go); the export must say so, keep the record, clean up later."""
     vm = find_vm(vsphere_si, random_vm)
@@ -404,7 +451,14 @@ def test_snapshot_removal_failing(lab, vsphere_si, run_module, tmp_path, random_
 
 
 @pytest.mark.parametrize("edit,field", bundle_edits.EDITS, ids=bundle_edits.IDS)
-def test_import_hand_edited_bundle_is_refused(lab, vsphere_si, run_module, tmp_path, vm_name, edit, field):
+def test_import_hand_edited_bundle_is_refused(lab, vsphere_si, run_module, tmp_path, vm_name, edit, field, reliability):
+    reliability(
+        "vsphere",
+        "hand-edited bundle manifest: %s changed" % field,
+        "import (and --check) refused: 'bundle B, disk disk0: field %s ...' and "
+        "'Fix: re-run the export/convert that wrote this bundle'" % field,
+        "refused before anything is made: no VM, no datastore folder; the unedited bundle imports",
+    )
     image = random_disk(tmp_path / "disk.raw", 8 * MIB)
     bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
     with open(bundle.path, encoding="utf-8") as fh:
@@ -434,7 +488,14 @@ def test_import_hand_edited_bundle_is_refused(lab, vsphere_si, run_module, tmp_p
     assert [d.capacityInBytes for d in disks] == [8 * MIB]
 
 
-def test_import_failing_after_upload_removes_what_it_made(lab, vsphere_si, run_module, tmp_path, vm_name):
+def test_import_failing_after_upload_removes_what_it_made(lab, vsphere_si, run_module, tmp_path, vm_name, reliability):
+    reliability(
+        "vsphere",
+        "bundle disk bytes changed after the export (same size: the bundle's own check passes)",
+        "import fails: 'disk disk0 read from the bundle differs from its manifest digests in 1 blocks', "
+        "'first at byte B'",
+        "no VM; the VM folder it made removed; a folder that was there before kept with its files",
+    )
     image = random_disk(tmp_path / "disk.raw", 8 * MIB)
     bundle = make_bundle(str(tmp_path / "b"), image, vm_name)
     # The disk's bytes change after the bundle was written, its size does not: the bundle's

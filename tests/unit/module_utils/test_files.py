@@ -17,7 +17,13 @@ def test_atomic_file_publishes_on_success(tmp_path):
     assert open(path).read() == "new" and not os.path.exists(part_path(path))
 
 
-def test_atomic_file_keeps_the_old_file_on_failure(tmp_path):
+def test_atomic_file_keeps_the_old_file_on_failure(tmp_path, reliability):
+    reliability(
+        "engine",
+        "a write of a manifest/status file dying half-way (atomic_file)",
+        "the error itself",
+        "the old file intact, no .part file left",
+    )
     path = str(tmp_path / "f")
     with open(path, "w") as fh:
         fh.write("old")

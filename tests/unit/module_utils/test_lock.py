@@ -35,7 +35,14 @@ def holder(bundle):
     return proc
 
 
-def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+def test_a_second_writer_is_refused_naming_the_first(tmp_path, reliability):
+    reliability(
+        "engine",
+        "two writers of one bundle at once (another process holds its lock)",
+        "InputError naming the bundle, 'export of web01 pid N' and the fix 'wait for that run ...'",
+        "the second writer does nothing; once the holder is killed (SIGKILL) the next run takes the lock, "
+        "no clean-up needed",
+    )
     bundle = str(tmp_path / "work" / "export")
     proc = holder(bundle)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -32,6 +33,9 @@ waves:
     vms:
       - web01
 """
+
+
+LOADS = "refused as the plan loads: no host in the inventory, nothing run"
 
 
 def load(tmp_path, text, name="t.v2v.yml"):
@@ -147,8 +151,34 @@ REFUSALS = [
 ]
 
 
+# What each refusal is, for docs/reliability.md.
+REFUSED = {
+    "bogus": "unknown top-level key",
+    "waves[0].vms[0].colour": "unknown key in a VM entry",
+    "waves[0].concurrency": "wrong type: concurrency 'two'",
+    "waves[0].max_failed": "out of range: max_failed -1",
+    "waves[0].mode": "unknown mode 'hot'",
+    "waves[0].target": "wave target naming no endpoint",
+    "waves[0].source": "wave source naming no endpoint",
+    "endpoints.kvm1.platform": "unknown platform 'xen'",
+    "waves[0].name": "wave without a name",
+    "endpoints.kvm1.uri": "wrong type: uri 5",
+    "endpoints.vc.placement.pool": "placement key of another platform (pool on vSphere)",
+    "network_map": "wrong type: network_map a list",
+    "waves[0].vms[0].target_name": "target_name on a select (many VMs, one name)",
+    "waves[0].vms[0]": "a VM entry with both name and select",
+    "waves[0].options.cutover_window.start": "cutover window start '25:00'",
+}
+
+
 @pytest.mark.parametrize("edit,path,line,fix", REFUSALS, ids=[r[1] for r in REFUSALS])
-def test_refusals_name_file_line_key_and_fix(tmp_path, edit, path, line, fix):
+def test_refusals_name_file_line_key_and_fix(tmp_path, edit, path, line, fix, reliability):
+    reliability(
+        "plan",
+        "plan: %s" % ("wave without a target" if fix == "set waves[0].target" else REFUSED[path]),
+        "'plan <file> line N: %s ...' and a 'Fix:' ('%s')" % (path, fix),
+        LOADS,
+    )
     assert edit[0] in BASE
     err, file = refused(tmp_path, BASE.replace(edit[0], edit[1], 1))
     assert err.problem.startswith("plan %s line %d: %s " % (file, line, path)), err.message
@@ -156,20 +186,39 @@ def test_refusals_name_file_line_key_and_fix(tmp_path, edit, path, line, fix):
     assert "Fix:" in err.message
 
 
-def test_vm_in_two_waves(tmp_path):
+def test_vm_in_two_waves(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan: a VM listed twice (in two waves)",
+        "'plan <file> line 22: waves[1].vms[0] names VM 'web01' of kvm1, already in waves[0].vms[0]', fix "
+        "'one wave only'",
+        LOADS,
+    )
     text = BASE + "  - name: wave2\n    source: kvm1\n    target: vc\n    vms: [web01]\n"
     err, file = refused(tmp_path, text)
     assert "plan %s line 22: waves[1].vms[0] names VM 'web01' of kvm1, already in waves[0].vms[0]" % file in err.message
     assert "one wave only" in err.fix
 
 
-def test_same_name_on_another_source_is_not_a_duplicate_but_a_target_clash(tmp_path):
+def test_same_name_on_another_source_is_not_a_duplicate_but_a_target_clash(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan: two VMs (of two sources) making the same target name",
+        "\"... makes target 'web01'\" and a fix naming target_name",
+        LOADS,
+    )
     text = BASE + "  - name: wave2\n    source: vc\n    target: kvm1\n    vms: [web01]\n"
     err, _path = refused(tmp_path, text)
     assert "makes target 'web01'" in err.message and "target_name" in err.fix
 
 
-def test_duplicate_wave_names_and_group_clash(tmp_path):
+def test_duplicate_wave_names_and_group_clash(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan: two waves of one name, or names making one inventory group (a-b, a_b)",
+        "\"waves[1].name repeats wave 'wave1'\"; \"'a-b' and 'a_b' both make group wave_a_b\"",
+        LOADS,
+    )
     err, _path = refused(tmp_path, BASE + "  - name: wave1\n    source: kvm1\n    target: vc\n    vms: [x]\n")
     assert "waves[1].name repeats wave 'wave1'" in err.message
     text = BASE.replace("name: wave1", "name: a-b") + "  - name: a_b\n    source: kvm1\n    target: vc\n    vms: [x]\n"
@@ -177,7 +226,14 @@ def test_duplicate_wave_names_and_group_clash(tmp_path):
     assert "'a-b' and 'a_b' both make group wave_a_b" in err.message
 
 
-def test_all_problems_in_one_error_and_no_password(tmp_path):
+def test_all_problems_in_one_error_and_no_password(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan with three problems at once, the password given as a list",
+        "one error: '3 problems', 'endpoints.vc.password must be a non-empty string'; the password's value "
+        "not in the message",
+        LOADS,
+    )
     text = BASE.replace("\"{{ lookup('env', 'SECRET_PW') }}\"", "[hunter2]").replace("target: vc", "target: none")
     text = text.replace("version: 1", "version: 2")
     err, _path = refused(tmp_path, text)
@@ -186,7 +242,13 @@ def test_all_problems_in_one_error_and_no_password(tmp_path):
     assert "hunter2" not in err.message
 
 
-def test_selector_needs_source_facts(tmp_path):
+def test_selector_needs_source_facts(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan: a select: with validate_sources false",
+        "'validate_sources is false' and a fix to list the VMs by name",
+        LOADS,
+    )
     err, _path = refused(tmp_path, BASE.replace("      - web01", "      - {select: {name: 'web*'}}"), facts=None)
     assert "validate_sources is false" in err.problem and "by name" in err.fix
 
@@ -245,7 +307,15 @@ def test_folder_and_tag_selectors(tmp_path):
     assert "kvm VMs have no folders" in err.problem
 
 
-def test_missing_vm_and_map_entries_listed_together(tmp_path):
+def test_missing_vm_and_map_entries_listed_together(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan: missing network_map / storage_map entries and a VM the source lacks",
+        "one error, '3 problems': \"VM 'web01' nics[0] (<mac>) is on network 'lan'\" with \"add 'lan': <target "
+        'network> to network_map"; "names VM \'ghost\', which kvm1 does not have"; "disk disk0 is on storage '
+        "'/data', which has no storage_map entry\"",
+        LOADS,
+    )
     vms = "      - web01\n      - ghost\n      - {name: db01, network_map: {dmz: D}}\n"
     text = BASE.replace("      - web01\n", vms)
     facts = {"kvm1": FakeFacts({"web01": spec(net="lan"), "db01": spec(net="dmz", storage="/data")})}
@@ -284,7 +354,13 @@ def test_inventory_groups_and_waves(tmp_path):
     ]  # fmt: skip
 
 
-def test_hyperv_endpoints_take_the_hyperv_modules_options(tmp_path):
+def test_hyperv_endpoints_take_the_hyperv_modules_options(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan: an option of another platform on an endpoint (datastore on a Hyper-V endpoint)",
+        "the problem names datastore; the fix lists the Hyper-V options (share_windows ...)",
+        LOADS,
+    )
     text = BASE.replace(
         "network_map:",
         "  hv:\n    platform: hyperv\n    hostname: hv01\n    username: me\n    password: x\n"
@@ -310,3 +386,22 @@ def test_work_dirs_of_names_with_other_characters_never_collide(tmp_path):
         part = d.rsplit("/", 1)[1]
         assert d == "/var/lib/vmigrate/wave1/" + part and part not in (".", "..") and not part.startswith(".")
     assert dict(zip(names, dirs, strict=True))["a_b"] == "/var/lib/vmigrate/wave1/a_b"  # plain: unchanged
+
+
+def test_plan_paths_stay_under_the_work_dir(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan names that would lead out of the work dir: target_name '../../etc', wave name '../w', "
+        "a relative work_dir",
+        "wave name: \"waves[0].name '../w' is not a valid wave name\"; work_dir: 'defaults.work_dir must be "
+        "an absolute path' (file and line named); the target name is kept, its directory made safe",
+        "the VM's work dir '<work_dir>/wave1/_.._etc-<8 hex of its sha256>', under the work dir; nothing outside",
+    )
+    _plan_obj, (rec,) = build(tmp_path, BASE.replace("      - web01", "      - {name: web01, target_name: ../../etc}"))
+    assert rec["v2v_target_name"] == "../../etc"
+    assert re.fullmatch(r"/var/lib/vmigrate/wave1/_\.\._etc-[0-9a-f]{8}", rec["v2v_work_dir"]), rec["v2v_work_dir"]
+    assert ".." not in rec["v2v_work_dir"].split("/")
+    err, file = refused(tmp_path, BASE.replace("  - name: wave1", "  - name: ../w"))
+    assert "plan %s line 14: waves[0].name '../w' is not a valid wave name" % file in err.message, err.message
+    err, file = refused(tmp_path, BASE.replace("network_map:", "defaults: {work_dir: relative/dir}\nnetwork_map:"))
+    assert "plan %s line 11: defaults.work_dir must be an absolute path" % file in err.message, err.message

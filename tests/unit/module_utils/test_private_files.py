@@ -57,7 +57,13 @@ def test_make_dirs_makes_every_missing_directory_private(tmp_path):
     assert _files.make_dirs(made) == made  # there already: fine
 
 
-def test_atomic_file_is_private_also_over_a_stale_part(tmp_path):
+def test_atomic_file_is_private_also_over_a_stale_part(tmp_path, reliability):
+    reliability(
+        "security",
+        "file permissions: a world-readable (0666) .part a crash left, under umask 0002",
+        "nothing",
+        "the file written over it is 0640",
+    )
     path = str(tmp_path / "new" / "manifest.json")
     os.makedirs(os.path.dirname(path))
     with open(_files.part_path(path), "w") as fh:  # a crash left a world-readable .part
@@ -105,7 +111,13 @@ def test_bundle_manifest_digests_and_delta_are_private(tmp_path):
     assert mode(os.path.join(top, "disks", "disk0.delta-2.raw")) == 0o600
 
 
-def test_qemu_img_create_and_convert_outputs_are_private(tmp_path):
+def test_qemu_img_create_and_convert_outputs_are_private(tmp_path, reliability):
+    reliability(
+        "security",
+        "file permissions: disks qemu-img creates and converts (qcow2, vmdk descriptor and extent), umask 0002",
+        "nothing",
+        "dirs <= 0750, files <= 0640; qemu-img still reads them",
+    )
     src = str(tmp_path / "src.raw")
     with open(src, "wb") as fh:
         fh.truncate(MIB)
@@ -129,7 +141,13 @@ def test_progress_file_is_private(tmp_path):
     assert mode(sink) == 0o640 and len(open(sink).read().splitlines()) == 2
 
 
-def test_lock_file_is_private_and_a_writer_holds_a_private_umask(tmp_path):
+def test_lock_file_is_private_and_a_writer_holds_a_private_umask(tmp_path, reliability):
+    reliability(
+        "security",
+        "file permissions: lock files, and code writing under the lock that sets no modes, umask 0002",
+        "nothing",
+        "lock files 0640; dirs made under the lock <= 0750; the caller's umask put back",
+    )
     top = str(tmp_path / "work" / "web01")
     with bundle_lock(top, "export of web01"):
         assert os.umask(0o002) & 0o027 == 0o027  # the writer's umask while the lock is held
@@ -142,7 +160,13 @@ def test_lock_file_is_private_and_a_writer_holds_a_private_umask(tmp_path):
     assert assert_private(str(tmp_path / "work")) == 2
 
 
-def test_ova_extraction_is_private(tmp_path):
+def test_ova_extraction_is_private(tmp_path, reliability):
+    reliability(
+        "security",
+        "file permissions: an OVA written, and one extracted, under umask 0002",
+        "nothing",
+        "the OVA 0640; extracted dirs <= 0750, files <= 0640",
+    )
     from ansible_collections.vmigrate.v2v.plugins.module_utils.engine import spec as _spec
 
     disk = str(tmp_path / "d.vmdk")
@@ -159,7 +183,13 @@ def test_ova_extraction_is_private(tmp_path):
     assert assert_private(str(tmp_path / "x")) >= 2
 
 
-def test_a_fake_export_writes_a_private_bundle(tmp_path):
+def test_a_fake_export_writes_a_private_bundle(tmp_path, reliability):
+    reliability(
+        "security",
+        "file permissions: an export's full copy then incremental (fake platform), umask 0002",
+        "nothing",
+        "manifest, digests, copy and delta: dirs <= 0750, files <= 0640",
+    )
     """engine/export.py's full copy then an incremental (delta), through the fake platform."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "platforms"))
     import test_contract as contract

@@ -236,7 +236,13 @@ def test_same_format_is_referenced_not_copied(src_bundle, tmp_path):
         _bundle.Bundle.load(dest).check_integrity()
 
 
-def test_missing_disk_is_refused(src_bundle, tmp_path):
+def test_missing_disk_is_refused(src_bundle, tmp_path, reliability):
+    reliability(
+        "engine",
+        "convert of a bundle whose disk file is gone",
+        "fails naming 'disk disk0', the file and 'missing'",
+        "no output bundle (dest not made)",
+    )
     os.unlink(src_bundle.disk_path("disk0"))
     dest = str(tmp_path / "out")
     res = run_module({"src": src_bundle.dir, "dest": dest, "target_platform": "kvm"})
@@ -245,7 +251,13 @@ def test_missing_disk_is_refused(src_bundle, tmp_path):
     assert not os.path.exists(dest)
 
 
-def test_incomplete_input_is_refused(src_bundle, tmp_path):
+def test_incomplete_input_is_refused(src_bundle, tmp_path, reliability):
+    reliability(
+        "engine",
+        "convert of a bundle marked incomplete (an export that did not finish)",
+        "fails: 'incomplete'",
+        "fails (output not checked)",
+    )
     src_bundle.mark_incomplete()
     res = run_module({"src": src_bundle.dir, "dest": str(tmp_path / "o"), "target_platform": "kvm"})
     assert res["failed"] is True and "incomplete" in res["msg"]

@@ -127,7 +127,13 @@ def test_ova_is_read_in_place(vm_dir, tmp_path_factory):
     assert snapshot(out) == before
 
 
-def test_malformed_descriptor_fails_naming_the_file(tmp_path):
+def test_malformed_descriptor_fails_naming_the_file(tmp_path, reliability):
+    reliability(
+        "readers",
+        "a truncated OVF given to descriptor_info",
+        "the module fails (error_kind input): 'OVF descriptor <file> is not well-formed XML', line 4, and a 'Fix:'",
+        "nothing written",
+    )
     bad = tmp_path / "broken.ovf"
     bad.write_text('<?xml version="1.0"?>\n<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1">\n<Disk>\n')
     ok, res = run(bad)

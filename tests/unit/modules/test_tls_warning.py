@@ -78,7 +78,14 @@ def warning_texts(result):
 
 
 @pytest.mark.parametrize("platform", ["vsphere", "hyperv"])
-def test_modules_warn_once_per_result_and_ansible_once_per_run(tmp_path, platform):
+def test_modules_warn_once_per_result_and_ansible_once_per_run(tmp_path, platform, reliability):
+    reliability(
+        "security",
+        "TLS verification turned off (validate_certs=false), %s, two tasks in one run" % platform,
+        "one warning per result naming the host and 'Fix: set validate_certs=true'; Ansible prints "
+        "'TLS certificate verification is off' once per run; the password in no result or output",
+        "the tasks run on (here: fail, nothing listens)",
+    )
     port = closed_port()  # nothing answers: the warning comes with the failure too
     conn = {"hostname": "127.0.0.1", "port": port, "username": "admin", "password": PASSWORD, "validate_certs": False}
     if platform == "vsphere":

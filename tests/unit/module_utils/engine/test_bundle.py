@@ -51,7 +51,13 @@ def test_create_load_round_trip(tmp_path):
         ({"sync": {}}, "sync"),
     ],
 )
-def test_validator_names_the_field(tmp_path, change, field):
+def test_validator_names_the_field(tmp_path, change, field, reliability):
+    reliability(
+        "engine",
+        "bundle manifest: field %s invalid" % field,
+        "InputError naming manifest.json and 'field %s ...'" % field,
+        "refused as the bundle loads: nothing read or written",
+    )
     b = make(tmp_path)
     b.manifest.update(change)
     with open(b.path, "w") as fh:
@@ -74,7 +80,14 @@ def test_validator_names_the_field(tmp_path, change, field):
         ({"checkpoint": "c1"}, "disks[0].checkpoint"),
     ],
 )
-def test_disk_validator_names_the_field(tmp_path, disk, field):
+def test_disk_validator_names_the_field(tmp_path, disk, field, reliability):
+    reliability(
+        "engine",
+        "bundle disk record: field %s invalid%s"
+        % (field, " (a path out of the bundle)" if field == "disks[0].path" else ""),
+        "InputError 'field %s ...'" % field,
+        "the invalid manifest never written",
+    )
     with pytest.raises(InputError) as err:
         make(tmp_path, **disk)
     assert "field %s " % field in str(err.value)
@@ -88,7 +101,13 @@ def test_digests_may_be_pending_while_incomplete(tmp_path):
     assert "field disks[0].digests_sha256 " in str(err.value)
 
 
-def test_not_a_bundle(tmp_path):
+def test_not_a_bundle(tmp_path, reliability):
+    reliability(
+        "engine",
+        "a bundle dir without manifest.json, or with one that is not JSON",
+        "InputError 'manifest.json does not exist'; one naming <dir>/manifest.json",
+        "nothing read",
+    )
     with pytest.raises(InputError) as err:
         _bundle.Bundle.load(str(tmp_path))
     assert "manifest.json does not exist" in str(err.value)
@@ -112,7 +131,13 @@ def test_fingerprint_ignores_run_state_but_not_content(tmp_path):
     assert b.fingerprint() != fp
 
 
-def test_digests_saved_and_checked(tmp_path):
+def test_digests_saved_and_checked(tmp_path, reliability):
+    reliability(
+        "engine",
+        "a bundle's digest file tampered with (one byte)",
+        "InputError 'does not match digests_sha256'",
+        "digests not used",
+    )
     b = make(tmp_path)
     raw = b.disk_path("disk0")
     os.makedirs(os.path.dirname(raw))
@@ -235,7 +260,14 @@ def test_intact_bundle_passes(tmp_path, in_place):
         (_set(["spec", "disks"], SPEC["disks"] + [{"id": "disk1", "capacity": MiB}]), "spec.disks[1].id"),
     ],
 )
-def test_hand_edited_manifest_is_refused(tmp_path, edit, field):
+def test_hand_edited_manifest_is_refused(tmp_path, edit, field, reliability):
+    reliability(
+        "engine",
+        "hand-edited bundle manifest: %s changed (integrity check)" % field,
+        "InputError 'bundle B, disk ... field %s ...' and 'Fix: re-run the export/convert that wrote this "
+        "bundle'" % field,
+        "refused before any use of the bundle",
+    )
     b = edit_manifest(intact(tmp_path), edit)
     with pytest.raises(InputError) as err:
         b.check_integrity()
@@ -244,7 +276,13 @@ def test_hand_edited_manifest_is_refused(tmp_path, edit, field):
     assert "Fix: re-run the export/convert that wrote this bundle" in msg, msg
 
 
-def test_record_without_digests_is_refused(tmp_path):
+def test_record_without_digests_is_refused(tmp_path, reliability):
+    reliability(
+        "engine",
+        "bundle disk record without its digests",
+        "InputError 'disk disk0: field disks[0].digests is missing'",
+        "refused before any use of the bundle",
+    )
     b = intact(tmp_path)
     del b.disks[0]["digests"], b.disks[0]["digests_sha256"]
     with pytest.raises(InputError) as err:
@@ -263,7 +301,13 @@ def test_record_without_digests_is_refused(tmp_path):
     ],
     ids=["digest-file-gone", "disk-gone", "delta-gone", "disk-grown", "digest-file-appended"],
 )
-def test_damaged_files_are_refused(tmp_path, damage, field):
+def test_damaged_files_are_refused(tmp_path, damage, field, reliability, request):
+    reliability(
+        "engine",
+        "bundle file damaged: %s" % request.node.callspec.id.replace("-", " "),
+        "InputError 'disk disk0: field %s ...'" % field,
+        "refused before any use of the bundle",
+    )
     b = intact(tmp_path)
     damage(b)
     with pytest.raises(InputError) as err:
@@ -271,7 +315,13 @@ def test_damaged_files_are_refused(tmp_path, damage, field):
     assert "disk disk0: field %s " % field in str(err.value), str(err.value)
 
 
-def test_digest_file_cut_with_matching_sha_is_refused_by_block_count(tmp_path):
+def test_digest_file_cut_with_matching_sha_is_refused_by_block_count(tmp_path, reliability):
+    reliability(
+        "engine",
+        "bundle digest file cut short, its sha256 in the manifest edited to match",
+        "InputError 'field disks[0].capacity is 4194304 bytes, 4 blocks ... holds 3'",
+        "refused before any use of the bundle",
+    )
     b = intact(tmp_path)
     path = b.digest_path("disk0")
     with open(path, "rb") as fh:
@@ -285,7 +335,13 @@ def test_digest_file_cut_with_matching_sha_is_refused_by_block_count(tmp_path):
     assert "holds 3" in str(err.value)
 
 
-def test_source_referenced_in_place_is_checked(tmp_path):
+def test_source_referenced_in_place_is_checked(tmp_path, reliability):
+    reliability(
+        "engine",
+        "a source disk referenced in place grew after the export",
+        "InputError 'field disks[0].capacity is 4194304 bytes, but the disk image <file> ...'",
+        "refused before any use of the bundle",
+    )
     b = intact(tmp_path, in_place=True)
     os.truncate(b.disk_path("disk0"), 6 * MiB)  # the source disk grew after the export
     with pytest.raises(InputError) as err:
@@ -293,7 +349,13 @@ def test_source_referenced_in_place_is_checked(tmp_path):
     assert "field disks[0].capacity is 4194304 bytes, but the disk image %s" % b.disk_path("disk0") in str(err.value)
 
 
-def test_wrong_format_names_the_disk(tmp_path):
+def test_wrong_format_names_the_disk(tmp_path, reliability):
+    reliability(
+        "engine",
+        "bundle manifest naming the wrong disk format (qcow2 for a raw file)",
+        "DiskError 'bundle B, disk disk0 (fields disks[0].path, disks[0].format)'",
+        "refused before any use of the bundle",
+    )
     b = edit_manifest(intact(tmp_path), _set(["disks", 0, "format"], "qcow2"))
     with pytest.raises(DiskError) as err:
         b.check_integrity()

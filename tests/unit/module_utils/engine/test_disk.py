@@ -136,7 +136,14 @@ def test_open_guest_write_then_read_back(images, tmp_path):
         assert fh.read(70000) == b"\xab" * 70000
 
 
-def test_corrupt_and_truncated_images_name_the_file(images, tmp_path):
+def test_corrupt_and_truncated_images_name_the_file(images, tmp_path, reliability):
+    reliability(
+        "engine",
+        "truncated qcow2 and vhdx, a qcow2 of random bytes, an unknown format, an absent file",
+        "DiskError naming the file ('corrupt' for the truncated qcow2, the format for the garbage one); "
+        "'unknown disk format'",
+        "the image only read",
+    )
     q = str(tmp_path / "trunc.qcow2")
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", images["raw"][0], q], check=True)
     os.truncate(q, 400000)
@@ -168,7 +175,13 @@ def test_corrupt_and_truncated_images_name_the_file(images, tmp_path):
     assert "absent.qcow2" in str(err.value)
 
 
-def test_failed_convert_leaves_nothing(tmp_path):
+def test_failed_convert_leaves_nothing(tmp_path, reliability):
+    reliability(
+        "engine",
+        "converting a vhdx of random bytes",
+        "DiskError naming the source file",
+        "nothing left in the output dir",
+    )
     garbage = str(tmp_path / "garbage.vhdx")
     open(garbage, "wb").write(os.urandom(65536))
     dst = str(tmp_path / "out" / "disk.qcow2")
@@ -214,7 +227,13 @@ def test_open_nbd_reads_a_dirty_bitmap(tmp_path):
         proc.wait()
 
 
-def test_write_refused_by_the_format_is_a_disk_error(images, tmp_path):
+def test_write_refused_by_the_format_is_a_disk_error(images, tmp_path, reliability):
+    reliability(
+        "engine",
+        "rewriting allocated data of a streamOptimized vmdk (qemu cannot)",
+        "DiskError naming the file and 'streamOptimized' (not a raw nbd error)",
+        "write refused",
+    )
     """qemu cannot rewrite allocated clusters of a streamOptimized vmdk: a clear error, not nbd.Error."""
     path = str(tmp_path / "so.vmdk")
     _disk.convert(images["raw"][0], "raw", path, "vmdk", subformat="streamOptimized")
@@ -254,7 +273,13 @@ def test_qcow2_bitmap_refuses_an_in_use_bitmap_and_other_formats():
         _disk.open_guest("/nonexistent.raw", "raw", bitmap="chk1")
 
 
-def test_a_stalled_nbd_server_ends_the_read_with_a_clear_error(tmp_path, monkeypatch):
+def test_a_stalled_nbd_server_ends_the_read_with_a_clear_error(tmp_path, monkeypatch, reliability):
+    reliability(
+        "engine",
+        "a hung NBD server (every read delayed 30 s), stall timeout 1 s",
+        "DiskError 'answered no request for 1 s', naming the socket and VMIGRATE_NBD_TIMEOUT",
+        "the read ends in under 10 s, never hangs",
+    )
     """nbdkit's delay filter holds every read for 30 s (a hung endpoint): with a stall
     timeout of 1 s the read gives up in about that, naming the export and the fix."""
     import shutil

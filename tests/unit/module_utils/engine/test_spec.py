@@ -67,7 +67,8 @@ def test_new_spec_defaults_validate():
     assert spec["disks"] == [] and spec["firmware"] == {"type": "bios", "secure_boot": False}
 
 
-def test_new_spec_rejects_unknown_field():
+def test_new_spec_rejects_unknown_field(reliability):
+    reliability("engine", "spec: an unknown field", "InputError \"unknown spec field 'colour'\"", "nothing made")
     with pytest.raises(InputError, match="unknown spec field 'colour'"):
         _spec.new_spec(name="x", colour="red")
 
@@ -97,7 +98,13 @@ def test_new_spec_rejects_unknown_field():
         (lambda s: s.update(disks={}), "disks"),
     ],
 )
-def test_validate_names_the_field_and_the_fix(mutate, field):
+def test_validate_names_the_field_and_the_fix(mutate, field, reliability):
+    reliability(
+        "engine",
+        "spec: field %s invalid or missing" % field,
+        "InputError 'spec field %s ...' with a 'Fix:'" % field,
+        "refused by validation: nothing made",
+    )
     spec = vmware_spec()
     mutate(spec)
     with pytest.raises(InputError) as err:
@@ -175,7 +182,14 @@ def test_hyperv_generation_rules():
     assert {n["model"] for n in new["nics"]} == {"hyperv"}
 
 
-def test_network_map_to_bridge_and_strict():
+def test_network_map_to_bridge_and_strict(reliability):
+    reliability(
+        "engine",
+        "a NIC's network missing from network_map (strict), or a map value of the wrong type",
+        "InputError \"network 'DMZ' of nics[1] ... not in network_map\" with \"add 'DMZ' to network_map\"; "
+        "'network_map value ...'",
+        "nothing translated",
+    )
     spec = kvm_spec()
     new, changes = _spec.apply_maps(spec, "kvm", network_map={"default": {"name": "br0", "type": "bridge"}})
     assert (new["nics"][0]["network"], new["nics"][0]["network_type"]) == ("br0", "bridge")
@@ -189,7 +203,13 @@ def test_network_map_to_bridge_and_strict():
         _spec.apply_maps(spec, "kvm", network_map={"default": 42})
 
 
-def test_storage_map():
+def test_storage_map(reliability):
+    reliability(
+        "engine",
+        "a disk's storage missing from storage_map (strict)",
+        "InputError \"storage 'fast-ds' of disks[1] (disk1) is not in storage_map\"",
+        "nothing translated",
+    )
     spec = vmware_spec()
     new, changes = _spec.apply_maps(spec, "kvm", storage_map={"datastore1": "default"})
     assert new["disks"][0]["storage"] == "default"
@@ -205,7 +225,13 @@ def test_storage_map():
         _spec.apply_maps(spec, "kvm", storage_map={"datastore1": "default"}, strict=True)
 
 
-def test_apply_maps_rejects_unknown_target_and_invalid_spec():
+def test_apply_maps_rejects_unknown_target_and_invalid_spec(reliability):
+    reliability(
+        "engine",
+        "an unknown target platform, or a spec with a bus the target cannot take",
+        "InputError \"unknown target platform 'xen'\"; one naming disks[0].bus",
+        "nothing translated",
+    )
     with pytest.raises(InputError, match="unknown target platform 'xen'"):
         _spec.apply_maps(kvm_spec(), "xen")
     bad = kvm_spec()

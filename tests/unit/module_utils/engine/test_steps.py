@@ -55,7 +55,13 @@ def test_plan_create_and_replace():
 
 
 @pytest.mark.parametrize("found", [None, {}, {"source_id": "other", "source_platform": "kvm"}])
-def test_plan_refuses_a_target_of_another_origin(found):
+def test_plan_refuses_a_target_of_another_origin(found, reliability):
+    reliability(
+        "engine",
+        "import onto a same-named target not made from this source (no, empty or other provenance)",
+        "InputError \"'web01' already exists\" with the fix 'replace=true'",
+        "refused before anything is written",
+    )
     with pytest.raises(InputError) as err:
         steps.plan_import(manifest(), "web01", exists=True, found=found)
     assert "'web01' already exists" in str(err.value) and "replace=true" in str(err.value)
@@ -106,7 +112,13 @@ def test_plan_rewrites_when_the_chain_changed():
     assert plan.action == "rewrite" and plan.disks == ["disk0"]
 
 
-def test_plan_refuses_to_go_back_in_a_chain():
+def test_plan_refuses_to_go_back_in_a_chain(reliability):
+    reliability(
+        "engine",
+        "import of an older bundle than the target holds (going back in a sync chain)",
+        "InputError '... newer than the bundle's sync 1'",
+        "refused before anything is written",
+    )
     new = manifest(digests=(A, C), syncs=3)
     with pytest.raises(InputError) as err:
         steps.plan_import(manifest(syncs=1), "t", exists=True, found=steps.provenance(new))

@@ -410,7 +410,15 @@ def test_export_starts_a_new_chain_when_the_disks_change_or_full_is_asked(tmp_pa
     assert sorted(os.listdir(os.path.join(out, "disks"))) == ["disk0.raw"]
 
 
-def test_export_refuses_what_it_cannot_do_and_check_mode_writes_nothing(tmp_path):
+def test_export_refuses_what_it_cannot_do_and_check_mode_writes_nothing(tmp_path, reliability):
+    reliability(
+        "engine",
+        "export options it cannot honour: incremental without a chain, cold of a running VM, block_size 3000, "
+        "a bundle of another VM",
+        "InputError 'holds no sync chain'; 'is running; a cold export needs it off'; 'block_size 3000 is not a "
+        "power of two'; 'not from VM other'",
+        "refused before writing (the bundle dir not made)",
+    )
     platform = _source()
     out = str(tmp_path / "b")
     with pytest.raises(InputError, match="holds no sync chain"):
@@ -428,7 +436,14 @@ def test_export_refuses_what_it_cannot_do_and_check_mode_writes_nothing(tmp_path
         platform.export("other", out, "auto")
 
 
-def test_a_failed_export_leaves_the_bundle_incomplete_and_a_rerun_finishes(tmp_path):
+def test_a_failed_export_leaves_the_bundle_incomplete_and_a_rerun_finishes(tmp_path, reliability):
+    reliability(
+        "engine",
+        "the source connection lost mid incremental export (fake platform)",
+        "the error itself ('went away'); the re-run says fallback_reason 'died while updating its base copies'",
+        "the failed sync's checkpoint dropped, bundle incomplete; the re-run makes a full copy, bundle equal "
+        "to the source",
+    )
     platform = _source()
     out = str(tmp_path / "b")
     platform.export("src", out, "auto", options={"block_size": MIB})

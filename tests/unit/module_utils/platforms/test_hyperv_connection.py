@@ -429,7 +429,13 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-def test_unreachable_host_and_missing_transport_library():
+def test_unreachable_host_and_missing_transport_library(reliability):
+    reliability(
+        "hyperv",
+        "unreachable WinRM endpoint (a closed port)",
+        "PlatformError 'sending vm names to http://127.0.0.1:N/wsman failed 3 times'",
+        "nothing run (three attempts, then the error)",
+    )
     base = dict(hostname="127.0.0.1", port=_closed_port(), username="u", password="p", scheme="http")
     with pytest.raises(
         PlatformError, match="sending vm names to http://127.0.0.1:%d/wsman failed 3 times" % base["port"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import subprocess
 
@@ -26,7 +27,13 @@ def test_datastore_paths():
     assert _connection.flat_name("web01/web01_1.vmdk") == "web01/web01_1-flat.vmdk"
 
 
-def test_thumbprint_pin():
+def test_thumbprint_pin(reliability):
+    reliability(
+        "vsphere",
+        "a pinned thumbprint that is neither SHA-256 nor SHA-1",
+        "InputError 'neither SHA-256 nor SHA-1'",
+        "refused before any connection",
+    )
     cert = b"not really DER, but bytes all the same"
     sha256 = hashlib.sha256(cert).hexdigest()
     _connection.check_thumbprint(cert, ":".join(sha256[i : i + 2] for i in range(0, 64, 2)).upper(), "h")
@@ -97,7 +104,32 @@ def test_fault_text_prefers_the_message():
     assert _connection.fault_text(vim.fault.FileNotFound()) == "vim.fault.FileNotFound"
 
 
-def test_ssl_context_checks_ca_path(tmp_path):
+def test_unreachable_vcenter_is_a_clear_error(reliability):
+    reliability(
+        "vsphere",
+        "unreachable vCenter endpoint (nothing listens on the port)",
+        "PlatformError 'cannot reach vSphere at <host>:<port>: ... Connection refused' and 'Fix: check "
+        "hostname and port, and that the server is up'; the password not in it",
+        "nothing sent",
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    params = {"hostname": "127.0.0.1", "port": port, "username": "u", "password": "pw-Zq81", "validate_certs": False}
+    with pytest.raises(PlatformError) as err:
+        _connection.Connection(params)
+    assert "cannot reach vSphere at 127.0.0.1:%d" % port in err.value.problem, err.value.message
+    assert "Connection refused" in err.value.problem and "check hostname and port" in err.value.fix
+    assert "pw-Zq81" not in err.value.message
+
+
+def test_ssl_context_checks_ca_path(tmp_path, reliability):
+    reliability(
+        "vsphere",
+        "ca_path missing, or not a PEM CA file",
+        "InputError 'ca_path ... does not exist'; 'not a PEM CA file'",
+        "refused before any connection",
+    )
     with pytest.raises(InputError, match="ca_path .* does not exist"):
         _connection.ssl_context(True, str(tmp_path / "missing.pem"))
     bad = tmp_path / "bad.pem"

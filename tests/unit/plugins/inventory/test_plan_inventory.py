@@ -114,13 +114,36 @@ def test_password_templated_at_use_time(tmp_path):
     assert '"msg": "s3cret"' in proc.stdout
 
 
-def test_refused_plan_fails_the_run_with_file_line_key_and_fix(tmp_path):
+def test_refused_plan_fails_the_run_with_file_line_key_and_fix(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan with an unknown key, through ansible-inventory",
+        "ansible-inventory fails: 'plan <file> line 17: waves[0].colour is not a known key' and 'Fix: use one "
+        "of: name, source, target ...'",
+        "no inventory: nothing runs",
+    )
     path = tmp_path / "bad.v2v.yml"
     path.write_text(PLAN.replace("    target: vc\n", "    target: vc\n    colour: red\n"))
     proc = ansible_inventory(path, "--list")
     assert proc.returncode != 0
     assert "plan %s line 17: waves[0].colour is not a known key" % path in proc.stderr
     assert "Fix: use one of: name, source, target" in proc.stderr
+
+
+def test_malformed_yaml_stops_the_run_naming_the_line(tmp_path, reliability):
+    reliability(
+        "plan",
+        "plan that is not valid YAML (an unclosed flow mapping)",
+        "ansible-inventory fails: 'YAML parsing failed: ...' with 'Origin: <file>:8:5' (file, line, column); no empty "
+        "inventory behind a warning (unparsed_is_failed)",
+        "no inventory: nothing runs",
+    )
+    path = tmp_path / "bad.v2v.yml"
+    path.write_text(PLAN.replace('platform: kvm, uri: "qemu:///system"}', 'platform: kvm, uri: "qemu:///system"', 1))
+    proc = ansible_inventory(path, "--list")
+    assert proc.returncode != 0
+    assert "YAML parsing failed" in proc.stderr, proc.stderr
+    assert "Origin: %s:8:5" % path in proc.stderr, proc.stderr  # the line after the unclosed mapping
 
 
 def test_file_name_rule(tmp_path):

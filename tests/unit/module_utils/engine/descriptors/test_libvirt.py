@@ -78,7 +78,14 @@ def test_libvirt_xml_refuses_what_kvm_lacks():
     )
 
 
-def test_malformed_libvirt_xml_names_file(tmp_path):
+def test_malformed_libvirt_xml_names_file(tmp_path, reliability):
+    reliability(
+        "readers",
+        "malformed libvirt domain XML (an unclosed tag; a memory unit 'parsecs')",
+        "InputError 'libvirt domain XML <file> is not well-formed XML' with the line; \"memory has unknown "
+        "unit 'parsecs'\"",
+        "nothing read (a reader writes nothing)",
+    )
     path = tmp_path / "dom.xml"
     path.write_text("<domain type='kvm'>\n  <name>x</name>\n  <memory unit='KiB'>1</memory\n</domain>\n")
     with pytest.raises(InputError) as err:

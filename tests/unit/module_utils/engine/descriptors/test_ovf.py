@@ -255,7 +255,14 @@ def test_ovf2_storage_and_ethernet_items(tmp_path):
     assert missing == [str(tmp_path / "v2.qcow2")]
 
 
-def test_malformed_ovf_names_file_and_line(ovf_dir):
+def test_malformed_ovf_names_file_and_line(ovf_dir, reliability):
+    reliability(
+        "readers",
+        "malformed OVF (a mismatched tag; capacity 'lots'; an XML entity declaration)",
+        "InputError 'OVF descriptor <file> is not well-formed XML: mismatched tag at line N'; \"Disk capacity "
+        "is 'lots'\"; 'declares XML entities'",
+        "nothing read (a reader writes nothing)",
+    )
     path = ovf_dir / "app01.ovf"
     broken = OVFTOOL_OVF.replace("</DiskSection>", "</DiskSectionX>")
     path.write_text(broken)
@@ -323,7 +330,14 @@ def rewrite_tar(src, dst, edit):
             tout.addfile(info, io.BytesIO(data))
 
 
-def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path):
+def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path, reliability):
+    reliability(
+        "readers",
+        "OVA member not matching its manifest digest (a flipped byte in a disk; SHA1 named for a SHA256)",
+        "InputError 'OVA <file>: app01-disk2.vmdk does not match its manifest SHA256 digest' (the member "
+        "named); 'does not match its manifest SHA1 digest'",
+        "the member not extracted (no file, no .part); describable with verify_manifest=false",
+    )
     ova = make_ova(ovf_dir)[1]
     bad = tmp_path / "bad.ova"
 
@@ -355,7 +369,13 @@ def test_ova_digest_mismatch_is_a_clear_error(ovf_dir, tmp_path):
         _read.read_descriptor(str(bad))
 
 
-def test_ova_path_traversal_refused(tmp_path):
+def test_ova_path_traversal_refused(tmp_path, reliability):
+    reliability(
+        "readers",
+        "OVA member '../../etc/evil' (path traversal)",
+        "InputError \"unsafe member '../../etc/evil'\"",
+        "nothing extracted: no destination dir, nothing outside",
+    )
     bad = tmp_path / "evil.ova"
     with tarfile.open(bad, "w") as tar:
         for name in ("evil.ovf", "../../etc/evil"):

@@ -7,7 +7,14 @@ from ansible_collections.vmigrate.v2v.plugins.module_utils._errors import InputE
 from ansible_collections.vmigrate.v2v.plugins.module_utils.engine.descriptors import read as _read
 
 
-def test_detect_format(tmp_path, esxi_dir, libvirt_dir):
+def test_detect_format(tmp_path, esxi_dir, libvirt_dir, reliability):
+    reliability(
+        "readers",
+        "a descriptor that is none of the formats (other XML, binary junk) or does not exist",
+        "InputError 'neither an OVF Envelope nor a libvirt <domain>'; 'is not a VMX, OVF, OVA or libvirt "
+        "domain XML'; 'does not exist'",
+        "nothing read",
+    )
     assert _read.detect_format(str(esxi_dir / "web01.vmx")) == "vmx"
     renamed = tmp_path / "noext"
     renamed.write_text(ESXI7_VMX)

@@ -98,7 +98,13 @@ def test_vmx_ide_channels():
         _vmx.vmx_from_spec(spec, {"disk%d" % i: "d%d.vmdk" % i for i in range(4)})
 
 
-def test_malformed_vmx_names_file_and_line(tmp_path):
+def test_malformed_vmx_names_file_and_line(tmp_path, reliability):
+    reliability(
+        "readers",
+        "malformed VMX (a line without '='; an unterminated quote; no displayName)",
+        "InputError 'VMX file <file> line 3 ...'; 'line 1 has an unterminated quoted value'; 'has no displayName'",
+        "nothing read (a reader writes nothing)",
+    )
     path = tmp_path / "bad.vmx"
     path.write_text('.encoding = "UTF-8"\ndisplayName = "x"\nthis line is broken\n')
     with pytest.raises(InputError) as err:
