@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-AREAS = ("kvm", "vsphere", "hyperv", "plan", "engine", "kill", "security", "readers")
+AREAS = ("kvm", "vsphere", "hyperv", "plan", "engine", "kill", "security", "readers", "names")
 
 _ROWS = []
 
