@@ -387,3 +387,34 @@ def test_import_answers_lost_after_the_host_acted(lab, hv, run_module, reliabili
         assert f.equal()
     finally:
         f.cleanup()
+
+
+def test_hung_winrm_endpoint_times_out(run_module, reliability):
+    """A host that accepts the connection and never answers (a hung WinRM service)."""
+    import socket
+    import time
+
+    reliability(
+        "hyperv",
+        "hung WinRM endpoint (accepts, never answers)",
+        "'WinRM at <endpoint> did not answer in N s (operation_timeout + 10) while <step>' and the fix "
+        "(Test-WSMan; a larger operation_timeout for a slow host)",
+        "nothing sent or changed; the step ends after operation_timeout + 10 s, without a traceback",
+    )
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    port = listener.getsockname()[1]
+    try:
+        args = {"hostname": "127.0.0.1", "port": port, "scheme": "http", "transport": "ntlm"}
+        args.update(username="lab", password="never-sent-anywhere", operation_timeout=2, vms=["any"])
+        started = time.monotonic()
+        res = run_module("hyperv_vm_info", args)
+        took = time.monotonic() - started
+        assert res.get("failed"), res
+        assert (
+            "WinRM at http://127.0.0.1:%d/wsman did not answer in 12 s (operation_timeout + 10)" % port in res["msg"]
+        ), res
+        assert "Test-WSMan 127.0.0.1" in res["msg"] and "operation_timeout" in res["msg"], res
+        no_traceback(res)
+        assert took < 60, took
+    finally:
+        listener.close()

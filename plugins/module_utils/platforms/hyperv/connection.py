@@ -446,6 +446,7 @@ class HyperVConnection:
             )
         encryption = params.get("message_encryption") or "auto"
         op_timeout = int(params.get("operation_timeout") or 120)
+        self.read_timeout = op_timeout + 10
         self.session = winrm.Session(
             self.endpoint,
             auth=(self.username, params["password"]),
@@ -455,7 +456,7 @@ class HyperVConnection:
             ca_trust_path=ca_path,
             message_encryption=encryption,
             operation_timeout_sec=op_timeout,
-            read_timeout_sec=op_timeout + 10,
+            read_timeout_sec=self.read_timeout,
             proxy=None,
         )
         self._retrying_send = _retry.retry(
@@ -526,6 +527,16 @@ class HyperVConnection:
                 "before the answer was lost): %s" % (self.endpoint, what, exc),
                 "check that %s is up and WinRM answers, then run the step again: it removes what this run made "
                 "and starts that part again" % self.host,
+            ) from exc
+        except requests.exceptions.ReadTimeout as exc:
+            # A host that accepts and never answers (hung WinRM service, a stuck proxy): the
+            # request ends after operation_timeout + 10 s instead of waiting forever.
+            raise PlatformError(
+                "WinRM at %s did not answer in %d s (operation_timeout + 10) while %s"
+                % (self.endpoint, self.read_timeout, what),
+                "check that %s is up and its WinRM service answers (Test-WSMan %s); a host that is only slow needs a "
+                "larger operation_timeout. Running the step again removes what this run made and starts that part again"
+                % (self.host, self.host),
             ) from exc
         except requests.exceptions.RequestException as exc:
             raise PlatformError(
